@@ -1,0 +1,139 @@
+"""AWS access for one environment: a dagster-aws resource with a client factory.
+
+Credentials come from the standard AWS environment (env vars, profile, instance role); a
+production environment is reached through STS assume_role, lazily and with credentials that
+refresh. The endpoint comes from AWS_ENDPOINT_URL like any boto3 program, so the sandbox is just
+another endpoint. Every API call is counted (botocore `before-call`) for run metadata and benches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import botocore.session
+from botocore.config import Config
+from botocore.credentials import DeferredRefreshableCredentials
+from dagster_aws.utils import ResourceWithBoto3Configuration
+from pydantic import PrivateAttr
+
+_listeners: list[Counter] = []
+_listeners_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def count_calls() -> Iterator[Counter]:
+    """Counts every AWS API call made by clients of this module while open, keyed
+    'Service.Operation' (e.g. 'Batch.ListJobs'); retries of one call count once."""
+    counter: Counter = Counter()
+    with _listeners_lock:
+        _listeners.append(counter)
+    try:
+        yield counter
+    finally:
+        with _listeners_lock:
+            _listeners.remove(counter)
+
+
+def _on_call(model: Any, **_: Any) -> None:
+    key = f"{model.service_model.service_id.replace(' ', '')}.{model.name}"
+    with _listeners_lock:
+        for counter in _listeners:
+            counter[key] += 1
+
+
+class AwsEnvironmentResource(ResourceWithBoto3Configuration):
+    """One AWS account platform-ops watches (staging, production, ...)."""
+
+    environment: str
+    account_id: str
+    role_arn: str | None = None
+    role_external_id: str | None = None
+    role_session_name: str = "platform-ops"
+
+    _session: Any = PrivateAttr(default=None)
+    _clients: dict = PrivateAttr(default_factory=dict)
+    _lock: Any = PrivateAttr(default_factory=threading.Lock)
+
+    def _retry_config(self) -> Config:
+        return Config(retries={"max_attempts": self.max_attempts, "mode": "adaptive"})
+
+    def _base_session(self) -> boto3.session.Session:
+        return boto3.session.Session(
+            profile_name=self.profile_name,
+            region_name=self.region_name,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+        )
+
+    def _build_session(self) -> boto3.session.Session:
+        base = self._base_session()
+        if not self.role_arn:
+            session = base
+        else:
+            sts = base.client("sts", endpoint_url=self.endpoint_url, config=self._retry_config(),
+                              use_ssl=self.use_ssl, verify=self.verify)
+
+            def refresh() -> dict:
+                kwargs = {"RoleArn": self.role_arn, "RoleSessionName": self.role_session_name}
+                if self.role_external_id:
+                    kwargs["ExternalId"] = self.role_external_id
+                creds = sts.assume_role(**kwargs)["Credentials"]
+                return {
+                    "access_key": creds["AccessKeyId"],
+                    "secret_key": creds["SecretAccessKey"],
+                    "token": creds["SessionToken"],
+                    "expiry_time": creds["Expiration"].isoformat(),
+                }
+
+            core = botocore.session.get_session()
+            core._credentials = DeferredRefreshableCredentials(refresh_using=refresh, method="sts-assume-role")
+            session = boto3.session.Session(botocore_session=core, region_name=self.region_name)
+        session.events.register("before-call", _on_call)
+        return session
+
+    def client(self, service: str) -> Any:
+        """A cached boto3 client for `service` in this environment (thread-safe)."""
+        with self._lock:
+            if service not in self._clients:
+                if self._session is None:
+                    self._session = self._build_session()
+                self._clients[service] = self._session.client(
+                    service, endpoint_url=self.endpoint_url, use_ssl=self.use_ssl, verify=self.verify,
+                    config=self._retry_config(),
+                )
+            return self._clients[service]
+
+
+# Batch's ClientException and friends mean "this request is wrong" (e.g. no such queue): the
+# environment is fine. Anything else (auth, throttling past retries, network) is environment-wide.
+_REQUEST_SCOPED = {"ClientException", "ValidationException", "ResourceNotFoundException",
+                   "InvalidParameterValueException", "StateMachineDoesNotExist", "ExecutionDoesNotExist"}
+
+
+class AwsError(RuntimeError):
+    """An AWS failure in words an operator can act on, without credentials in it."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.request_scoped = code in _REQUEST_SCOPED
+
+
+@contextlib.contextmanager
+def aws_errors() -> Iterator[None]:
+    """Translate botocore exceptions into AwsError."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise AwsError(error.get("Code", "ClientError"), error.get("Message", "")) from exc
+    except BotoCoreError as exc:
+        raise AwsError(type(exc).__name__, str(exc)) from exc

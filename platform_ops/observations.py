@@ -1,0 +1,34 @@
+"""What platform-ops observes in AWS, as plain dataclasses (no boto3, no Dagster)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """A Batch job as ListJobs (summary) or DescribeJobs (detail) reports it."""
+
+    job_id: str
+    name: str
+    status: str
+    created_at: datetime
+    queue: str = ""
+    status_reason: str = ""
+    job_definition: str = ""
+    started_at: datetime | None = None
+    stopped_at: datetime | None = None
+    last_attempt_stopped_at: datetime | None = None
+    attempts: int = 0
+    tags: dict[str, str] = field(default_factory=dict)
+    parameters: dict[str, str] = field(default_factory=dict)
+    detailed: bool = False  # True when it came from DescribeJobs (tags, attempts are known)
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """What CancelJobs accepted; acceptance is not proof, a describe afterwards is."""
+
+    accepted: tuple[str, ...]
+    errors: dict[str, str]

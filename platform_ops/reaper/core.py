@@ -1,0 +1,281 @@
+"""The reaper's decisions, as pure functions over BatchJob observations.
+
+Filters first (what is stuck, what may be cancelled), actions after (what was asked, what actually
+happened), in the manner of Cloud Custodian. Nothing here talks to AWS, Slack or Dagster.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, SlackMessage, escape, pack
+from platform_ops.observations import BatchJob, CancelResult
+
+REASON_PREFIX = "platform-ops reaper:"
+RUNNABLE = "RUNNABLE"
+
+
+@dataclass(frozen=True)
+class ReapPolicy:
+    threshold: timedelta
+    dry_run: bool
+    max_cancels: int
+    protect_tag: str
+
+
+def format_duration(delta: timedelta) -> str:
+    """2h14m, 45m, 3d2h: the resolution an operator reads at a glance."""
+    minutes = max(0, int(delta.total_seconds() // 60))
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    return f"{minutes}m"
+
+
+def runnable_since(job: BatchJob) -> datetime:
+    """When the job (re-)entered RUNNABLE: a retried job comes back to RUNNABLE after its last
+    attempt stopped and must not be judged by its first attempt's createdAt."""
+    if job.last_attempt_stopped_at and job.last_attempt_stopped_at > job.created_at:
+        return job.last_attempt_stopped_at
+    return job.created_at
+
+
+def stuck_candidates(jobs: Iterable[BatchJob], threshold: timedelta, now: datetime) -> list[BatchJob]:
+    """RUNNABLE jobs created longer than `threshold` ago, oldest first. A summary has no attempts,
+    so this is only a first cut: the run re-checks every candidate against its details."""
+    cutoff = now - threshold
+    stuck = [job for job in jobs if job.status == RUNNABLE and job.created_at <= cutoff]
+    return sorted(stuck, key=lambda job: (job.created_at, job.job_id))
+
+
+# statusReason category -> (what it means, what to do)
+REASON_HINTS: dict[str, tuple[str, str]] = {
+    "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT": (
+        "asks for more vCPU/memory than any instance type of the compute environment",
+        "lower the step's @resources/@batch ask, or add a bigger instance type to the compute environment",
+    ),
+    "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY": (
+        "EC2 has no capacity for the compute environment's instance types",
+        "allow more instance types or subnets/AZs, or add an on-demand fallback compute environment",
+    ),
+    "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE": (
+        "needs more vCPU than the compute environment's maxvCpus",
+        "raise maxvCpus of the compute environment or lower the job's vCPU ask",
+    ),
+    "MISCONFIGURATION:SERVICE_ROLE_PERMISSIONS": (
+        "Batch's service role lacks the permissions to scale the compute environment",
+        "attach AWSBatchServiceRole (or the service-linked role) to the compute environment",
+    ),
+}
+UNKNOWN = "UNKNOWN"
+UNKNOWN_HINT = (
+    "Batch gave no blocking reason",
+    "check the compute environment is VALID and ENABLED and that instances join its ECS cluster "
+    "(ECS agent, instance role, awslogs driver, NAT/internet access)",
+)
+
+
+def classify(status_reason: str) -> str:
+    """The statusReason's category, e.g. 'CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY', or UNKNOWN."""
+    head = (status_reason or "").split(" - ", 1)[0].strip()
+    return head if head in REASON_HINTS else UNKNOWN
+
+
+def hint(category: str) -> tuple[str, str]:
+    return REASON_HINTS.get(category, UNKNOWN_HINT)
+
+
+# Decision kinds
+CANCEL = "cancel"
+WOULD_CANCEL = "would cancel (dry run)"
+SKIP_GONE = "skipped: Batch no longer knows the job"
+SKIP_NOT_RUNNABLE = "skipped: no longer RUNNABLE"
+SKIP_PROTECTED = "skipped: protected by tag"
+SKIP_RETRIED = "skipped: re-entered RUNNABLE after a retry, under the threshold"
+SKIP_BREAKER = "skipped: breaker tripped"
+
+
+@dataclass(frozen=True)
+class Decision:
+    job_id: str
+    action: str
+    job: BatchJob | None = None
+    runnable_for: timedelta = timedelta(0)
+
+    @property
+    def category(self) -> str:
+        return classify(self.job.status_reason) if self.job else UNKNOWN
+
+
+@dataclass(frozen=True)
+class ReapPlan:
+    decisions: tuple[Decision, ...]
+    eligible: int  # stuck jobs that passed every filter, before the breaker
+    breaker_tripped: bool
+
+    def with_action(self, action: str) -> list[Decision]:
+        return [d for d in self.decisions if d.action == action]
+
+
+def plan_reap(candidate_ids: Iterable[str], details: Mapping[str, BatchJob], policy: ReapPolicy,
+              now: datetime) -> ReapPlan:
+    """Decide per candidate from fresh DescribeJobs details: cancel the oldest stuck jobs up to
+    the breaker cap, skip the rest with the reason why."""
+    decisions: list[Decision] = []
+    eligible: list[Decision] = []
+    for job_id in dict.fromkeys(candidate_ids):
+        job = details.get(job_id)
+        if job is None:
+            decisions.append(Decision(job_id, SKIP_GONE))
+            continue
+        age = now - runnable_since(job)
+        if job.status != RUNNABLE:
+            decisions.append(Decision(job_id, SKIP_NOT_RUNNABLE, job, age))
+        elif policy.protect_tag in job.tags:
+            decisions.append(Decision(job_id, SKIP_PROTECTED, job, age))
+        elif age < policy.threshold:
+            decisions.append(Decision(job_id, SKIP_RETRIED, job, age))
+        else:
+            eligible.append(Decision(job_id, CANCEL, job, age))
+    eligible.sort(key=lambda d: (-d.runnable_for, d.job_id))
+    act = WOULD_CANCEL if policy.dry_run else CANCEL
+    for i, d in enumerate(eligible):
+        decisions.append(Decision(d.job_id, act if i < policy.max_cancels else SKIP_BREAKER, d.job, d.runnable_for))
+    return ReapPlan(tuple(decisions), len(eligible), len(eligible) > policy.max_cancels)
+
+
+def cancel_reason(runnable_for: timedelta, threshold: timedelta, category: str) -> str:
+    """The statusReason a reaped job carries; alerting recognises REASON_PREFIX."""
+    return (f"{REASON_PREFIX} RUNNABLE for {format_duration(runnable_for)} > {format_duration(threshold)} "
+            f"({category})")
+
+
+@dataclass(frozen=True)
+class CancelBatch:
+    job_ids: tuple[str, ...]
+    reason: str
+
+
+def cancel_batches(plan: ReapPlan, threshold: timedelta, chunk: int = 50) -> list[CancelBatch]:
+    """CancelJobs takes one reason for up to 50 ids: group by category, oldest first, and state
+    the youngest age in each group (every job in it has been RUNNABLE at least that long)."""
+    by_category: dict[str, list[Decision]] = {}
+    for d in plan.with_action(CANCEL):
+        by_category.setdefault(d.category, []).append(d)
+    batches = []
+    for category, decisions in by_category.items():
+        for start in range(0, len(decisions), chunk):
+            group = decisions[start:start + chunk]
+            youngest = min(d.runnable_for for d in group)
+            batches.append(CancelBatch(tuple(d.job_id for d in group), cancel_reason(youngest, threshold, category)))
+    return batches
+
+
+# Results after verification
+CANCELLED = "cancelled"
+CANCEL_PENDING = "cancel requested, still RUNNABLE"
+NOT_CANCELLED = "not cancelled: moved on to {status}"
+CANCEL_ERROR = "cancel failed: {error}"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    job_id: str
+    name: str
+    runnable_for: timedelta
+    status_reason: str
+    category: str
+    result: str
+
+
+def verify(plan: ReapPlan, cancel: CancelResult | None, after: Mapping[str, BatchJob]) -> list[JobResult]:
+    """What really happened, from a DescribeJobs after the cancel: CancelJobs succeeds even for a
+    job that raced into STARTING, so only the job's status tells."""
+    results = []
+    for d in plan.decisions:
+        job = d.job
+        result = d.action
+        if d.action == CANCEL:
+            error = cancel.errors.get(d.job_id) if cancel else "not sent"
+            now_job = after.get(d.job_id)
+            if error:
+                result = CANCEL_ERROR.format(error=error)
+            elif now_job is None:
+                result = SKIP_GONE
+            elif now_job.status == "FAILED" and now_job.status_reason.startswith(REASON_PREFIX):
+                result = CANCELLED
+            elif now_job.status == RUNNABLE:
+                result = CANCEL_PENDING
+            else:
+                result = NOT_CANCELLED.format(status=now_job.status)
+        elif d.action == SKIP_NOT_RUNNABLE and job:
+            result = NOT_CANCELLED.format(status=job.status)
+        results.append(JobResult(
+            job_id=d.job_id,
+            name=job.name if job else "",
+            runnable_for=d.runnable_for,
+            status_reason=job.status_reason if job else "",
+            category=d.category,
+            result=result,
+        ))
+    return results
+
+
+MAX_JOB_LINES = 40
+
+
+def report(environment: str, queue: str, policy: ReapPolicy, plan: ReapPlan, results: list[JobResult],
+           run_url: str | None = None) -> SlackMessage:
+    """One Slack message per reap run: counts, the breaker, and per category what it means and
+    which jobs, summarised past the first MAX_JOB_LINES to stay inside Block Kit's limits."""
+    counts = Counter(r.result for r in results)
+    cancelled = counts[CANCELLED]
+    would = counts[WOULD_CANCEL]
+    verb = f"Would cancel {would}" if policy.dry_run else f"Cancelled {cancelled}"
+    title = f"Reaper: {verb} stuck job{'s' if (would or cancelled) != 1 else ''} in {environment} / {queue}"
+    summary = [f"*{verb}* of {len(results)} RUNNABLE longer than {format_duration(policy.threshold)} "
+               f"in `{escape(queue)}` ({environment})."]
+    if policy.dry_run:
+        summary.append("Dry run: nothing was cancelled.")
+    others = {k: v for k, v in counts.items() if k not in (CANCELLED, WOULD_CANCEL)}
+    if others:
+        summary.append("Not cancelled: " + ", ".join(f"{v} {k}" for k, v in sorted(others.items())) + ".")
+    blocks: list[dict] = [
+        {"type": "header", "text": {"type": "plain_text", "text": title[:MAX_HEADER_CHARS]}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": " ".join(summary)[:MAX_SECTION_CHARS]}},
+    ]
+    if plan.breaker_tripped:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": (
+            f":rotating_light: *Breaker tripped*: {plan.eligible} stuck jobs > max_cancels_per_run "
+            f"{policy.max_cancels}; {counts[SKIP_BREAKER]} left RUNNABLE. Something is wrong with the queue "
+            f"or its compute environment: look before raising the cap.")}})
+    by_category: dict[str, list[JobResult]] = {}
+    for r in sorted(results, key=lambda r: -r.runnable_for):
+        by_category.setdefault(r.category, []).append(r)
+    shown = 0
+    for category, rows in by_category.items():
+        meaning, fix = hint(category)
+        lines = [f"*{category}*: {meaning}. _Fix:_ {fix}."]
+        for r in rows:
+            if shown >= MAX_JOB_LINES:
+                break
+            shown += 1
+            lines.append(f"• `{escape(r.name or r.job_id)}` `{r.job_id[:8]}` RUNNABLE {format_duration(r.runnable_for)}"
+                         f": {r.result}")
+        for text in pack(lines):
+            if len(blocks) >= MAX_BLOCKS - 2:
+                break
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+    if shown < len(results):
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text":
+                       f"…and {len(results) - shown} more jobs: the Dagster run has the full table."}})
+    if run_url:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"<{run_url}|Dagster run>"}]})
+    text = f"{title}." + (" Breaker tripped." if plan.breaker_tripped else "")
+    return SlackMessage(text=text, blocks=tuple(blocks[:MAX_BLOCKS]))

@@ -1,0 +1,41 @@
+"""The environment, chosen in one place: settings file, AWS and Slack from the standard env vars."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dagster as dg
+
+from platform_ops.adapters.aws import AwsEnvironmentResource
+from platform_ops.adapters.slack import SLACK_API_URL, PlatformSlackResource
+from platform_ops.settings import Settings
+
+
+def aws_resource_key(environment: str) -> str:
+    return f"aws_{environment}"
+
+
+def build_resources(settings: Settings) -> dict[str, Any]:
+    """One AWS resource per environment, plus Slack. Endpoints and credentials come from the
+    standard AWS environment (AWS_ENDPOINT_URL, AWS_PROFILE, ...); the token from SLACK_BOT_TOKEN,
+    resolved at run time and shown in the UI by name only."""
+    resources: dict[str, Any] = {
+        aws_resource_key(env.name): AwsEnvironmentResource(
+            environment=env.name,
+            account_id=env.account_id,
+            region_name=env.region,
+            role_arn=env.role_arn,
+            role_external_id=env.role_external_id,
+        )
+        for env in settings.environments.values()
+    }
+    resources["slack"] = PlatformSlackResource(
+        token=dg.EnvVar("SLACK_BOT_TOKEN"),
+        base_url=os.environ.get("SLACK_API_URL") or SLACK_API_URL,
+    )
+    return resources
+
+
+def dagster_run_url(settings: Settings, run_id: str) -> str:
+    return f"{settings.dagster_url}/runs/{run_id}"

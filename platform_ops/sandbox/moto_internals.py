@@ -1,0 +1,425 @@
+"""Everything that reaches into moto 5.2.5's private internals, in one place.
+
+moto is the sandbox's AWS, but on the paths platform-ops uses it differs from AWS (facts and root
+causes in shared/notes/moto.md). Each patch below makes it behave like the AWS API reference says.
+`apply()` fails loudly, naming the internal, when a moto upgrade moves something we rely on; the
+smoke test in platform_ops_tests/sandbox pins that.
+
+Only the sandbox process imports this module. Product code never does.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+MOTO_VERSION = "5.2.5"
+
+RUNNABLE, STARTING, RUNNING, SUCCEEDED, FAILED = "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED"
+TERMINAL = {SUCCEEDED, FAILED}
+BEFORE_STARTING = {"SUBMITTED", "PENDING", RUNNABLE}
+
+
+@dataclass
+class Outcome:
+    """What the sandbox's fake Batch scheduler does with a submitted job."""
+
+    status: str  # RUNNABLE | SUCCEEDED | FAILED
+    status_reason: str | None = None
+    exit_code: int | None = None
+    container_reason: str | None = None
+    attempts: int = 1
+    log_lines: list[str] = field(default_factory=list)
+
+
+# Named failure modes a scenario can inject; values mirror what AWS Batch reports for each.
+FAULTS: dict[str, Callable[[], Outcome]] = {
+    "exit_1": lambda: Outcome(
+        FAILED, "Essential container in task exited", 1, None,
+        log_lines=["Traceback (most recent call last):", '  File "flow.py", line 12, in train',
+                   "ValueError: training data is empty"],
+    ),
+    "oom": lambda: Outcome(
+        FAILED, "Essential container in task exited", 137,
+        "OutOfMemoryError: Container killed due to memory usage",
+        log_lines=["loading features into memory", "Killed"],
+    ),
+    "spot": lambda: Outcome(
+        FAILED, "Host EC2 (instance i-0a1b2c3d4e5f60718) terminated.", None,
+        "Host EC2 (instance i-0a1b2c3d4e5f60718) terminated.",
+    ),
+    "timeout": lambda: Outcome(FAILED, "Job attempt duration exceeded timeout", None, None),
+    "stuck": lambda: Outcome(
+        RUNNABLE,
+        "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - Service cannot fulfill the capacity requested "
+        "for instance type [m5.2xlarge]",
+    ),
+    "succeed": lambda: Outcome(SUCCEEDED, None, 0),
+}
+
+
+@dataclass
+class FaultRule:
+    """Match submitted jobs by account and any of: job name prefix, queue name, Metaflow step,
+    run id, foreach index; the first matching rule decides the job's outcome."""
+
+    fault: str
+    account: str | None = None
+    name_prefix: str | None = None
+    queue: str | None = None
+    step: str | None = None
+    run_id: str | None = None
+    index: int | None = None
+    remaining: int | None = None  # None: forever
+
+    def matches(self, job: Any, account: str) -> bool:
+        if self.remaining is not None and self.remaining <= 0:
+            return False
+        env = _environment(job)
+        checks = [
+            (self.account, account),
+            (self.queue, job.job_queue.name),
+            (self.step, job.parameters.get("metaflow.step_name")),
+            (self.run_id, job.parameters.get("metaflow.run_id")),
+            (None if self.index is None else str(self.index), env.get("METAFLOW_SPLIT_INDEX")),
+        ]
+        if self.name_prefix is not None and not job.job_name.startswith(self.name_prefix):
+            return False
+        return all(want is None or want == got for want, got in checks)
+
+
+class SandboxState:
+    """Fault rules and bookkeeping shared by the patches; reset with moto's own reset."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.rules: list[FaultRule] = []
+
+    def reset(self) -> None:
+        with self.lock:
+            self.rules.clear()
+
+    def add_rule(self, rule: FaultRule) -> None:
+        if rule.fault not in FAULTS:
+            raise ValueError(f"unknown fault {rule.fault!r}; known: {sorted(FAULTS)}")
+        with self.lock:
+            self.rules.append(rule)
+
+    def fault_for(self, job: Any, account: str) -> str | None:
+        with self.lock:
+            for rule in self.rules:
+                if rule.matches(job, account):
+                    if rule.remaining is not None:
+                        rule.remaining -= 1
+                    return rule.fault
+        return None
+
+
+STATE = SandboxState()
+
+
+def _environment(job: Any) -> dict[str, str]:
+    env = (job.container_overrides or {}).get("environment") or []
+    return {e.get("name"): e.get("value") for e in env if isinstance(e, dict)}
+
+
+def _resource_ask(job: Any) -> tuple[float, int]:
+    """vCPU and MiB the job asks for: container overrides win over the job definition."""
+    vcpus = job.job_definition._get_resource_requirement("vcpus", 1)
+    memory = job.job_definition._get_resource_requirement("memory", 512)
+    overrides = job.container_overrides or {}
+    for req in overrides.get("resourceRequirements") or []:
+        if req.get("type") == "VCPU":
+            vcpus = req["value"]
+        elif req.get("type") == "MEMORY":
+            memory = req["value"]
+    vcpus = overrides.get("vcpus", vcpus)
+    memory = overrides.get("memory", memory)
+    return float(vcpus), int(memory)
+
+
+def scheduler_verdict(job: Any) -> Outcome | None:
+    """The Batch scheduler's view: a job no compute environment of its queue can place stays
+    RUNNABLE with the statusReason AWS infers (MISCONFIGURATION:*)."""
+    from moto.ec2.models.instance_types import INSTANCE_TYPES
+
+    vcpus, memory = _resource_ask(job)
+    environments = [ce for ce in job.job_queue.environments if ce.env_type == "MANAGED"]
+    if not environments:
+        return None
+    fits_an_instance = fits_max = False
+    for ce in environments:
+        resources = ce.compute_resources or {}
+        if vcpus <= float(resources.get("maxvCpus", 0)):
+            fits_max = True
+        for name in resources.get("instanceTypes", []):
+            spec = INSTANCE_TYPES.get(name)
+            if spec is None:  # "optimal" or a family: assume the biggest of the family fits
+                fits_an_instance = True
+                continue
+            if vcpus <= spec["VCpuInfo"]["DefaultVCpus"] and memory <= spec["MemoryInfo"]["SizeInMiB"]:
+                fits_an_instance = True
+    if not fits_an_instance:
+        return Outcome(
+            RUNNABLE,
+            "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job resource requirement (vCPU/memory/GPU) "
+            "is higher than that can be met by the CE(s) attached to the job queue.",
+        )
+    if not fits_max:
+        return Outcome(
+            RUNNABLE,
+            "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE - CE(s) associated with the job queue "
+            "cannot meet the CPU requirement of the job.",
+        )
+    return None
+
+
+def decide(job: Any, account: str) -> Outcome:
+    fault = STATE.fault_for(job, account)
+    if fault is not None:
+        return FAULTS[fault]()
+    return scheduler_verdict(job) or FAULTS["succeed"]()
+
+
+def _write_logs(job: Any, lines: list[str]) -> None:
+    if not lines:
+        return
+    logs = job._log_backend
+    now_ms = int(datetime.now().timestamp() * 1000)
+    try:
+        logs.create_log_group(job._log_group, {})
+    except Exception:  # already there
+        pass
+    try:
+        logs.create_log_stream(job._log_group, job.log_stream_name)
+    except Exception:
+        pass
+    logs.put_log_events(
+        job._log_group, job.log_stream_name,
+        [{"timestamp": now_ms + i, "message": line} for i, line in enumerate(lines)],
+    )
+
+
+def _finish(self: Any, include_start_attempt: bool, job: Any) -> None:
+    """Replacement for BatchSimpleBackend._mark_job_as_finished: asks `decide` what happens."""
+    from moto.batch.utils import JobStatus
+
+    self.backend._jobs[job.job_id] = job
+    outcome = decide(job, self.account_id)
+    if outcome.status == RUNNABLE:
+        job.status = JobStatus.RUNNABLE.value
+        job.job_stopped_reason = outcome.status_reason
+        return
+    job.job_started_at = datetime.now()
+    job.log_stream_name = job._stream_name
+    for _ in range(max(1, outcome.attempts)):
+        if include_start_attempt:
+            job._start_attempt()
+            container = job.latest_attempt["container"]
+            if outcome.exit_code is not None:
+                container["exitCode"] = outcome.exit_code
+            if outcome.container_reason:
+                container["reason"] = outcome.container_reason
+            if outcome.status_reason:
+                job.latest_attempt["statusReason"] = outcome.status_reason
+            job.latest_attempt["stoppedAt"] = int(datetime.now().timestamp() * 1000)
+    job.exit_code = outcome.exit_code
+    if outcome.status == FAILED:
+        job.job_stopped_reason = outcome.status_reason
+    job._sandbox_container_reason = outcome.container_reason
+    _write_logs(job, outcome.log_lines)
+    job._mark_stopped(success=outcome.status == SUCCEEDED)
+
+
+def _terminate(original: Callable[..., None]) -> Callable[..., None]:
+    """AWS: a cancelled/terminated job becomes FAILED with statusReason and stoppedAt."""
+
+    def terminate(self: Any, reason: str) -> None:
+        original(self, reason)
+        if not self.is_alive() and self.status not in TERMINAL:
+            self.job_stopped_reason = reason
+            self._sandbox_cancelled = self.status in BEFORE_STARTING
+            self._mark_stopped(success=False)
+
+    return terminate
+
+
+def _describe(original: Callable[..., dict]) -> Callable[..., dict]:
+    """AWS returns container.exitCode/reason and isCancelled/isTerminated; moto drops them."""
+
+    def describe(self: Any) -> dict:
+        result = original(self)
+        container = result.get("container")
+        if isinstance(container, dict):
+            if self.exit_code is not None:
+                container["exitCode"] = self.exit_code
+            reason = getattr(self, "_sandbox_container_reason", None)
+            if reason:
+                container["reason"] = reason
+        if self.job_stopped and self.status == FAILED and self.stop:
+            cancelled = getattr(self, "_sandbox_cancelled", False)
+            result["isCancelled"] = cancelled
+            result["isTerminated"] = not cancelled
+        return result
+
+    return describe
+
+
+def _describe_jobs(self: Any, jobs: list[str] | None) -> list[dict]:
+    """AWS: at most 100 ids a call, looked up directly (moto scans every job for each call)."""
+    from moto.batch.exceptions import ClientException
+
+    ids = list(jobs or [])
+    if len(ids) > 100:
+        raise ClientException("Maximum number of jobs supported is 100")
+    by_arn = None
+    found = []
+    for ident in ids:
+        job = self._jobs.get(ident)
+        if job is None and ident.startswith("arn:"):
+            by_arn = by_arn or {j.arn: j for j in self._jobs.values()}
+            job = by_arn.get(ident)
+        if job is not None:
+            found.append(job.describe())
+    return found
+
+
+def _list_jobs_response(self: Any) -> str:
+    """AWS ListJobs: jobStatus omitted means RUNNING; maxResults/nextToken paginate
+    (1000 a page with jobStatus, 100 with filters)."""
+    from moto.batch.exceptions import ClientException
+
+    job_status = self._get_param("jobStatus")
+    filters = self._get_param("filters")
+    if job_status is None and filters is None:
+        job_status = RUNNING
+    jobs = self.batch_backend.list_jobs(
+        job_queue_name=self._get_param("jobQueue"),
+        array_job_id=self._get_param("arrayJobId"),
+        job_status=job_status,
+        filters=filters,
+    )
+    cap = 100 if filters else 1000
+    page_size = min(int(self._get_param("maxResults") or cap), cap)
+    token = self._get_param("nextToken")
+    try:
+        start = int(token) if token else 0
+    except ValueError:
+        raise ClientException(f"Invalid nextToken {token!r}") from None
+    page = jobs[start:start + page_size]
+    result: dict[str, Any] = {"jobSummaryList": [job.describe_short() for job in page]}
+    if start + page_size < len(jobs):
+        result["nextToken"] = str(start + page_size)
+    return json.dumps(result)
+
+
+def _cancel_jobs_response(self: Any) -> str:
+    """CancelJobs (botocore 1.44+, absent from moto 5.2.5): up to 50 ids and one reason; per-job
+    successful/errors; unknown ids count as successful; STARTING/RUNNING jobs are left alone."""
+    from moto.batch.exceptions import ClientException
+
+    ids = self._get_param("jobs") or []
+    reason = self._get_param("reason") or ""
+    if not ids:
+        raise ClientException("'jobs' is a required field and must contain at least 1 job ID")
+    if len(ids) > 50:
+        raise ClientException("Maximum number of jobs supported is 50")
+    if not reason:
+        raise ClientException("'reason' is a required field (cannot be an empty string)")
+    successful, errors = [], []
+    for job_id in ids:
+        try:
+            self.batch_backend.cancel_job(job_id, reason)
+            successful.append(job_id)
+        except ClientException as exc:
+            errors.append({"job": job_id, "code": "ClientException", "message": str(exc)})
+    return json.dumps({"successful": successful, "errors": errors})
+
+
+def _require(obj: Any, name: str) -> Any:
+    if not hasattr(obj, name):
+        raise RuntimeError(
+            f"moto internals moved: {getattr(obj, '__module__', obj)}.{getattr(obj, '__name__', '')}"
+            f" has no {name!r}; the sandbox is written against moto {MOTO_VERSION}"
+        )
+    return getattr(obj, name)
+
+
+_applied = False
+
+
+def apply() -> None:
+    """Install every patch (idempotent). Raises RuntimeError naming what moved."""
+    global _applied
+    if _applied:
+        return
+    import moto
+    from moto.batch import models as batch_models
+    from moto.batch import responses as batch_responses
+    from moto.batch import urls as batch_urls
+    from moto.batch_simple import models as simple_models
+    from moto.core import config as core_config
+
+    if moto.__version__ != MOTO_VERSION:
+        raise RuntimeError(f"the sandbox is written against moto {MOTO_VERSION}, found {moto.__version__}")
+    job_cls = _require(batch_models, "Job")
+    backend_cls = _require(batch_models, "BatchBackend")
+    response_cls = _require(batch_responses, "BatchResponse")
+    simple_cls = _require(simple_models, "BatchSimpleBackend")
+    for name in ("terminate", "describe", "_mark_stopped", "_start_attempt", "describe_short"):
+        _require(job_cls, name)
+    for name in ("describe_jobs", "list_jobs", "cancel_job"):
+        _require(backend_cls, name)
+    _require(response_cls, "listjobs")
+    _require(simple_cls, "_mark_job_as_finished")
+    url_paths = _require(batch_urls, "url_paths")
+    base = next(p for p in url_paths if p.endswith("/v1/canceljob")).removesuffix("/v1/canceljob")
+
+    core_config.default_user_config["batch"] = {"use_docker": False}
+    simple_cls._mark_job_as_finished = _finish
+    job_cls.terminate = _terminate(job_cls.terminate)
+    job_cls.describe = _describe(job_cls.describe)
+    backend_cls.describe_jobs = _describe_jobs
+    response_cls.listjobs = _list_jobs_response
+    response_cls.canceljobs = _cancel_jobs_response
+    url_paths[base + "/v1/canceljobs$"] = response_cls.dispatch
+    _applied = True
+
+
+def set_default_account(account_id: str) -> None:
+    """Requests signed with keys moto never issued belong to `account_id` (moto: 123456789012)."""
+    from moto.iam import models as iam_models
+
+    _require(iam_models, "DEFAULT_ACCOUNT_ID")
+    iam_models.DEFAULT_ACCOUNT_ID = account_id
+
+
+def batch_backend(account: str, region: str) -> Any:
+    from moto.batch_simple.models import batch_simple_backends
+
+    return batch_simple_backends[account][region]
+
+
+def backdate_jobs(account: str, region: str, job_ids: list[str], minutes: float) -> int:
+    """Move createdAt back (moto stores naive local datetimes)."""
+    jobs = batch_backend(account, region).backend._jobs
+    moved = 0
+    for job_id in job_ids:
+        job = jobs.get(job_id)
+        if job is not None:
+            job.job_created_at = datetime.now() - timedelta(minutes=minutes)
+            moved += 1
+    return moved
+
+
+def set_job_status(account: str, region: str, job_id: str, status: str) -> None:
+    """Let a RUNNABLE job be placed (STARTING/RUNNING), as the real scheduler would."""
+    job = batch_backend(account, region).backend._jobs[job_id]
+    job.status = status
+    if status in (STARTING, RUNNING):
+        job.job_stopped_reason = None
+        job.job_started_at = datetime.now()

@@ -1,0 +1,147 @@
+"""The sandbox: moto as a real two-account AWS over HTTP, plus the Slack sink.
+
+One process hosts both (moto's fixes only work in the process that runs moto). Besides the AWS
+API, it answers a few control calls under /_sandbox/ that a scenario or a test uses to shape the
+world the way real incidents shape it:
+
+  POST /_sandbox/reset        wipe every account and recreate the estate from the settings
+  POST /_sandbox/faults       {"fault": "oom", "step": "train", "index": 2, ...}: next matching jobs fail so
+  POST /_sandbox/jobs         {"environment", "queue", "count", "vcpus", "created_minutes_ago", ...}: bulk submit
+  POST /_sandbox/job-status   {"environment", "job_id", "status"}: let the scheduler place a job (STARTING)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from platform_ops.sandbox import moto_internals
+from platform_ops.sandbox.slack_sink import SlackSink
+from platform_ops.sandbox.world import JOB_DEFINITION, SANDBOX_CREDENTIALS, create_world
+from platform_ops.settings import Settings
+
+SANDBOX_TOKEN = "xoxb-sandbox-0000000000-not-a-real-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sandbox:
+    def __init__(self, settings: Settings, host: str = "127.0.0.1", aws_port: int = 0, slack_port: int = 0):
+        self.settings = settings
+        self.host = host
+        self.aws_port = aws_port or free_port()
+        self.sink = SlackSink(host, slack_port)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.aws_port}"
+
+    def product_env(self) -> dict[str, str]:
+        """The standard AWS and Slack environment that points platform-ops at the sandbox."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": SANDBOX_CREDENTIALS["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": SANDBOX_CREDENTIALS["aws_secret_access_key"],
+            "AWS_DEFAULT_REGION": next(iter(self.settings.environments.values())).region,
+            "SLACK_API_URL": self.sink.api_url,
+            "SLACK_BOT_TOKEN": SANDBOX_TOKEN,
+        }
+
+    def start(self) -> "Sandbox":
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        os.environ["MOTO_PORT"] = str(self.aws_port)  # moto's Step Functions calls Batch back here
+        moto_internals.apply()
+        staging = next(iter(self.settings.environments.values()))
+        moto_internals.set_default_account(staging.account_id)
+        moto_app = DomainDispatcherApplication(create_backend_app)
+        self._server = make_server(self.host, self.aws_port, _ControlApp(moto_app, self), threaded=True,
+                                   request_handler=MotoRequestHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="sandbox-aws")
+        self._thread.start()
+        self.sink.start()
+        self.reset()
+        return self
+
+    def stop(self) -> None:
+        self.sink.stop()
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def reset(self) -> None:
+        from moto.moto_api._internal.models import moto_api_backend
+
+        moto_api_backend.reset()
+        moto_internals.STATE.reset()
+        create_world(self.endpoint, self.settings)
+
+    def _account(self, body: dict) -> tuple[str, str]:
+        name = body.get("environment")
+        env = self.settings.environments.get(name)
+        if env is None:
+            raise ValueError(f"environment {name!r} is not in the sandbox settings")
+        return env.account_id, env.region
+
+    def submit_jobs(self, body: dict) -> list[str]:
+        account, region = self._account(body)
+        backend = moto_internals.batch_backend(account, region)
+        resources = [{"type": "VCPU", "value": str(body.get("vcpus", 1))},
+                     {"type": "MEMORY", "value": str(body.get("memory", 4096))}]
+        ids = []
+        for i in range(int(body.get("count", 1))):
+            _, job_id, _ = backend.submit_job(
+                body.get("name", "sandbox-job").format(i=i), body.get("job_definition", JOB_DEFINITION),
+                body["queue"], array_properties={},
+                container_overrides={"resourceRequirements": resources, "environment": body.get("environment_vars", [])},
+                parameters=body.get("parameters") or {}, tags=body.get("tags") or {},
+            )
+            ids.append(job_id)
+        if body.get("created_minutes_ago"):
+            moto_internals.backdate_jobs(account, region, ids, float(body["created_minutes_ago"]))
+        return ids
+
+
+class _ControlApp:
+    def __init__(self, moto_app: Any, sandbox: Sandbox):
+        self.moto_app, self.sandbox = moto_app, sandbox
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        if not environ.get("PATH_INFO", "").startswith("/_sandbox/"):
+            return self.moto_app(environ, start_response)
+        request = Request(environ)
+        try:
+            body = json.loads(request.get_data() or b"{}")
+            action = request.path.removeprefix("/_sandbox/")
+            if action == "reset":
+                self.sandbox.reset()
+                result: Any = {"ok": True}
+            elif action == "faults":
+                moto_internals.STATE.add_rule(moto_internals.FaultRule(**body))
+                result = {"ok": True}
+            elif action == "jobs":
+                result = {"job_ids": self.sandbox.submit_jobs(body)}
+            elif action == "job-status":
+                account, region = self.sandbox._account(body)
+                moto_internals.set_job_status(account, region, body["job_id"], body["status"])
+                result = {"ok": True}
+            else:
+                raise ValueError(f"unknown sandbox action {action!r}")
+            response = Response(json.dumps(result), 200, mimetype="application/json")
+        except (ValueError, KeyError, TypeError) as exc:
+            response = Response(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), 400, mimetype="application/json")
+        return response(environ, start_response)

@@ -1,0 +1,72 @@
+"""The sandbox's AWS estate, created through the AWS API like a platform team's IaC would.
+
+Per environment of the settings: IAM roles, a MANAGED EC2 compute environment (m5 instances up
+to 8 vCPU / 32 GiB, maxvCpus 256), the watched job queues, and a Metaflow-style job definition.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import boto3
+
+from platform_ops.settings import EnvironmentSettings, Settings
+
+INSTANCE_TYPES = ["m5.large", "m5.xlarge", "m5.2xlarge"]
+JOB_DEFINITION = "metaflow_sandbox"
+SANDBOX_CREDENTIALS = {"aws_access_key_id": "sandbox", "aws_secret_access_key": "sandbox"}
+
+
+def account_client(endpoint: str, service: str, account: str, region: str) -> Any:
+    """A client acting in `account` (moto's x-moto-account-id header): the sandbox's own
+    back door for seeding, never used by product code."""
+    client = boto3.client(service, endpoint_url=endpoint, region_name=region, **SANDBOX_CREDENTIALS)
+
+    def add_header(request: Any, **_: Any) -> None:
+        request.headers["x-moto-account-id"] = account
+
+    client.meta.events.register("before-sign", add_header)
+    return client
+
+
+def compute_environment_name(env: EnvironmentSettings) -> str:
+    return f"{env.name}-ondemand"
+
+
+def create_environment(endpoint: str, env: EnvironmentSettings) -> None:
+    iam = account_client(endpoint, "iam", env.account_id, env.region)
+    ec2 = account_client(endpoint, "ec2", env.account_id, env.region)
+    batch = account_client(endpoint, "batch", env.account_id, env.region)
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "batch.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+    service_role = iam.create_role(RoleName="AWSBatchServiceRole", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
+    iam.create_role(RoleName="ecsInstanceRole", AssumeRolePolicyDocument=trust)
+    profile = iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")["InstanceProfile"]["Arn"]
+    iam.create_role(RoleName="metaflow-batch", AssumeRolePolicyDocument=trust)
+    subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]]
+    groups = [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]][:1]
+    ce = batch.create_compute_environment(
+        computeEnvironmentName=compute_environment_name(env), type="MANAGED", state="ENABLED",
+        serviceRole=service_role,
+        computeResources={"type": "EC2", "minvCpus": 0, "maxvCpus": 256, "desiredvCpus": 0,
+                          "instanceTypes": INSTANCE_TYPES, "subnets": subnets, "securityGroupIds": groups,
+                          "instanceRole": profile},
+    )["computeEnvironmentArn"]
+    for priority, queue in enumerate(env.job_queues, start=1):
+        batch.create_job_queue(jobQueueName=queue, state="ENABLED", priority=priority,
+                               computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce}])
+    batch.register_job_definition(
+        jobDefinitionName=JOB_DEFINITION, type="container",
+        containerProperties={
+            "image": "python:3.11", "command": ["bash", "-c", "echo metaflow task"],
+            "jobRoleArn": f"arn:aws:iam::{env.account_id}:role/metaflow-batch",
+            "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "4096"}],
+        },
+        propagateTags=True,
+    )
+
+
+def create_world(endpoint: str, settings: Settings) -> None:
+    for env in settings.environments.values():
+        create_environment(endpoint, env)

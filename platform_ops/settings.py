@@ -1,0 +1,192 @@
+"""platform-ops settings: one YAML file, validated when the definitions load.
+
+Every key is documented in the README. A bad file fails loading with a message that names the key
+and what is wrong with it, e.g. `reaper.max_cancels_per_run: expected an integer >= 0, got 'ten'`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SETTINGS_ENV_VAR = "PLATFORM_OPS_SETTINGS"
+
+
+class SettingsError(ValueError):
+    """The settings file is unreadable or breaks the contract; the message names the key."""
+
+
+@dataclass(frozen=True)
+class EnvironmentSettings:
+    name: str
+    account_id: str
+    region: str
+    role_arn: str | None
+    job_queues: tuple[str, ...]
+    state_machine_prefixes: tuple[str, ...]
+    role_external_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ReaperSettings:
+    runnable_threshold_minutes: int = 120
+    queue_thresholds_minutes: dict[str, int] = field(default_factory=dict)
+    dry_run: bool = False
+    max_cancels_per_run: int = 50
+    protect_tag: str = "platform-ops:protect"
+    interval_seconds: int = 60
+
+    def threshold_minutes(self, queue: str) -> int:
+        return self.queue_thresholds_minutes.get(queue, self.runnable_threshold_minutes)
+
+
+@dataclass(frozen=True)
+class SlackSettings:
+    channel: str = "#ml-platform-alerts"
+    owners: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    environments: dict[str, EnvironmentSettings]
+    reaper: ReaperSettings = ReaperSettings()
+    slack: SlackSettings = SlackSettings()
+    metaflow_ui_url: str = "https://metaflow.example.com"
+    sensors_running: bool = False
+    dagster_url: str = "http://127.0.0.1:3000"
+
+
+class _Reader:
+    """Reads one mapping, remembering the dotted path for error messages."""
+
+    def __init__(self, data: Any, path: str):
+        if not isinstance(data, dict):
+            raise SettingsError(f"{path or 'settings'}: expected a mapping, got {type(data).__name__}")
+        self.data, self.path, self.seen = data, path, set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(self, name: str, default: Any = ..., *, check=None, expect: str = "") -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            if default is ...:
+                raise SettingsError(f"{self.key(name)}: required key is missing")
+            return default
+        value = self.data[name]
+        if check is not None and not check(value):
+            raise SettingsError(f"{self.key(name)}: expected {expect}, got {value!r}")
+        return value
+
+    def sub(self, name: str, required: bool = False) -> "_Reader":
+        value = self.get(name, ... if required else {})
+        return _Reader({} if value is None else value, self.key(name))
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise SettingsError(f"{self.key(unknown[0])}: unknown key (known: {', '.join(sorted(self.seen))})")
+
+
+def _is_int(minimum: int) -> Any:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str) and v != ""
+
+
+def _is_str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+_ACCOUNT = re.compile(r"^\d{12}$")
+_ROLE = re.compile(r"^arn:aws[\w-]*:iam::\d{12}:role/.+$")
+
+
+def _environment(name: str, r: _Reader) -> EnvironmentSettings:
+    env = EnvironmentSettings(
+        name=name,
+        account_id=r.get("account_id", check=lambda v: isinstance(v, str) and bool(_ACCOUNT.match(v)),
+                         expect="a 12-digit account id as a quoted string"),
+        region=r.get("region", check=_is_str, expect="an AWS region name"),
+        role_arn=r.get("role_arn", None, check=lambda v: v is None or (isinstance(v, str) and bool(_ROLE.match(v))),
+                       expect="null or an IAM role ARN"),
+        job_queues=tuple(r.get("job_queues", check=_is_str_list, expect="a list of job queue names")),
+        state_machine_prefixes=tuple(r.get("state_machine_prefixes", [""], check=_is_str_list,
+                                           expect="a list of state machine name prefixes")),
+        role_external_id=r.get("role_external_id", None, check=lambda v: v is None or _is_str(v),
+                               expect="null or a string"),
+    )
+    r.done()
+    return env
+
+
+def parse_settings(data: Any) -> Settings:
+    root = _Reader(data, "")
+    envs_reader = root.sub("environments", required=True)
+    if not envs_reader.data:
+        raise SettingsError("environments: at least one environment is required")
+    environments = {}
+    for name in envs_reader.data:
+        if not re.match(r"^[a-z][a-z0-9_]*$", str(name)):
+            raise SettingsError(f"environments.{name}: environment names are lowercase letters, digits, _")
+        environments[name] = _environment(name, envs_reader.sub(name, required=True))
+    envs_reader.done()
+
+    r = root.sub("reaper")
+    reaper = ReaperSettings(
+        runnable_threshold_minutes=r.get("runnable_threshold_minutes", 120, check=_is_int(1), expect="an integer >= 1"),
+        queue_thresholds_minutes=dict(r.get(
+            "queue_thresholds_minutes", {}, expect="a mapping of queue name to minutes (integers >= 1)",
+            check=lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_int(1)(m) for k, m in v.items()),
+        ) or {}),
+        dry_run=r.get("dry_run", False, check=lambda v: isinstance(v, bool), expect="true or false"),
+        max_cancels_per_run=r.get("max_cancels_per_run", 50, check=_is_int(0), expect="an integer >= 0"),
+        protect_tag=r.get("protect_tag", "platform-ops:protect", check=_is_str, expect="a tag key"),
+        interval_seconds=r.get("interval_seconds", 60, check=_is_int(5), expect="an integer >= 5"),
+    )
+    r.done()
+
+    s = root.sub("slack")
+    slack = SlackSettings(
+        channel=s.get("channel", "#ml-platform-alerts", check=_is_str, expect="a channel name or id"),
+        owners=dict(s.get("owners", {}, expect="a mapping of Metaflow user to Slack user id",
+                          check=lambda v: isinstance(v, dict) and all(_is_str(x) for x in v.values())) or {}),
+    )
+    s.done()
+
+    m = root.sub("metaflow")
+    ui_url = m.get("ui_url", "https://metaflow.example.com", check=_is_str, expect="a URL").rstrip("/")
+    m.done()
+
+    d = root.sub("dagster")
+    sensors_running = d.get("sensors_running", False, check=lambda v: isinstance(v, bool), expect="true or false")
+    dagster_url = d.get("url", "http://127.0.0.1:3000", check=_is_str, expect="a URL").rstrip("/")
+    d.done()
+    root.done()
+    return Settings(environments, reaper, slack, ui_url, sensors_running, dagster_url)
+
+
+def load_settings(path: str | os.PathLike | None = None) -> Settings:
+    """Load from `path`, else from $PLATFORM_OPS_SETTINGS."""
+    path = path or os.environ.get(SETTINGS_ENV_VAR)
+    if not path:
+        raise SettingsError(f"{SETTINGS_ENV_VAR} is not set: point it at a settings YAML file (see README)")
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SettingsError(f"{SETTINGS_ENV_VAR}={path}: cannot read the file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return parse_settings(data)
+    except SettingsError as exc:
+        raise SettingsError(f"{path}: {exc}") from None
