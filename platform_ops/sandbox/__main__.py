@@ -1,0 +1,102 @@
+"""The sandbox's command line.
+
+  python -m platform_ops.sandbox serve [--scenario default]   sandbox AWS + Slack sink + scenario driver
+  python -m platform_ops.sandbox demo  [--scenario default]   the same, plus `dagster dev` on 127.0.0.1:3000
+  python -m platform_ops.sandbox smoke [scenario]             one headless end-to-end pass, one JSON line
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from platform_ops.sandbox.smoke import SANDBOX_SETTINGS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _start(args: argparse.Namespace):
+    from platform_ops.sandbox.scenario import Driver, load_scenario
+    from platform_ops.sandbox.server import Sandbox
+    from platform_ops.settings import SETTINGS_ENV_VAR, load_settings
+
+    settings_path = os.environ.get(SETTINGS_ENV_VAR) or str(SANDBOX_SETTINGS)
+    settings = load_settings(settings_path)
+    scenario = load_scenario(args.scenario)
+    sandbox = Sandbox(settings, aws_port=args.aws_port, slack_port=args.slack_port).start()
+    env = {**sandbox.product_env(), SETTINGS_ENV_VAR: settings_path}
+    driver = Driver(sandbox, scenario, log=lambda m: print(f"[sandbox] {m}", flush=True)).start()
+    print(f"[sandbox] AWS (moto, accounts {', '.join(e.account_id for e in settings.environments.values())}) "
+          f"at {sandbox.endpoint}", flush=True)
+    print(f"[sandbox] Slack sink at {sandbox.sink.url}  (messages as Slack shows them)", flush=True)
+    print("[sandbox] point any AWS/Slack client at it with:", flush=True)
+    for key, value in env.items():
+        print(f"  export {key}={value}", flush=True)
+    return sandbox, driver, env
+
+
+def serve(args: argparse.Namespace) -> int:
+    sandbox, driver, _ = _start(args)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        driver.stop()
+        sandbox.stop()
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    sandbox, driver, env = _start(args)
+    child_env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    child_env.update(env)
+    dagster = str(Path(sys.executable).parent / "dagster")
+    cmd = [dagster, "dev", "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(args.port)]
+    print(f"[sandbox] starting Dagster at http://127.0.0.1:{args.port} (Ctrl-C stops everything)", flush=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        print("\n[sandbox] stopping Dagster and the sandbox...", flush=True)
+        try:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            proc.kill()
+        return 0
+    finally:
+        driver.stop()
+        sandbox.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m platform_ops.sandbox", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("serve", "demo"):
+        p = sub.add_parser(name)
+        p.add_argument("--scenario", default="default", help="scenario name or YAML path")
+        p.add_argument("--aws-port", type=int, default=5055)
+        p.add_argument("--slack-port", type=int, default=5056)
+        if name == "demo":
+            p.add_argument("--port", type=int, default=3000, help="Dagster UI port")
+    p = sub.add_parser("smoke")
+    p.add_argument("scenario", nargs="?", default="smoke")
+    args = parser.parse_args(argv)
+    if args.command == "smoke":
+        from platform_ops.sandbox.smoke import main as smoke
+
+        return smoke(args.scenario)
+    return {"serve": serve, "demo": demo}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

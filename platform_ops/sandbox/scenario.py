@@ -1,0 +1,141 @@
+"""Scenarios: incidents as data (YAML), replayed into the sandbox round after round.
+
+A scenario lists events; each round, every event due (`every` N rounds, or `once`) installs its
+faults and submits its jobs. Users copy a scenario file to rehearse their own incidents:
+
+    name: weekend-stuck-jobs
+    interval_seconds: 45
+    events:
+      - name: oversized training step, stuck since Friday
+        environment: staging
+        queue: ml-staging
+        every: 4
+        jobs: {count: 3, name: "SFN-TrainFlow--train--", vcpus: 96, created_minutes_ago: 150}
+      - name: one task runs out of memory
+        environment: production
+        queue: ml-production
+        faults: [{fault: oom, remaining: 1}]
+        jobs: {count: 1}
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from platform_ops.sandbox import moto_internals
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+_JOB_KEYS = {"count", "name", "vcpus", "memory", "created_minutes_ago", "tags", "parameters", "job_definition"}
+_FAULT_KEYS = {"fault", "name_prefix", "step", "run_id", "index", "remaining"}
+
+
+class ScenarioError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    environment: str
+    queue: str
+    jobs: dict[str, Any] = field(default_factory=dict)
+    faults: tuple[dict[str, Any], ...] = ()
+    every: int = 1
+    once: bool = False
+
+    def due(self, round_no: int) -> bool:
+        return round_no == 0 if self.once else round_no % self.every == 0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    interval_seconds: float
+    events: tuple[Event, ...]
+
+
+def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
+    if not isinstance(data, dict) or not isinstance(data.get("events"), list):
+        raise ScenarioError(f"{source}: expected a mapping with an 'events' list")
+    events = []
+    for i, raw in enumerate(data["events"]):
+        where = f"{source}: events[{i}]"
+        if not isinstance(raw, dict):
+            raise ScenarioError(f"{where}: expected a mapping")
+        for key in ("environment", "queue"):
+            if not isinstance(raw.get(key), str):
+                raise ScenarioError(f"{where}.{key}: required string")
+        jobs = raw.get("jobs") or {}
+        unknown = set(jobs) - _JOB_KEYS
+        if unknown:
+            raise ScenarioError(f"{where}.jobs: unknown key {sorted(unknown)[0]!r} (known: {sorted(_JOB_KEYS)})")
+        faults = raw.get("faults") or []
+        for j, fault in enumerate(faults):
+            unknown = set(fault) - _FAULT_KEYS
+            if unknown:
+                raise ScenarioError(f"{where}.faults[{j}]: unknown key {sorted(unknown)[0]!r}")
+            if fault.get("fault") not in moto_internals.FAULTS:
+                raise ScenarioError(f"{where}.faults[{j}].fault: one of {sorted(moto_internals.FAULTS)}")
+        events.append(Event(
+            name=str(raw.get("name", f"event {i}")), environment=raw["environment"], queue=raw["queue"],
+            jobs=dict(jobs), faults=tuple(faults), every=int(raw.get("every", 1)), once=bool(raw.get("once", False)),
+        ))
+    return Scenario(str(data.get("name", source)), float(data.get("interval_seconds", 45)), tuple(events))
+
+
+def load_scenario(name_or_path: str) -> Scenario:
+    path = Path(name_or_path)
+    if not path.exists():
+        path = SCENARIOS / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = ", ".join(p.stem for p in SCENARIOS.glob("*.yaml"))
+        raise ScenarioError(f"no scenario {name_or_path!r} (a file path, or one of: {known})")
+    return parse_scenario(yaml.safe_load(path.read_text()), str(path))
+
+
+def play_round(sandbox: Any, scenario: Scenario, round_no: int) -> dict[str, int]:
+    """Apply every event due this round; returns jobs submitted per event."""
+    submitted = {}
+    for event in scenario.events:
+        if not event.due(round_no):
+            continue
+        account, _ = sandbox._account({"environment": event.environment})
+        for fault in event.faults:
+            moto_internals.STATE.add_rule(moto_internals.FaultRule(account=account, queue=event.queue, **fault))
+        if event.jobs:
+            ids = sandbox.submit_jobs({"environment": event.environment, "queue": event.queue, **event.jobs})
+            submitted[event.name] = len(ids)
+    return submitted
+
+
+class Driver:
+    """Plays a scenario every interval in a background thread until stopped."""
+
+    def __init__(self, sandbox: Any, scenario: Scenario, log: Any = print):
+        self.sandbox, self.scenario, self.log = sandbox, scenario, log
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="scenario-driver")
+
+    def _run(self) -> None:
+        round_no = 0
+        while not self._stop.is_set():
+            try:
+                done = play_round(self.sandbox, self.scenario, round_no)
+                self.log(f"scenario {self.scenario.name} round {round_no}: " +
+                         (", ".join(f"{k}: {v} jobs" for k, v in done.items()) or "nothing due"))
+            except Exception as exc:  # keep the platform alive; say what went wrong
+                self.log(f"scenario {self.scenario.name} round {round_no} failed: {type(exc).__name__}: {exc}")
+            round_no += 1
+            self._stop.wait(self.scenario.interval_seconds)
+
+    def start(self) -> "Driver":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
