@@ -23,6 +23,10 @@ from pydantic import PrivateAttr
 
 _listeners: list[Counter] = []
 _listeners_lock = threading.Lock()
+# Sessions outlive one sensor tick or run in the same process: no AssumeRole per tick, and the
+# assumed credentials refresh themselves before they expire.
+_sessions: dict[tuple, boto3.session.Session] = {}
+_sessions_lock = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -46,6 +50,12 @@ def _on_call(model: Any, **_: Any) -> None:
             counter[key] += 1
 
 
+def forget_sessions() -> None:
+    """Drop cached sessions and credentials (e.g. after the accounts behind them were reset)."""
+    with _sessions_lock:
+        _sessions.clear()
+
+
 class AwsEnvironmentResource(ResourceWithBoto3Configuration):
     """One AWS account platform-ops watches (staging, production, ...)."""
 
@@ -55,9 +65,7 @@ class AwsEnvironmentResource(ResourceWithBoto3Configuration):
     role_external_id: str | None = None
     role_session_name: str = "platform-ops"
 
-    _session: Any = PrivateAttr(default=None)
     _clients: dict = PrivateAttr(default_factory=dict)
-    _lock: Any = PrivateAttr(default_factory=threading.Lock)
 
     def _retry_config(self) -> Config:
         return Config(retries={"max_attempts": self.max_attempts, "mode": "adaptive"})
@@ -73,6 +81,7 @@ class AwsEnvironmentResource(ResourceWithBoto3Configuration):
 
     def _build_session(self) -> boto3.session.Session:
         base = self._base_session()
+        base.events.register("before-call", _on_call)
         if not self.role_arn:
             session = base
         else:
@@ -94,20 +103,29 @@ class AwsEnvironmentResource(ResourceWithBoto3Configuration):
             core = botocore.session.get_session()
             core._credentials = DeferredRefreshableCredentials(refresh_using=refresh, method="sts-assume-role")
             session = boto3.session.Session(botocore_session=core, region_name=self.region_name)
-        session.events.register("before-call", _on_call)
+            session.events.register("before-call", _on_call)
         return session
 
+    def session(self) -> boto3.session.Session:
+        key = (self.environment, self.account_id, self.role_arn, self.role_external_id, self.region_name,
+               self.profile_name, self.endpoint_url, self.aws_access_key_id)
+        with _sessions_lock:
+            if key not in _sessions:
+                _sessions[key] = self._build_session()
+            return _sessions[key]
+
     def client(self, service: str) -> Any:
-        """A cached boto3 client for `service` in this environment (thread-safe)."""
-        with self._lock:
-            if service not in self._clients:
-                if self._session is None:
-                    self._session = self._build_session()
-                self._clients[service] = self._session.client(
-                    service, endpoint_url=self.endpoint_url, use_ssl=self.use_ssl, verify=self.verify,
-                    config=self._retry_config(),
-                )
-            return self._clients[service]
+        """A boto3 client for `service` in this environment, cached per resource."""
+        with _sessions_lock:
+            cached = self._clients.get(service)
+        if cached is None:
+            cached = self.session().client(
+                service, endpoint_url=self.endpoint_url, use_ssl=self.use_ssl, verify=self.verify,
+                config=self._retry_config(),
+            )
+            with _sessions_lock:
+                cached = self._clients.setdefault(service, cached)
+        return cached
 
 
 # Batch's ClientException and friends mean "this request is wrong" (e.g. no such queue): the

@@ -416,9 +416,18 @@ def backdate_jobs(account: str, region: str, job_ids: list[str], minutes: float)
     return moved
 
 
-def set_job_status(account: str, region: str, job_id: str, status: str) -> None:
-    """Let a RUNNABLE job be placed (STARTING/RUNNING), as the real scheduler would."""
+def set_job_status(account: str, region: str, job_id: str, status: str,
+                   attempt_stopped_minutes_ago: float | None = None) -> None:
+    """Move a job the way the real scheduler would: placed (STARTING/RUNNING), or back to
+    RUNNABLE after a failed attempt that stopped `attempt_stopped_minutes_ago` (a Batch retry)."""
     job = batch_backend(account, region).backend._jobs[job_id]
+    if attempt_stopped_minutes_ago is not None:
+        stopped = datetime.now() - timedelta(minutes=attempt_stopped_minutes_ago)
+        ms = int(stopped.timestamp() * 1000)
+        job.attempts.append({
+            "container": {"exitCode": 1, "logStreamName": job._stream_name, "networkInterfaces": []},
+            "startedAt": ms - 60_000, "stoppedAt": ms, "statusReason": "Essential container in task exited",
+        })
     job.status = status
     if status in (STARTING, RUNNING):
         job.job_stopped_reason = None

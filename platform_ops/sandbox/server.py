@@ -137,7 +137,8 @@ class _ControlApp:
                 result = {"job_ids": self.sandbox.submit_jobs(body)}
             elif action == "job-status":
                 account, region = self.sandbox._account(body)
-                moto_internals.set_job_status(account, region, body["job_id"], body["status"])
+                moto_internals.set_job_status(account, region, body["job_id"], body["status"],
+                                              body.get("attempt_stopped_minutes_ago"))
                 result = {"ok": True}
             else:
                 raise ValueError(f"unknown sandbox action {action!r}")

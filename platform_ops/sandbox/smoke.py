@@ -58,7 +58,7 @@ def main(scenario_name: str = "smoke") -> int:
         os.environ[SETTINGS_ENV_VAR] = settings_path
         play_round(sandbox, load_scenario(scenario_name), 0)
 
-        from platform_ops.definitions import build_defs
+        from platform_ops.code_location import build_defs
 
         defs = build_defs(settings)
         with tempfile.TemporaryDirectory() as home, dg.instance_for_test(temp_dir=home) as instance:

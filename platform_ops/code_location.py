@@ -1,0 +1,16 @@
+"""Builds the code location's Definitions from settings: every capability merged in one place."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from platform_ops.reaper.defs import reaper_defs
+from platform_ops.resources import build_resources
+from platform_ops.settings import Settings
+
+
+def build_defs(settings: Settings) -> dg.Definitions:
+    return dg.Definitions.merge(
+        reaper_defs(settings),
+        dg.Definitions(resources=build_resources(settings)),
+    )

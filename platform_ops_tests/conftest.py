@@ -1,0 +1,93 @@
+"""One sandbox for the whole suite (moto over HTTP + Slack sink); a fresh world per test."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from platform_ops.adapters.aws import forget_sessions
+from platform_ops.resources import build_resources
+from platform_ops.sandbox.server import Sandbox
+from platform_ops.sandbox.smoke import SANDBOX_SETTINGS
+from platform_ops.settings import SETTINGS_ENV_VAR, Settings, load_settings
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "metaflow"
+
+
+@pytest.fixture(scope="session")
+def sandbox_settings() -> Settings:
+    return load_settings(SANDBOX_SETTINGS)
+
+
+@pytest.fixture(scope="session")
+def sandbox(sandbox_settings: Settings):
+    box = Sandbox(sandbox_settings).start()
+    saved = {k: os.environ.get(k) for k in [*box.product_env(), SETTINGS_ENV_VAR]}
+    os.environ.update(box.product_env())
+    os.environ[SETTINGS_ENV_VAR] = str(SANDBOX_SETTINGS)
+    yield box
+    box.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@dataclass
+class World:
+    """Handles on a freshly reset sandbox, through the same resources the product uses."""
+
+    sandbox: Sandbox
+    settings: Settings
+
+    def control(self, action: str, body: dict) -> Any:
+        req = urllib.request.Request(f"{self.sandbox.endpoint}/_sandbox/{action}", data=json.dumps(body).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req) as resp:
+            result = json.load(resp)
+        if action == "reset":
+            forget_sessions()
+        return result
+
+    def submit(self, environment: str = "staging", queue: str | None = None, **job: Any) -> list[str]:
+        queue = queue or self.settings.environments[environment].job_queues[0]
+        return self.control("jobs", {"environment": environment, "queue": queue, **job})["job_ids"]
+
+    def stuck(self, environment: str = "staging", count: int = 1, minutes: float = 150, **job: Any) -> list[str]:
+        """Jobs asking for more than any instance type has: RUNNABLE for `minutes` already."""
+        return self.submit(environment, count=count, vcpus=96, created_minutes_ago=minutes, **job)
+
+    def fault(self, **rule: Any) -> None:
+        self.control("faults", rule)
+
+    def set_status(self, environment: str, job_id: str, status: str, **extra: Any) -> None:
+        self.control("job-status", {"environment": environment, "job_id": job_id, "status": status, **extra})
+
+    def resources(self) -> dict[str, Any]:
+        return build_resources(self.settings)
+
+    def batch(self, environment: str = "staging") -> Any:
+        return self.resources()[f"aws_{environment}"].client("batch")
+
+    def describe(self, environment: str, job_ids: list[str]) -> dict[str, dict]:
+        jobs = self.batch(environment).describe_jobs(jobs=job_ids)["jobs"]
+        return {j["jobId"]: j for j in jobs}
+
+    @property
+    def messages(self) -> list[dict]:
+        return list(self.sandbox.sink.state.messages)
+
+
+@pytest.fixture
+def world(sandbox: Sandbox, sandbox_settings: Settings) -> World:
+    sandbox.reset()
+    sandbox.sink.state.reset()
+    forget_sessions()  # assumed-role keys minted before the reset are gone with it
+    return World(sandbox, sandbox_settings)

@@ -1,0 +1,169 @@
+"""The reaper's decisions on real-shaped Batch data: no AWS, no Dagster."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from platform_ops.adapters.batch import job_from_api
+from platform_ops.messages import MAX_BLOCKS, MAX_SECTION_CHARS
+from platform_ops.observations import CancelResult
+from platform_ops.reaper import core
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+MS = lambda dt: int(dt.timestamp() * 1000)  # noqa: E731
+POLICY = core.ReapPolicy(threshold=timedelta(hours=2), dry_run=False, max_cancels=50, protect_tag="platform-ops:protect")
+RESOURCE = ("MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job resource requirement (vCPU/memory/GPU) is "
+            "higher than that can be met by the CE(s) attached to the job queue.")
+
+
+def detail(job_id="0f1e2d3c-0000-4000-8000-000000000003", minutes=134, status="RUNNABLE", reason=RESOURCE,
+           tags=None, attempts=None):
+    """A DescribeJobs item as AWS returns it for a Metaflow SFN task."""
+    return {
+        "jobArn": f"arn:aws:batch:us-east-1:111111111111:job/{job_id}",
+        "jobName": "SFN-DemoFlow--train--",
+        "jobId": job_id,
+        "jobQueue": "arn:aws:batch:us-east-1:111111111111:job-queue/ml-staging",
+        "status": status,
+        "statusReason": reason,
+        "createdAt": MS(NOW - timedelta(minutes=minutes)),
+        "attempts": attempts or [],
+        "dependsOn": [],
+        "jobDefinition": "arn:aws:batch:us-east-1:111111111111:job-definition/metaflow_0123abcd:7",
+        "parameters": {"metaflow.owner": "alice", "metaflow.flow_name": "DemoFlow", "metaflow.step_name": "train"},
+        "tags": tags or {},
+        "container": {"vcpus": 96, "memory": 4096},
+    }
+
+
+def jobs(*items):
+    return {j.job_id: j for j in (job_from_api(i) for i in items)}
+
+
+def test_job_from_api_reads_the_fields_the_reaper_needs():
+    job = job_from_api(detail(attempts=[{"startedAt": MS(NOW - timedelta(minutes=30)),
+                                         "stoppedAt": MS(NOW - timedelta(minutes=20))}]))
+    assert job.queue == "ml-staging"
+    assert job.job_definition == "metaflow_0123abcd"
+    assert job.created_at == NOW - timedelta(minutes=134)
+    assert job.last_attempt_stopped_at == NOW - timedelta(minutes=20)
+    assert job.detailed and job.attempts == 1
+    summary = job_from_api({"jobId": "a", "jobName": "n", "status": "RUNNABLE", "createdAt": MS(NOW)}, "q")
+    assert (summary.queue, summary.detailed, summary.tags) == ("q", False, {})
+
+
+@pytest.mark.parametrize("minutes, expected", [(0, "0m"), (45, "45m"), (134, "2h14m"), (120, "2h0m"), (60 * 50, "2d2h")])
+def test_format_duration(minutes, expected):
+    assert core.format_duration(timedelta(minutes=minutes)) == expected
+
+
+def test_stuck_candidates_are_runnable_past_the_threshold_oldest_first():
+    found = core.stuck_candidates(
+        [job_from_api(detail("young", 119)), job_from_api(detail("old", 500)), job_from_api(detail("edge", 120)),
+         job_from_api(detail("running", 900, status="RUNNING"))],
+        timedelta(hours=2), NOW)
+    assert [j.job_id for j in found] == ["old", "edge"]
+
+
+def test_a_retried_job_is_judged_from_its_last_attempt_not_its_creation():
+    retried = detail("retried", 600, attempts=[{"startedAt": MS(NOW - timedelta(minutes=40)),
+                                                "stoppedAt": MS(NOW - timedelta(minutes=30))}])
+    assert core.runnable_since(job_from_api(retried)) == NOW - timedelta(minutes=30)
+    plan = core.plan_reap(["retried"], jobs(retried), POLICY, NOW)
+    assert [d.action for d in plan.decisions] == [core.SKIP_RETRIED]
+
+
+def test_plan_skips_protected_gone_and_moved_on_jobs():
+    details = jobs(detail("stuck", 300), detail("protected", 300, tags={"platform-ops:protect": "backfill"}),
+                   detail("started", 300, status="STARTING", reason=""))
+    plan = core.plan_reap(["stuck", "protected", "started", "gone"], details, POLICY, NOW)
+    actions = {d.job_id: d.action for d in plan.decisions}
+    assert actions == {"stuck": core.CANCEL, "protected": core.SKIP_PROTECTED,
+                       "started": core.SKIP_NOT_RUNNABLE, "gone": core.SKIP_GONE}
+    assert not plan.breaker_tripped
+
+
+def test_breaker_cancels_the_oldest_up_to_the_cap_and_none_past_it():
+    details = jobs(*[detail(f"j{i}", 200 + i) for i in range(5)])
+    plan = core.plan_reap(list(details), details, core.ReapPolicy(timedelta(hours=2), False, 2, "p"), NOW)
+    assert plan.breaker_tripped and plan.eligible == 5
+    assert sorted(d.job_id for d in plan.with_action(core.CANCEL)) == ["j3", "j4"]
+    assert len(plan.with_action(core.SKIP_BREAKER)) == 3
+
+
+def test_dry_run_decides_but_plans_no_cancel():
+    details = jobs(detail("a", 300))
+    plan = core.plan_reap(["a"], details, core.ReapPolicy(timedelta(hours=2), True, 50, "p"), NOW)
+    assert [d.action for d in plan.decisions] == [core.WOULD_CANCEL]
+    assert core.cancel_batches(plan, POLICY.threshold) == []
+
+
+def test_cancel_reason_reads_like_the_issue_says():
+    assert core.cancel_reason(timedelta(minutes=134), timedelta(hours=2), "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT") == (
+        "platform-ops reaper: RUNNABLE for 2h14m > 2h0m (MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT)")
+
+
+def test_cancel_batches_hold_50_ids_one_reason_per_category():
+    details = jobs(*[detail(f"r{i:03}", 130 + i) for i in range(120)],
+                   *[detail(f"c{i}", 400, reason="CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - Service cannot fulfill")
+                     for i in range(3)])
+    plan = core.plan_reap(list(details), details, core.ReapPolicy(timedelta(hours=2), False, 500, "p"), NOW)
+    batches = core.cancel_batches(plan, POLICY.threshold)
+    assert [len(b.job_ids) for b in batches] == [3, 50, 50, 20]  # the oldest job's category first
+    assert batches[0].reason == "platform-ops reaper: RUNNABLE for 6h40m > 2h0m (CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY)"
+    assert batches[1].reason == "platform-ops reaper: RUNNABLE for 3h20m > 2h0m (MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT)"
+    assert batches[3].reason.startswith("platform-ops reaper: RUNNABLE for 2h10m > 2h0m")
+    assert sum(len(b.job_ids) for b in batches) == len(set(i for b in batches for i in b.job_ids))
+
+
+@pytest.mark.parametrize("reason, category", [
+    (RESOURCE, "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT"),
+    ("CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - Service cannot fulfill the capacity requested for instance type [p3.2xlarge]",
+     "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY"),
+    ("MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE - CE(s) associated with the job queue cannot meet the CPU requirement",
+     "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE"),
+    ("MISCONFIGURATION:SERVICE_ROLE_PERMISSIONS - Batch service role has a permission issue",
+     "MISCONFIGURATION:SERVICE_ROLE_PERMISSIONS"),
+    ("", core.UNKNOWN),
+    ("Something new from AWS", core.UNKNOWN),
+])
+def test_classify_status_reasons(reason, category):
+    assert core.classify(reason) == category
+    meaning, fix = core.hint(category)
+    assert meaning and fix
+
+
+def test_verify_reports_a_job_that_raced_into_starting_as_not_cancelled():
+    details = jobs(detail("a", 300), detail("b", 300), detail("c", 300))
+    plan = core.plan_reap(["a", "b", "c"], details, POLICY, NOW)
+    reason = core.cancel_batches(plan, POLICY.threshold)[0].reason
+    after = jobs(detail("a", 300, status="FAILED", reason=reason), detail("b", 300, status="STARTING", reason=""))
+    results = {r.job_id: r.result for r in core.verify(plan, CancelResult(("a", "b"), {"c": "ClientException: boom"}), after)}
+    assert results == {"a": core.CANCELLED, "b": "not cancelled: moved on to STARTING",
+                       "c": "cancel failed: ClientException: boom"}
+
+
+def test_report_is_one_message_within_block_kit_limits_even_for_500_jobs():
+    details = jobs(*[detail(f"job-{i:04}-" + "x" * 30, 130 + i) for i in range(500)])
+    plan = core.plan_reap(list(details), details, core.ReapPolicy(timedelta(hours=2), False, 50, "p"), NOW)
+    results = core.verify(plan, CancelResult(tuple(d.job_id for d in plan.with_action(core.CANCEL)), {}), {
+        d.job_id: job_from_api(detail(d.job_id, 200, status="FAILED", reason="platform-ops reaper: x"))
+        for d in plan.with_action(core.CANCEL)})
+    msg = core.report("staging", "ml-staging", POLICY, plan, results, "http://dagster/runs/abc")
+    assert len(msg.blocks) <= MAX_BLOCKS
+    assert all(len(b.get("text", {}).get("text", "")) <= MAX_SECTION_CHARS for b in msg.blocks)
+    text = "\n".join(b.get("text", {}).get("text", "") for b in msg.blocks)
+    assert "*Cancelled 50* of 500" in text
+    assert "Breaker tripped" in text and "450 left RUNNABLE" in text
+    assert "…and 460 more jobs" in text
+    assert "lower the step's @resources/@batch ask" in text
+    assert msg.blocks[-1]["type"] == "context" and "http://dagster/runs/abc" in msg.blocks[-1]["elements"][0]["text"]
+
+
+def test_report_for_a_dry_run_says_nothing_was_cancelled():
+    details = jobs(detail("a", 300))
+    policy = core.ReapPolicy(timedelta(hours=2), True, 50, "p")
+    plan = core.plan_reap(["a"], details, policy, NOW)
+    msg = core.report("production", "ml-production", policy, plan, core.verify(plan, None, {}))
+    assert msg.text.startswith("Reaper: Would cancel 1 stuck job in production / ml-production")
+    assert "Dry run: nothing was cancelled." in msg.blocks[1]["text"]["text"]
