@@ -40,7 +40,7 @@ def count_calls() -> Iterator[Counter]:
         yield counter
     finally:
         with _listeners_lock:
-            _listeners.remove(counter)
+            _listeners[:] = [c for c in _listeners if c is not counter]  # Counters compare by value
 
 
 def _on_call(model: Any, **_: Any) -> None:

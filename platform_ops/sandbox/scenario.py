@@ -104,7 +104,7 @@ def play_round(sandbox: Any, scenario: Scenario, round_no: int) -> dict[str, int
     for event in scenario.events:
         if not event.due(round_no):
             continue
-        account, _ = sandbox._account({"environment": event.environment})
+        account, _ = sandbox.account_of(event.environment)
         for fault in event.faults:
             moto_internals.STATE.add_rule(moto_internals.FaultRule(account=account, queue=event.queue, **fault))
         if event.jobs:

@@ -46,6 +46,12 @@ class Sandbox:
         self._thread: threading.Thread | None = None
 
     @property
+    def home(self):
+        """The environment the base credentials belong to: the one reached without a role."""
+        envs = list(self.settings.environments.values())
+        return next((e for e in envs if not e.role_arn), envs[0])
+
+    @property
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.aws_port}"
 
@@ -55,7 +61,7 @@ class Sandbox:
             "AWS_ENDPOINT_URL": self.endpoint,
             "AWS_ACCESS_KEY_ID": SANDBOX_CREDENTIALS["aws_access_key_id"],
             "AWS_SECRET_ACCESS_KEY": SANDBOX_CREDENTIALS["aws_secret_access_key"],
-            "AWS_DEFAULT_REGION": next(iter(self.settings.environments.values())).region,
+            "AWS_DEFAULT_REGION": self.home.region,
             "SLACK_API_URL": self.sink.api_url,
             "SLACK_BOT_TOKEN": SANDBOX_TOKEN,
         }
@@ -66,8 +72,7 @@ class Sandbox:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         os.environ["MOTO_PORT"] = str(self.aws_port)  # moto's Step Functions calls Batch back here
         moto_internals.apply()
-        staging = next(iter(self.settings.environments.values()))
-        moto_internals.set_default_account(staging.account_id)
+        moto_internals.set_default_account(self.home.account_id)
         moto_app = DomainDispatcherApplication(create_backend_app)
         self._server = make_server(self.host, self.aws_port, _ControlApp(moto_app, self), threaded=True,
                                    request_handler=MotoRequestHandler)
@@ -90,15 +95,15 @@ class Sandbox:
         moto_internals.STATE.reset()
         create_world(self.endpoint, self.settings)
 
-    def _account(self, body: dict) -> tuple[str, str]:
-        name = body.get("environment")
+    def account_of(self, name: str | None) -> tuple[str, str]:
+        """(account id, region) of a sandbox environment."""
         env = self.settings.environments.get(name)
         if env is None:
             raise ValueError(f"environment {name!r} is not in the sandbox settings")
         return env.account_id, env.region
 
     def submit_jobs(self, body: dict) -> list[str]:
-        account, region = self._account(body)
+        account, region = self.account_of(body.get("environment"))
         backend = moto_internals.batch_backend(account, region)
         resources = [{"type": "VCPU", "value": str(body.get("vcpus", 1))},
                      {"type": "MEMORY", "value": str(body.get("memory", 4096))}]
@@ -136,7 +141,7 @@ class _ControlApp:
             elif action == "jobs":
                 result = {"job_ids": self.sandbox.submit_jobs(body)}
             elif action == "job-status":
-                account, region = self.sandbox._account(body)
+                account, region = self.sandbox.account_of(body.get("environment"))
                 moto_internals.set_job_status(account, region, body["job_id"], body["status"],
                                               body.get("attempt_stopped_minutes_ago"))
                 result = {"ok": True}
