@@ -6,8 +6,10 @@ from platform_ops.sandbox.scenario import SCENARIOS, ScenarioError, load_scenari
 
 
 @pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.yaml")), ids=lambda p: p.stem)
-def test_shipped_scenarios_parse(path):
-    assert load_scenario(str(path)).events
+def test_shipped_scenarios_play_in_the_sandbox(world, path):
+    scenario = load_scenario(str(path))
+    for round_no in range(2):
+        play_round(world.sandbox, scenario, round_no)  # AWS validation (e.g. tag values) included
 
 
 @pytest.mark.parametrize("data, message", [
