@@ -63,7 +63,8 @@ def test_smoke_prints_one_json_line(sandbox):
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1
     summary = json.loads(lines[0])
-    # smoke scenario: 3 stuck in staging (+1 protected), 2 stuck in production; one report per queue
-    assert summary["stuck_jobs_cancelled"] == 5
+    # smoke scenario: 3 stuck in staging (+1 protected) + 1 stuck Metaflow task, 2 stuck in production;
+    # one report per queue
+    assert summary["stuck_jobs_cancelled"] == 6  # + the stuck train task of a Metaflow run
     assert summary["slack_messages"] == 2
     assert summary["runs"] == 2 and summary["runs_failed"] == 0 and summary["sensor_ticks_failed"] == 0

@@ -11,6 +11,7 @@ Only the sandbox process imports this module. Product code never does.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ class FaultRule:
     run_id: str | None = None
     index: int | None = None
     remaining: int | None = None  # None: forever
+    created_minutes_ago: float | None = None  # e.g. a stuck task that has waited since the weekend
 
     def matches(self, job: Any, account: str) -> bool:
         if self.remaining is not None and self.remaining <= 0:
@@ -109,13 +111,13 @@ class SandboxState:
         with self.lock:
             self.rules.append(rule)
 
-    def fault_for(self, job: Any, account: str) -> str | None:
+    def rule_for(self, job: Any, account: str) -> FaultRule | None:
         with self.lock:
             for rule in self.rules:
                 if rule.matches(job, account):
                     if rule.remaining is not None:
                         rule.remaining -= 1
-                    return rule.fault
+                    return rule
         return None
 
 
@@ -179,9 +181,11 @@ def scheduler_verdict(job: Any) -> Outcome | None:
 
 
 def decide(job: Any, account: str) -> Outcome:
-    fault = STATE.fault_for(job, account)
-    if fault is not None:
-        return FAULTS[fault]()
+    rule = STATE.rule_for(job, account)
+    if rule is not None:
+        if rule.created_minutes_ago:
+            job.job_created_at = datetime.now() - timedelta(minutes=rule.created_minutes_ago)
+        return FAULTS[rule.fault]()
     return scheduler_verdict(job) or FAULTS["succeed"]()
 
 
@@ -232,7 +236,28 @@ def _finish(self: Any, include_start_attempt: bool, job: Any) -> None:
         job.job_stopped_reason = outcome.status_reason
     job._sandbox_container_reason = outcome.container_reason
     _write_logs(job, outcome.log_lines)
+    if outcome.status == SUCCEEDED:
+        _record_foreach(job, self.account_id, self.region_name)
     job._mark_stopped(success=outcome.status == SUCCEEDED)
+
+
+def _record_foreach(job: Any, account: str, region: str) -> None:
+    """Play a Metaflow start step's part in a foreach: write the split's cardinality where the
+    state machine's `#<step>` DynamoDB getItem reads it (width from the run's parameters)."""
+    env = _environment(job)
+    table, params = env.get("METAFLOW_SFN_DYNAMO_DB_TABLE"), env.get("METAFLOW_PARAMETERS")
+    if not table or params is None:
+        return
+    from moto.dynamodb.models import dynamodb_backends
+
+    try:
+        width = int(json.loads(params or "{}").get("width", 3))
+    except (ValueError, AttributeError):
+        width = 3
+    dynamodb_backends[account][region].put_item(table, {
+        "pathspec": {"S": job.job_id},
+        "for_each_cardinality": {"NS": [str(i) for i in range(max(1, width))]},
+    })
 
 
 def _terminate(original: Callable[..., None]) -> Callable[..., None]:
@@ -349,6 +374,130 @@ def _require(obj: Any, name: str) -> Any:
     return getattr(obj, name)
 
 
+# ---- Step Functions interpreter (moto's ASL parser, ported from LocalStack) ----
+
+_execution_account = threading.local()
+
+
+def _operation_model(service: str, action: str) -> Any:
+    import botocore.session
+    from botocore import xform_name
+
+    model = botocore.session.get_session().get_service_model(service)
+    for name in model.operation_names:
+        if xform_name(name) == action:
+            return model.operation_model(name)
+    raise RuntimeError(f"no {service} operation {action!r} in botocore's model")
+
+
+def _normalise_parameters(self: Any, parameters: dict, boto_service_name: str | None = None,
+                          service_action_name: str | None = None) -> None:
+    """Bug 1: SFN passes PascalCase keys (JobName, ...) to boto3. AWS maps them onto the API's
+    own shape; so does this, with the parser's existing `_to_boto_request`."""
+    op = _operation_model(self._get_boto_service_name(boto_service_name),
+                          self._get_boto_service_action(service_action_name))
+    self._to_boto_request(parameters, op.input_shape)
+
+
+def _normalise_response(self: Any, response: Any, boto_service_name: str | None = None,
+                        service_action_name: str | None = None) -> None:
+    op = _operation_model(self._get_boto_service_name(boto_service_name),
+                          self._get_boto_service_action(service_action_name))
+    self._from_boto_response(response, op.output_shape)
+
+
+def _in_execution_account(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Bug 3: remember which account the execution runs in while a task builds its clients."""
+
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        part = kwargs.get("resource_runtime_part") or next(
+            (a for a in args if hasattr(a, "account") and hasattr(a, "region")), None)
+        previous = getattr(_execution_account, "account", None)
+        _execution_account.account = getattr(part, "account", None)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            _execution_account.account = previous
+
+    return wrapper
+
+
+def _account_aware(boto_client_for: Callable[..., Any]) -> Callable[..., Any]:
+    """Bug 3: moto's callback clients sign with key 'ak', i.e. the default account; AWS calls
+    the integrated service in the state machine's own account."""
+
+    def client_for(*args: Any, **kwargs: Any) -> Any:
+        client = boto_client_for(*args, **kwargs)
+        account = getattr(_execution_account, "account", None)
+        if account:
+            def add_header(request: Any, **_: Any) -> None:
+                request.headers["x-moto-account-id"] = account
+
+            client.meta.events.register("before-sign", add_header)
+        return client
+
+    return client_for
+
+
+_MULTI_KEY = re.compile(r"^(?P<parent>.*?)\.?\[\s*(?P<keys>'[^']*'(?:\s*,\s*'[^']*')+)\s*\]$")
+
+
+def _multi_key_aware(extract_json: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    """Bug 4: AWS's JSONPath (Jayway) reads `$.['JobId', 'Parameters']` as an object with those
+    keys; moto returns a list of the values. Metaflow's every task has such an OutputPath."""
+
+    def extract(path: str, data: Any) -> Any:
+        match = _MULTI_KEY.match(path.strip())
+        if not match:
+            return extract_json(path, data)
+        parent = extract_json(match["parent"] or "$", data)
+        keys = [k.strip().strip("'") for k in match["keys"].split(",")]
+        return {k: parent[k] for k in keys if isinstance(parent, dict) and k in parent}
+
+    return extract
+
+
+def _apply_stepfunctions() -> None:
+    from moto.core import config as core_config
+    from moto.stepfunctions.parser.asl.component.common.error_name import error_name as error_name_mod
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration import iteration_worker
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+        state_task_service_batch as batch_mod,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+        state_task_service_dynamodb as dynamodb_mod,
+    )
+
+    batch_cls = _require(batch_mod, "StateTaskServiceBatch")
+    dynamodb_cls = _require(dynamodb_mod, "StateTaskServiceDynamoDB")
+    for name in ("_to_boto_request", "_from_boto_response", "_eval_service_task", "_build_sync_resolver",
+                 "_get_boto_service_name", "_get_boto_service_action"):
+        _require(batch_cls, name)
+    _require(iteration_worker, "CustomErrorName")
+    error_name_cls = _require(error_name_mod, "ErrorName")
+
+    core_config.default_user_config["stepfunctions"] = {"execute_state_machine": True}
+    batch_cls._normalise_parameters = _normalise_parameters
+    batch_cls._normalise_response = _normalise_response
+
+    class IterationErrorName(error_name_cls):
+        """Bug 2: a failed Map iteration re-raises its own error (e.g. States.TaskFailed);
+        CustomErrorName rejects every 'States.' name and turns it into States.Runtime."""
+
+    iteration_worker.CustomErrorName = IterationErrorName
+    from moto.stepfunctions.parser.asl.component.common.string import string_expression
+    from moto.stepfunctions.parser.asl.utils import json_path
+
+    original_extract = _require(json_path, "extract_json")
+    _require(string_expression, "extract_json")
+    json_path.extract_json = string_expression.extract_json = _multi_key_aware(original_extract)
+    for cls in (batch_cls, dynamodb_cls):
+        cls._eval_service_task = _in_execution_account(cls._eval_service_task)
+    batch_cls._build_sync_resolver = _in_execution_account(batch_cls._build_sync_resolver)
+    for mod in (batch_mod, dynamodb_mod):
+        mod.boto_client_for = _account_aware(_require(mod, "boto_client_for"))
+
+
 _applied = False
 
 
@@ -387,6 +536,7 @@ def apply() -> None:
     response_cls.listjobs = _list_jobs_response
     response_cls.canceljobs = _cancel_jobs_response
     url_paths[base + "/v1/canceljobs$"] = response_cls.dispatch
+    _apply_stepfunctions()
     _applied = True
 
 

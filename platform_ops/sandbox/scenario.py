@@ -21,6 +21,7 @@ faults and submits its jobs. Users copy a scenario file to rehearse their own in
 from __future__ import annotations
 
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ from platform_ops.sandbox import moto_internals
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 _JOB_KEYS = {"count", "name", "vcpus", "memory", "created_minutes_ago", "tags", "parameters", "job_definition"}
-_FAULT_KEYS = {"fault", "name_prefix", "step", "run_id", "index", "remaining"}
+_FAULT_KEYS = {"fault", "name_prefix", "step", "run_id", "index", "remaining", "created_minutes_ago"}
+_FLOW_KEYS = {"width", "faults"}
 
 
 class ScenarioError(ValueError):
@@ -45,6 +47,7 @@ class Event:
     queue: str
     jobs: dict[str, Any] = field(default_factory=dict)
     faults: tuple[dict[str, Any], ...] = ()
+    flow: dict[str, Any] | None = None  # a Metaflow run: {width: N, faults: [...]} (faults for this run only)
     every: int = 1
     once: bool = False
 
@@ -67,25 +70,35 @@ def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
         where = f"{source}: events[{i}]"
         if not isinstance(raw, dict):
             raise ScenarioError(f"{where}: expected a mapping")
-        for key in ("environment", "queue"):
+        for key in ("environment",) if raw.get("flow") else ("environment", "queue"):
             if not isinstance(raw.get(key), str):
                 raise ScenarioError(f"{where}.{key}: required string")
+        flow = raw.get("flow")
+        if flow is not None:
+            if not isinstance(flow, dict) or set(flow) - _FLOW_KEYS:
+                raise ScenarioError(f"{where}.flow: a mapping with keys {sorted(_FLOW_KEYS)}")
+            _check_faults(f"{where}.flow", flow.get("faults") or [])
         jobs = raw.get("jobs") or {}
         unknown = set(jobs) - _JOB_KEYS
         if unknown:
             raise ScenarioError(f"{where}.jobs: unknown key {sorted(unknown)[0]!r} (known: {sorted(_JOB_KEYS)})")
         faults = raw.get("faults") or []
-        for j, fault in enumerate(faults):
-            unknown = set(fault) - _FAULT_KEYS
-            if unknown:
-                raise ScenarioError(f"{where}.faults[{j}]: unknown key {sorted(unknown)[0]!r}")
-            if fault.get("fault") not in moto_internals.FAULTS:
-                raise ScenarioError(f"{where}.faults[{j}].fault: one of {sorted(moto_internals.FAULTS)}")
+        _check_faults(where, faults)
         events.append(Event(
-            name=str(raw.get("name", f"event {i}")), environment=raw["environment"], queue=raw["queue"],
-            jobs=dict(jobs), faults=tuple(faults), every=int(raw.get("every", 1)), once=bool(raw.get("once", False)),
+            name=str(raw.get("name", f"event {i}")), environment=raw["environment"], queue=raw.get("queue", ""),
+            jobs=dict(jobs), faults=tuple(faults), flow=flow, every=int(raw.get("every", 1)),
+            once=bool(raw.get("once", False)),
         ))
     return Scenario(str(data.get("name", source)), float(data.get("interval_seconds", 45)), tuple(events))
+
+
+def _check_faults(where: str, faults: list) -> None:
+    for j, fault in enumerate(faults):
+        unknown = set(fault) - _FAULT_KEYS
+        if unknown:
+            raise ScenarioError(f"{where}.faults[{j}]: unknown key {sorted(unknown)[0]!r}")
+        if fault.get("fault") not in moto_internals.FAULTS:
+            raise ScenarioError(f"{where}.faults[{j}].fault: one of {sorted(moto_internals.FAULTS)}")
 
 
 def load_scenario(name_or_path: str) -> Scenario:
@@ -99,18 +112,54 @@ def load_scenario(name_or_path: str) -> Scenario:
 
 
 def play_round(sandbox: Any, scenario: Scenario, round_no: int) -> dict[str, int]:
-    """Apply every event due this round; returns jobs submitted per event."""
-    submitted = {}
+    """Apply every event due this round; returns what each event did (jobs submitted, or the
+    Metaflow run started)."""
+    from platform_ops.sandbox import flows
+
+    done: dict[str, Any] = {}
     for event in scenario.events:
         if not event.due(round_no):
             continue
         account, _ = sandbox.account_of(event.environment)
         for fault in event.faults:
-            moto_internals.STATE.add_rule(moto_internals.FaultRule(account=account, queue=event.queue, **fault))
+            moto_internals.STATE.add_rule(moto_internals.FaultRule(account=account, queue=event.queue or None, **fault))
         if event.jobs:
-            ids = sandbox.submit_jobs({"environment": event.environment, "queue": event.queue, **event.jobs})
-            submitted[event.name] = len(ids)
-    return submitted
+            done[event.name] = len(sandbox.submit_jobs({"environment": event.environment, "queue": event.queue,
+                                                        **event.jobs}))
+        if event.flow is not None:
+            run_id = f"{scenario.name}-{round_no}-{uuid.uuid4().hex[:8]}"
+            for fault in event.flow.get("faults") or []:
+                moto_internals.STATE.add_rule(moto_internals.FaultRule(account=account, run_id=run_id, **fault))
+            env = sandbox.settings.environments[event.environment]
+            flows.trigger(sandbox.endpoint, env, width=int(event.flow.get("width", 3)), name=run_id)
+            done[event.name] = f"run sfn-{run_id}"
+    return done
+
+
+def wait_until_quiet(sandbox: Any, timeout: float = 20.0, quiet_for: float = 1.5) -> int:
+    """Wait until running executions stop making progress (finished, or waiting on a job that
+    will not start); returns how many are still RUNNING."""
+    import time
+
+    from platform_ops.sandbox.world import account_client
+
+    deadline, last, quiet_since = time.monotonic() + timeout, None, time.monotonic()
+    while True:
+        running, events = 0, 0
+        for env in sandbox.settings.environments.values():
+            sfn = account_client(sandbox.endpoint, "stepfunctions", env.account_id, env.region)
+            for machine in sfn.list_state_machines()["stateMachines"]:
+                for ex in sfn.list_executions(stateMachineArn=machine["stateMachineArn"],
+                                              statusFilter="RUNNING")["executions"]:
+                    running += 1
+                    events += len(sfn.get_execution_history(executionArn=ex["executionArn"],
+                                                             maxResults=1000)["events"])
+        now = time.monotonic()
+        if (running, events) != last:
+            last, quiet_since = (running, events), now
+        if running == 0 or now - quiet_since >= quiet_for or now > deadline:
+            return running
+        time.sleep(0.3)
 
 
 class Driver:
@@ -127,7 +176,7 @@ class Driver:
             try:
                 done = play_round(self.sandbox, self.scenario, round_no)
                 self.log(f"scenario {self.scenario.name} round {round_no}: " +
-                         (", ".join(f"{k}: {v} jobs" for k, v in done.items()) or "nothing due"))
+                         ("; ".join(f"{k}: {v}" for k, v in done.items()) or "nothing due"))
             except Exception as exc:  # keep the platform alive; say what went wrong
                 self.log(f"scenario {self.scenario.name} round {round_no} failed: {type(exc).__name__}: {exc}")
             round_no += 1

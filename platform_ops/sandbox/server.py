@@ -70,6 +70,7 @@ class Sandbox:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        logging.getLogger("moto.stepfunctions.parser").setLevel(logging.CRITICAL)  # logs every JSONPath miss
         os.environ["MOTO_PORT"] = str(self.aws_port)  # moto's Step Functions calls Batch back here
         moto_internals.apply()
         moto_internals.set_default_account(self.home.account_id)

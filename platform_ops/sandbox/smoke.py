@@ -46,7 +46,7 @@ def tick_and_run(defs: Any, instance: Any) -> dict[str, Any]:
 def main(scenario_name: str = "smoke") -> int:
     import dagster as dg
 
-    from platform_ops.sandbox.scenario import load_scenario, play_round
+    from platform_ops.sandbox.scenario import load_scenario, play_round, wait_until_quiet
     from platform_ops.sandbox.server import Sandbox
     from platform_ops.settings import SETTINGS_ENV_VAR, load_settings
 
@@ -57,6 +57,7 @@ def main(scenario_name: str = "smoke") -> int:
         os.environ.update(sandbox.product_env())
         os.environ[SETTINGS_ENV_VAR] = settings_path
         play_round(sandbox, load_scenario(scenario_name), 0)
+        wait_until_quiet(sandbox)  # Metaflow runs have submitted what they will submit
 
         from platform_ops.code_location import build_defs
 

@@ -7,6 +7,7 @@ to 8 vCPU / 32 GiB, maxvCpus 256), the watched job queues, and a Metaflow-style 
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 
 import boto3
@@ -18,6 +19,7 @@ JOB_DEFINITION = "metaflow_sandbox"
 SANDBOX_CREDENTIALS = {"aws_access_key_id": "sandbox", "aws_secret_access_key": "sandbox"}
 
 
+@lru_cache(maxsize=64)
 def account_client(endpoint: str, service: str, account: str, region: str) -> Any:
     """A client acting in `account` (moto's x-moto-account-id header): the sandbox's own
     back door for seeding, never used by product code."""
@@ -68,5 +70,8 @@ def create_environment(endpoint: str, env: EnvironmentSettings) -> None:
 
 
 def create_world(endpoint: str, settings: Settings) -> None:
+    from platform_ops.sandbox.flows import deploy
+
     for env in settings.environments.values():
         create_environment(endpoint, env)
+        deploy(endpoint, env)

@@ -1,0 +1,83 @@
+"""Metaflow-shaped Step Functions runs in the sandbox behave as on AWS: a Map of
+batch:submitJob.sync tasks really submits jobs, in the state machine's own account, and a failed
+task fails the execution with States.TaskFailed carrying the job JSON as cause."""
+
+import json
+import time
+
+import pytest
+
+from platform_ops.sandbox import flows
+from platform_ops.sandbox.world import account_client
+
+
+def sfn(world, environment):
+    env = world.settings.environments[environment]
+    return account_client(world.sandbox.endpoint, "stepfunctions", env.account_id, env.region)
+
+
+def execution_arn(world, environment, name):
+    env = world.settings.environments[environment]
+    return f"arn:aws:states:{env.region}:{env.account_id}:execution:{flows.DEPLOYMENTS[environment].name}:{name}"
+
+
+def wait_for(world, environment, name, until=lambda d: d["status"] != "RUNNING", timeout=30):
+    client, arn = sfn(world, environment), execution_arn(world, environment, name)
+    deadline = time.monotonic() + timeout
+    while True:
+        description = client.describe_execution(executionArn=arn)
+        if until(description) or time.monotonic() > deadline:
+            return description
+        time.sleep(0.2)
+
+
+def history(world, environment, name):
+    return sfn(world, environment).get_execution_history(
+        executionArn=execution_arn(world, environment, name), maxResults=1000)["events"]
+
+
+@pytest.mark.parametrize("environment", ["staging", "production"])
+def test_a_foreach_run_submits_every_task_and_succeeds(world, environment):
+    flows.trigger(world.sandbox.endpoint, world.settings.environments[environment], width=3, name="ok-run")
+    assert wait_for(world, environment, "ok-run")["status"] == "SUCCEEDED"
+    submitted = [json.loads(e["taskSubmittedEventDetails"]["output"])
+                 for e in history(world, environment, "ok-run") if e["type"] == "TaskSubmitted"]
+    assert len(submitted) == 1 + 3 + 2  # start, 3 x train, join, end
+    jobs = world.describe(environment, [s["JobId"] for s in submitted])
+    assert {j["jobName"] for j in jobs.values()} == {f"SFN-DemoFlow--{s}--" for s in ("start", "train", "join", "end")}
+    assert all(j["status"] == "SUCCEEDED" for j in jobs.values())
+    env = world.settings.environments[environment]
+    assert all(f":{env.account_id}:job-queue/{env.job_queues[0]}" in j["jobQueue"] for j in jobs.values())
+    assert {j["parameters"]["metaflow.run_id"] for j in jobs.values()} == {"ok-run"}
+
+
+def test_a_failed_task_fails_the_execution_with_the_job_json_as_cause(world):
+    world.fault(fault="oom", run_id="oom-run", step="train", index=1)
+    flows.trigger(world.sandbox.endpoint, world.settings.environments["production"], width=3, name="oom-run")
+    description = wait_for(world, "production", "oom-run")
+    assert description["status"] == "FAILED"
+    assert description["error"] == "States.TaskFailed"
+    cause = json.loads(description["cause"])
+    assert cause["JobName"] == "SFN-DemoFlow--train--"
+    assert cause["Status"] == "FAILED"
+    assert cause["JobQueue"] == "arn:aws:batch:us-east-1:222222222222:job-queue/ml-production"
+    assert cause["Attempts"][-1]["Container"]["ExitCode"] == 137
+    assert cause["Parameters"]["metaflow.owner"] == "alice"
+    types = [e["type"] for e in history(world, "production", "oom-run")]
+    assert "MapIterationFailed" in types and types.count("TaskFailed") >= 1
+    failed = [e for e in history(world, "production", "oom-run") if e["type"] == "TaskFailed"][0]
+    assert failed["taskFailedEventDetails"]["error"] == "States.TaskFailed"
+
+
+def test_a_stuck_task_keeps_the_run_waiting_until_cancelled_then_it_fails_with_the_reason(world):
+    world.fault(fault="stuck", run_id="stuck-run", step="train", index=0, created_minutes_ago=150)
+    flows.trigger(world.sandbox.endpoint, world.settings.environments["staging"], width=2, name="stuck-run")
+    deadline = time.monotonic() + 20
+    while not (stuck := world.batch().list_jobs(jobQueue="ml-staging", jobStatus="RUNNABLE")["jobSummaryList"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert wait_for(world, "staging", "stuck-run", timeout=2)["status"] == "RUNNING"
+    world.batch().cancel_job(jobId=stuck[0]["jobId"], reason="platform-ops reaper: RUNNABLE for 2h30m > 2h0m (X)")
+    description = wait_for(world, "staging", "stuck-run")
+    assert description["status"] == "FAILED"
+    assert json.loads(description["cause"])["StatusReason"] == "platform-ops reaper: RUNNABLE for 2h30m > 2h0m (X)"
