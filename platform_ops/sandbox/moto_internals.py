@@ -457,6 +457,26 @@ def _multi_key_aware(extract_json: Callable[[str, Any], Any]) -> Callable[[str, 
     return extract
 
 
+def _paged_history(self: Any) -> Any:
+    """Bug 5: GetExecutionHistory pages (maxResults default 100, at most 1000; nextToken;
+    reverseOrder) on AWS; moto returns every event at once."""
+    from moto.core.responses import ActionResult
+    from moto.stepfunctions.exceptions import ValidationException
+
+    events = list(self.stepfunction_backend.get_execution_history(self._get_param("executionArn"))["events"])
+    if self._get_param("reverseOrder"):
+        events.reverse()
+    size = int(self._get_param("maxResults") or 100)
+    if not 1 <= size <= 1000:
+        raise ValidationException(f"maxResults must be between 1 and 1000, got {size}")
+    token = self._get_param("nextToken")
+    start = int(token) if token and token.isdigit() else 0
+    result: dict[str, Any] = {"events": events[start:start + size]}
+    if start + size < len(events):
+        result["nextToken"] = str(start + size)
+    return ActionResult(result)
+
+
 def _apply_stepfunctions() -> None:
     from moto.core import config as core_config
     from moto.stepfunctions.parser.asl.component.common.error_name import error_name as error_name_mod
@@ -476,7 +496,12 @@ def _apply_stepfunctions() -> None:
     _require(iteration_worker, "CustomErrorName")
     error_name_cls = _require(error_name_mod, "ErrorName")
 
+    from moto.stepfunctions import responses as sfn_responses
+
+    sfn_response_cls = _require(sfn_responses, "StepFunctionResponse")
+    _require(sfn_response_cls, "get_execution_history")
     core_config.default_user_config["stepfunctions"] = {"execute_state_machine": True}
+    sfn_response_cls.get_execution_history = _paged_history
     batch_cls._normalise_parameters = _normalise_parameters
     batch_cls._normalise_response = _normalise_response
 

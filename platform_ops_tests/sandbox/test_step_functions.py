@@ -81,3 +81,22 @@ def test_a_stuck_task_keeps_the_run_waiting_until_cancelled_then_it_fails_with_t
     description = wait_for(world, "staging", "stuck-run")
     assert description["status"] == "FAILED"
     assert json.loads(description["cause"])["StatusReason"] == "platform-ops reaper: RUNNABLE for 2h30m > 2h0m (X)"
+
+
+def test_execution_history_pages_like_aws(world):
+    """GetExecutionHistory: maxResults (default 100, at most 1000) with nextToken; reverseOrder."""
+    flows.trigger(world.sandbox.endpoint, world.settings.environments["staging"], width=3, name="paged")
+    wait_for(world, "staging", "paged")
+    client, arn = sfn(world, "staging"), execution_arn(world, "staging", "paged")
+    everything = client.get_execution_history(executionArn=arn, maxResults=1000)["events"]
+    pages, kwargs = [], {"executionArn": arn, "maxResults": 7}
+    while True:
+        page = client.get_execution_history(**kwargs)
+        pages.append(page["events"])
+        if "nextToken" not in page:
+            break
+        kwargs["nextToken"] = page["nextToken"]
+    assert [e["id"] for p in pages for e in p] == [e["id"] for e in everything]
+    assert all(len(p) == 7 for p in pages[:-1]) and len(pages) == -(-len(everything) // 7)
+    newest = client.get_execution_history(executionArn=arn, maxResults=1, reverseOrder=True)["events"][0]
+    assert newest["type"] == "ExecutionSucceeded"
