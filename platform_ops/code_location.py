@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from platform_ops.alerts.defs import alerts_defs
 from platform_ops.reaper.defs import reaper_defs
 from platform_ops.resources import build_resources
 from platform_ops.settings import Settings
@@ -12,5 +13,6 @@ from platform_ops.settings import Settings
 def build_defs(settings: Settings) -> dg.Definitions:
     return dg.Definitions.merge(
         reaper_defs(settings),
+        alerts_defs(settings),
         dg.Definitions(resources=build_resources(settings)),
     )

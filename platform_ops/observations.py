@@ -32,3 +32,35 @@ class CancelResult:
 
     accepted: tuple[str, ...]
     errors: dict[str, str]
+
+
+@dataclass(frozen=True)
+class StateMachine:
+    name: str
+    arn: str
+
+
+@dataclass(frozen=True)
+class Execution:
+    """A Step Functions execution as ListExecutions/DescribeExecution report it."""
+
+    arn: str
+    name: str
+    state_machine_arn: str
+    status: str
+    started_at: datetime
+    stopped_at: datetime | None = None
+    error: str = ""
+    cause: str = ""
+
+    @property
+    def state_machine_name(self) -> str:
+        return self.state_machine_arn.rsplit(":", 1)[-1]
+
+    @property
+    def account(self) -> str:
+        return self.arn.split(":")[4]
+
+    @property
+    def region(self) -> str:
+        return self.arn.split(":")[3]

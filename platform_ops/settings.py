@@ -6,9 +6,11 @@ and what is wrong with it, e.g. `reaper.max_cancels_per_run: expected an integer
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,32 @@ class ReaperSettings:
 
 
 @dataclass(frozen=True)
+class Silence:
+    """Executions of state machines matching `state_machine_pattern` (a glob) are muted until
+    `until`: recorded, not alerted."""
+
+    state_machine_pattern: str
+    until: datetime
+    reason: str
+
+    def mutes(self, state_machine: str, now: datetime) -> bool:
+        return now < self.until and fnmatch.fnmatchcase(state_machine, self.state_machine_pattern)
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    interval_seconds: int = 60
+    digest_threshold: int = 5
+    post_interval_seconds: float = 1.0
+    initial_lookback_minutes: int = 60
+    execution_lookback_hours: int = 48
+    log_lines: int = 20
+    retries: int = 3
+    retry_delay_seconds: float = 10.0
+    silences: tuple[Silence, ...] = ()
+
+
+@dataclass(frozen=True)
 class SlackSettings:
     channel: str = "#ml-platform-alerts"
     owners: dict[str, str] = field(default_factory=dict)
@@ -56,6 +84,7 @@ class Settings:
     environments: dict[str, EnvironmentSettings]
     reaper: ReaperSettings = ReaperSettings()
     slack: SlackSettings = SlackSettings()
+    alerts: AlertSettings = AlertSettings()
     metaflow_ui_url: str = "https://metaflow.example.com"
     sensors_running: bool = False
     dagster_url: str = "http://127.0.0.1:3000"
@@ -95,6 +124,22 @@ class _Reader:
 
 def _is_int(minimum: int) -> Any:
     return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _is_number(minimum: float) -> Any:
+    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= minimum
+
+
+def _as_time(v: Any) -> datetime | None:
+    """An aware datetime from YAML (a timestamp or an ISO string), else None."""
+    if isinstance(v, str):
+        try:
+            v = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if isinstance(v, datetime) and v.tzinfo is not None:
+        return v
+    return None
 
 
 def _is_str(v: Any) -> bool:
@@ -153,6 +198,33 @@ def parse_settings(data: Any) -> Settings:
     )
     r.done()
 
+    a = root.sub("alerts")
+    silences = []
+    raw_silences = a.get("silences", [], check=lambda v: isinstance(v, list), expect="a list of silences") or []
+    for i, raw in enumerate(raw_silences):
+        r = _Reader(raw, f"alerts.silences[{i}]")
+        until = r.get("until", check=lambda v: _as_time(v) is not None,
+                      expect="an ISO 8601 time with a timezone, e.g. 2026-12-01T09:00:00Z")
+        silences.append(Silence(
+            state_machine_pattern=r.get("state_machine_pattern", check=_is_str, expect="a glob, e.g. mlplatform.test.*"),
+            until=_as_time(until),
+            reason=r.get("reason", check=_is_str, expect="why it is silenced"),
+        ))
+        r.done()
+    alerts = AlertSettings(
+        interval_seconds=a.get("interval_seconds", 60, check=_is_int(5), expect="an integer >= 5"),
+        digest_threshold=a.get("digest_threshold", 5, check=_is_int(1), expect="an integer >= 1"),
+        post_interval_seconds=float(a.get("post_interval_seconds", 1.0, check=_is_number(0),
+                                          expect="a number of seconds >= 0")),
+        initial_lookback_minutes=a.get("initial_lookback_minutes", 60, check=_is_int(0), expect="an integer >= 0"),
+        execution_lookback_hours=a.get("execution_lookback_hours", 48, check=_is_int(1), expect="an integer >= 1"),
+        log_lines=a.get("log_lines", 20, check=_is_int(0), expect="an integer >= 0"),
+        retries=a.get("retries", 3, check=_is_int(0), expect="an integer >= 0"),
+        retry_delay_seconds=float(a.get("retry_delay_seconds", 10.0, check=_is_number(0), expect="a number >= 0")),
+        silences=tuple(silences),
+    )
+    a.done()
+
     s = root.sub("slack")
     slack = SlackSettings(
         channel=s.get("channel", "#ml-platform-alerts", check=_is_str, expect="a channel name or id"),
@@ -170,7 +242,7 @@ def parse_settings(data: Any) -> Settings:
     dagster_url = d.get("url", "http://127.0.0.1:3000", check=_is_str, expect="a URL").rstrip("/")
     d.done()
     root.done()
-    return Settings(environments, reaper, slack, ui_url, sensors_running, dagster_url)
+    return Settings(environments, reaper, slack, alerts, ui_url, sensors_running, dagster_url)
 
 
 def load_settings(path: str | os.PathLike | None = None) -> Settings:

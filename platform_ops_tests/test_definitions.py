@@ -66,5 +66,8 @@ def test_smoke_prints_one_json_line(sandbox):
     # smoke scenario: 3 stuck in staging (+1 protected) + 1 stuck Metaflow task, 2 stuck in production;
     # one report per queue
     assert summary["stuck_jobs_cancelled"] == 6  # + the stuck train task of a Metaflow run
-    assert summary["slack_messages"] == 2
-    assert summary["runs"] == 2 and summary["runs_failed"] == 0 and summary["sensor_ticks_failed"] == 0
+    # alerts: the production run's out-of-memory task, and the staging run failed by the reaper
+    assert summary["failed_executions_alerted"] == 2
+    assert summary["slack_messages"] == 2 + 2
+    # pass 1: two reaps + one alert run; pass 2: a reap of the protected job only (no report) + one alert run
+    assert summary["runs"] == 5 and summary["runs_failed"] == 0 and summary["sensor_ticks_failed"] == 0

@@ -5,13 +5,18 @@ The token is only ever handed to slack_sdk; it is not logged, returned or put in
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from dagster_slack import SlackResource
 from pydantic import Field
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
 
 from platform_ops.messages import SlackMessage
 
@@ -29,14 +34,16 @@ class PlatformSlackResource(SlackResource):
         client.retry_handlers = [
             ConnectionErrorRetryHandler(max_retry_count=2),
             RateLimitErrorRetryHandler(max_retry_count=self.rate_limit_retries),
+            ServerErrorRetryHandler(max_retry_count=2),
         ]
         return client
 
-    def post(self, channel: str, message: SlackMessage) -> dict[str, Any]:
-        """chat.postMessage, retrying 429s after Retry-After; SlackError when it is not sent."""
+    def post(self, channel: str, message: SlackMessage, thread_ts: str | None = None) -> dict[str, Any]:
+        """chat.postMessage (in a thread when `thread_ts`), retrying 429s after Retry-After and
+        5xx a few times; SlackError when it is not sent."""
         try:
             response = self.get_client().chat_postMessage(
-                channel=channel, text=message.text, blocks=list(message.blocks) or None,
+                channel=channel, text=message.text, blocks=list(message.blocks) or None, thread_ts=thread_ts,
             )
         except SlackApiError as exc:
             raise SlackError(f"chat.postMessage to {channel}: {exc.response.get('error', 'error')}") from None
@@ -47,3 +54,18 @@ class PlatformSlackResource(SlackResource):
 
 class SlackError(RuntimeError):
     """A message Slack did not accept; the text never contains the token."""
+
+
+class Pacer:
+    """Keeps consecutive posts at least `interval` seconds apart (Slack: ~1 message per second
+    per channel)."""
+
+    def __init__(self, interval: float):
+        self.interval, self._last = interval, None
+
+    def wait(self) -> None:
+        if self._last is not None:
+            delay = self.interval - (time.monotonic() - self._last)
+            if delay > 0:
+                time.sleep(delay)
+        self._last = time.monotonic()

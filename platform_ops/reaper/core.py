@@ -228,6 +228,14 @@ def verify(plan: ReapPlan, cancel: CancelResult | None, after: Mapping[str, Batc
 
 
 MAX_JOB_LINES = 40
+QUIET_RESULTS = {SKIP_GONE, SKIP_PROTECTED, SKIP_RETRIED, SKIP_NOT_RUNNABLE}
+
+
+def worth_reporting(plan: ReapPlan, results: list[JobResult]) -> bool:
+    """A run that only re-met protected, retried or vanished jobs stays off Slack (its metadata
+    still says so); anything cancelled, pending, failed or held back by the breaker is reported."""
+    return plan.breaker_tripped or any(
+        r.result not in QUIET_RESULTS and not r.result.startswith("not cancelled") for r in results)
 
 
 def report(environment: str, queue: str, policy: ReapPolicy, plan: ReapPlan, results: list[JobResult],

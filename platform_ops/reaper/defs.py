@@ -92,10 +92,11 @@ def reaper_defs(settings: Settings) -> dg.Definitions:
             context.log.error(f"Breaker tripped: {plan.eligible} stuck jobs > max_cancels_per_run "
                               f"{policy.max_cancels}; cancelled none past the cap")
         slack_error = None
-        try:
-            context.resources.slack.post(settings.slack.channel, message)
-        except SlackError as exc:  # the report must not hide what was done: record, then fail
-            slack_error = str(exc)
+        if core.worth_reporting(plan, results):
+            try:
+                context.resources.slack.post(settings.slack.channel, message)
+            except SlackError as exc:  # the report must not hide what was done: record, then fail
+                slack_error = str(exc)
         metadata = {
             "environment": env.name,
             "queue": config.queue,
@@ -107,7 +108,8 @@ def reaper_defs(settings: Settings) -> dg.Definitions:
             "results": dg.MetadataValue.json(counts),
             "jobs": _table(results),
             "aws_calls": dg.MetadataValue.json(dict(calls)),
-            "slack_report": "failed: " + slack_error if slack_error else "sent",
+            "slack_report": ("failed: " + slack_error if slack_error else
+                             "sent" if core.worth_reporting(plan, results) else "not needed: nothing acted on"),
         }
         yield dg.Output({"cancelled": cancelled, "results": counts}, metadata=metadata)
         if slack_error:

@@ -17,16 +17,23 @@ from typing import Any
 SANDBOX_SETTINGS = Path(__file__).parent / "settings.yaml"
 
 
-def tick_and_run(defs: Any, instance: Any) -> dict[str, Any]:
-    """Evaluate each sensor once, execute what it requests; what happened, as counts."""
+def tick_and_run(defs: Any, instance: Any, cursors: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """Evaluate each sensor once (carrying `cursors` from tick to tick as the daemon does),
+    execute what it requests; what happened, as counts."""
     import dagster as dg
 
     summary: dict[str, Any] = {"sensor_ticks_failed": 0, "runs": 0, "runs_failed": 0, "run_ids": []}
     repo = defs.get_repository_def()
     for sensor in repo.sensor_defs:
+        if isinstance(sensor, dg.RunStatusSensorDefinition):
+            continue  # reacts to runs, not to AWS: the daemon's business
         try:
-            with dg.build_sensor_context(instance=instance, resources=defs.resources, sensor_name=sensor.name) as ctx:
+            cursor = (cursors or {}).get(sensor.name)
+            with dg.build_sensor_context(instance=instance, resources=defs.resources, sensor_name=sensor.name,
+                                         cursor=cursor) as ctx:
                 result = sensor.evaluate_tick(ctx)
+            if cursors is not None:
+                cursors[sensor.name] = result.cursor if result.cursor is not None else cursor
         except Exception as exc:
             summary["sensor_ticks_failed"] += 1
             print(f"sensor {sensor.name} failed: {exc}", file=sys.stderr)
@@ -62,16 +69,23 @@ def main(scenario_name: str = "smoke") -> int:
         from platform_ops.code_location import build_defs
 
         defs = build_defs(settings)
+        totals = {"stuck_jobs_cancelled": 0, "failed_executions_alerted": 0}
+        summary: dict[str, Any] = {}
         with tempfile.TemporaryDirectory() as home, dg.instance_for_test(temp_dir=home) as instance:
-            summary = tick_and_run(defs, instance)
-            cancelled = 0
-            for run_id in summary.pop("run_ids"):
-                for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT):
-                    metadata = event.dagster_event.step_output_data.metadata
-                    if "cancelled" in metadata:
-                        cancelled += metadata["cancelled"].value
+            # two passes: executions failed by the first pass's reaping are alerted by the second
+            cursors: dict[str, str | None] = {}
+            for _ in range(2):
+                ticked = tick_and_run(defs, instance, cursors)
+                for key in ("sensor_ticks_failed", "runs", "runs_failed"):
+                    summary[key] = summary.get(key, 0) + ticked[key]
+                for run_id in ticked["run_ids"]:
+                    for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT):
+                        metadata = event.dagster_event.step_output_data.metadata
+                        totals["stuck_jobs_cancelled"] += metadata["cancelled"].value if "cancelled" in metadata else 0
+                        totals["failed_executions_alerted"] += metadata["announced"].value if "announced" in metadata else 0
+                wait_until_quiet(sandbox)
         messages = sandbox.sink.state.messages
-        line = {"stuck_jobs_cancelled": cancelled, "slack_messages": len(messages), **summary}
+        line = {**totals, "slack_messages": len(messages), **summary}
         print(json.dumps(line))
         return 0 if summary["runs_failed"] == 0 and summary["sensor_ticks_failed"] == 0 else 1
     finally:

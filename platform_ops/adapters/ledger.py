@@ -1,0 +1,63 @@
+"""The alert ledger: what was announced, kept in the Dagster instance's key-value store.
+
+That store is the instance's run storage (SQLite under $DAGSTER_HOME locally, Postgres in
+production), so a restarted daemon, a lost sensor cursor or a re-executed run all find it.
+An execution is written here only after Slack answered ok.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+PREFIX = "platform_ops/alerts/"
+
+
+class Ledger:
+    def __init__(self, instance: Any):
+        self._storage = instance.run_storage
+
+    def _get(self, keys: Iterable[str]) -> dict[str, dict]:
+        keys = {PREFIX + k for k in keys}
+        if not keys:
+            return {}
+        raw = self._storage.get_cursor_values(keys)
+        found = {}
+        for key, value in raw.items():
+            try:
+                record = json.loads(value)
+            except ValueError:
+                continue
+            if record:
+                found[key.removeprefix(PREFIX)] = record
+        return found
+
+    def _put(self, key: str, record: dict) -> None:
+        self._storage.set_cursor_values({PREFIX + key: json.dumps(record, sort_keys=True)})
+
+    def executions(self, arns: Iterable[str]) -> dict[str, dict]:
+        """Records of executions already handled: {"state": "announced"|"muted", ...}."""
+        return {k.removeprefix("execution/"): v for k, v in self._get(f"execution/{a}" for a in arns).items()}
+
+    def announce(self, arn: str, **record: Any) -> None:
+        self._put(f"execution/{arn}", {"state": "announced", **record})
+
+    def mute(self, arn: str, **record: Any) -> None:
+        self._put(f"execution/{arn}", {"state": "muted", **record})
+
+    def open_failures(self, state_machine_arns: Iterable[str]) -> dict[str, dict]:
+        """The last announced failure of each state machine not yet followed by a success."""
+        return {k.removeprefix("open/"): v for k, v in self._get(f"open/{a}" for a in state_machine_arns).items()}
+
+    def open_failure(self, state_machine_arn: str, **record: Any) -> None:
+        self._put(f"open/{state_machine_arn}", record)
+
+    def close_failure(self, state_machine_arn: str) -> None:
+        self._put(f"open/{state_machine_arn}", {})
+
+    def get(self, key: str) -> dict | None:
+        return self._get([key]).get(key)
+
+    def put(self, key: str, **record: Any) -> None:
+        self._put(key, record)

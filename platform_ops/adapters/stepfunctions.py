@@ -1,0 +1,75 @@
+"""Step Functions: state machines, executions and their histories, page by page."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+from platform_ops.adapters.aws import aws_errors
+from platform_ops.observations import Execution, StateMachine
+
+HISTORY_PAGE = 1000  # GetExecutionHistory's maximum
+LIST_PAGE = 1000
+
+
+def list_state_machines(client: Any, prefixes: Iterable[str]) -> list[StateMachine]:
+    """Every state machine whose name starts with one of `prefixes` ("" = all)."""
+    prefixes = tuple(prefixes)
+    found, kwargs = [], {"maxResults": LIST_PAGE}
+    while True:
+        with aws_errors():
+            page = client.list_state_machines(**kwargs)
+        found += [StateMachine(m["name"], m["stateMachineArn"]) for m in page.get("stateMachines", [])
+                  if m["name"].startswith(prefixes)]
+        if not page.get("nextToken"):
+            return found
+        kwargs["nextToken"] = page["nextToken"]
+
+
+def execution_from_api(item: dict[str, Any]) -> Execution:
+    return Execution(
+        arn=item["executionArn"], name=item["name"], state_machine_arn=item["stateMachineArn"],
+        status=item["status"], started_at=item["startDate"], stopped_at=item.get("stopDate"),
+        error=item.get("error", ""), cause=item.get("cause", ""),
+    )
+
+
+def recent_executions(client: Any, state_machine_arn: str, started_after: datetime) -> Iterator[Execution]:
+    """Executions newest first (ListExecutions' order), stopping at the first page that reaches
+    back before `started_after`: one call for a quiet state machine."""
+    kwargs = {"stateMachineArn": state_machine_arn, "maxResults": LIST_PAGE}
+    while True:
+        with aws_errors():
+            page = client.list_executions(**kwargs)
+        older = False
+        for item in page.get("executions", []):
+            if item["startDate"] < started_after:
+                older = True
+                continue
+            yield execution_from_api(item)
+        if older or not page.get("nextToken"):
+            return
+        kwargs["nextToken"] = page["nextToken"]
+
+
+def describe_execution(client: Any, arn: str) -> Execution:
+    with aws_errors():
+        return execution_from_api(client.describe_execution(executionArn=arn))
+
+
+def execution_history(client: Any, arn: str) -> list[dict[str, Any]]:
+    """Every event, oldest first, 1000 a page."""
+    events, kwargs = [], {"executionArn": arn, "maxResults": HISTORY_PAGE}
+    while True:
+        with aws_errors():
+            page = client.get_execution_history(**kwargs)
+        events += page.get("events", [])
+        if not page.get("nextToken"):
+            return events
+        kwargs["nextToken"] = page["nextToken"]
+
+
+def definition_for_execution(client: Any, arn: str) -> str:
+    with aws_errors():
+        return client.describe_state_machine_for_execution(executionArn=arn)["definition"]

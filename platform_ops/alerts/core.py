@@ -1,0 +1,435 @@
+"""Failure alerts, decided: which executions are new, what failed and why, what the message says.
+
+Pure functions over Execution observations and execution histories as the Step Functions API
+returns them (lists of event dicts). No AWS, no Slack client, no Dagster.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, SlackMessage, escape, pack
+from platform_ops.observations import Execution
+from platform_ops.reaper.core import REASON_PREFIX as REAPER_PREFIX
+from platform_ops.reaper.core import format_duration
+
+FAILED_STATUSES = ("FAILED", "TIMED_OUT", "ABORTED")
+SUCCEEDED = "SUCCEEDED"
+
+
+def scan(executions: Iterable[Execution], since: datetime) -> tuple[list[Execution], list[Execution], datetime]:
+    """Executions that stopped after `since`: (failed, succeeded, the newest stop seen). The
+    newest stop becomes the sensor's cursor for that state machine."""
+    failed, succeeded, newest = [], [], since
+    for ex in executions:
+        if ex.stopped_at is None or ex.stopped_at <= since:
+            continue
+        newest = max(newest, ex.stopped_at)
+        if ex.status in FAILED_STATUSES:
+            failed.append(ex)
+        elif ex.status == SUCCEEDED:
+            succeeded.append(ex)
+    return sorted(failed, key=lambda e: e.stopped_at), sorted(succeeded, key=lambda e: e.stopped_at), newest
+
+
+# ---- classification ----
+
+REAPED, OOM, SPOT, EXIT, TIMEOUT, SUBMIT, UNKNOWN = (
+    "reaped", "out of memory", "spot/host reclaimed", "non-zero exit", "Batch timeout", "submit failed", "unknown")
+
+
+def _last_container(job: Mapping[str, Any]) -> Mapping[str, Any]:
+    attempts = job.get("Attempts") or []
+    if attempts and isinstance(attempts[-1], dict) and attempts[-1].get("Container"):
+        return attempts[-1]["Container"]
+    return job.get("Container") or {}
+
+
+def classify(job: Mapping[str, Any]) -> tuple[str, str]:
+    """(category, what an operator reads) for a Batch job JSON as a TaskFailed cause has it."""
+    status_reason = str(job.get("StatusReason") or "")
+    container = _last_container(job)
+    attempts = job.get("Attempts") or []
+    container_reason = str(container.get("Reason") or "")
+    attempt_reason = str((attempts[-1] or {}).get("StatusReason") or "") if attempts else ""
+    exit_code = container.get("ExitCode")
+    if status_reason.startswith(REAPER_PREFIX):
+        match = re.search(r"RUNNABLE for (\S+)", status_reason)
+        waited = f" after {match.group(1)} in RUNNABLE" if match else " while RUNNABLE"
+        return REAPED, f"cancelled by platform-ops{waited}"
+    if "OutOfMemory" in container_reason or exit_code == 137:
+        return OOM, OOM
+    if any("Host EC2" in r or "spot" in r.lower() for r in (status_reason, container_reason, attempt_reason)):
+        return SPOT, SPOT
+    if "duration exceeded timeout" in status_reason or "duration exceeded timeout" in attempt_reason:
+        return TIMEOUT, TIMEOUT
+    if isinstance(exit_code, int) and exit_code != 0:
+        return EXIT, f"exit {exit_code}"
+    return UNKNOWN, status_reason or container_reason or UNKNOWN
+
+
+# ---- drill-down ----
+
+@dataclass(frozen=True)
+class TaskFailure:
+    step: str
+    category: str
+    reason: str
+    job_id: str = ""
+    job_name: str = ""
+    status_reason: str = ""
+    log_stream: str = ""
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class StepSummary:
+    name: str
+    submitted: int
+    failed: int
+    reasons: tuple[tuple[str, int], ...]  # most common first
+
+
+@dataclass(frozen=True)
+class Incident:
+    execution: Execution
+    environment: str
+    flow: str
+    owner: str | None
+    steps: tuple[StepSummary, ...]
+    failures: tuple[TaskFailure, ...]
+    execution_error: str = ""  # when nothing in Batch explains the failure
+    execution_cause: str = ""
+
+    @property
+    def run_id(self) -> str:
+        return f"sfn-{self.execution.name}"
+
+    @property
+    def submitted(self) -> int:
+        return sum(s.submitted for s in self.steps)
+
+    @property
+    def failed(self) -> int:
+        return sum(s.failed for s in self.steps)
+
+    @property
+    def first_failure(self) -> TaskFailure | None:
+        return next((f for f in self.failures if f.job_id), self.failures[0] if self.failures else None)
+
+    @property
+    def headline_reason(self) -> str:
+        reasons = Counter(f.reason for f in self.failures)
+        if reasons:
+            return reasons.most_common(1)[0][0]
+        return self.execution_error or self.execution.status.lower()
+
+
+def _json(text: Any) -> Any:
+    if not isinstance(text, str):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+_DETAIL_KEYS = {
+    "TaskScheduled": "taskScheduledEventDetails", "TaskSubmitted": "taskSubmittedEventDetails",
+    "TaskFailed": "taskFailedEventDetails", "TaskTimedOut": "taskTimedOutEventDetails",
+    "TaskSubmitFailed": "taskSubmitFailedEventDetails", "ExecutionFailed": "executionFailedEventDetails",
+    "ExecutionTimedOut": "executionTimedOutEventDetails", "ExecutionAborted": "executionAbortedEventDetails",
+}
+
+
+def _details(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    return event.get(_DETAIL_KEYS.get(event.get("type", ""), ""), None) or {}
+
+
+class _History:
+    """Events by id, with each event's state and its task's scheduled parameters, found by
+    walking previousEventId (Map iterations interleave, the chain does not)."""
+
+    def __init__(self, events: list[Mapping[str, Any]]):
+        self.by_id = {e.get("id"): e for e in events}
+        self._state: dict[Any, str] = {}
+        self._scheduled: dict[Any, Mapping[str, Any]] = {}
+
+    def _walk(self, event_id: Any) -> Iterable[Mapping[str, Any]]:
+        seen = set()
+        while event_id in self.by_id and event_id not in seen:
+            seen.add(event_id)
+            event = self.by_id[event_id]
+            yield event
+            event_id = event.get("previousEventId")
+
+    def state(self, event: Mapping[str, Any]) -> str:
+        key = event.get("id")
+        if key not in self._state:
+            self._state[key] = next(
+                (e["stateEnteredEventDetails"].get("name", "") for e in self._walk(key)
+                 if e.get("type", "").endswith("StateEntered") and e.get("stateEnteredEventDetails")), "")
+        return self._state[key]
+
+    def scheduled_parameters(self, event: Mapping[str, Any]) -> Mapping[str, Any]:
+        key = event.get("id")
+        if key not in self._scheduled:
+            scheduled = next((e for e in self._walk(key) if e.get("type") == "TaskScheduled"), None)
+            params = _json(_details(scheduled).get("parameters")) if scheduled else None
+            self._scheduled[key] = (params or {}).get("Parameters") or {} if isinstance(params, dict) else {}
+        return self._scheduled[key]
+
+
+def _step_of(history: _History, event: Mapping[str, Any], job: Mapping[str, Any] | None = None) -> str:
+    for params in ((job or {}).get("Parameters") or {}, history.scheduled_parameters(event)):
+        if isinstance(params, dict) and params.get("metaflow.step_name"):
+            return str(params["metaflow.step_name"])
+    return history.state(event).lstrip("#*") or "(execution)"
+
+
+def owner_from_definition(definition: str | None) -> str | None:
+    """`metaflow.owner` as Metaflow writes it into the start state's job parameters."""
+    data = _json(definition)
+    if not isinstance(data, dict):
+        return None
+    for state in (data.get("States") or {}).values():
+        params = ((state or {}).get("Parameters") or {}).get("Parameters") or {}
+        if isinstance(params, dict) and params.get("metaflow.owner"):
+            return str(params["metaflow.owner"])
+    return None
+
+
+def drill_down(execution: Execution, events: list[Mapping[str, Any]], environment: str,
+               definition: str | None = None) -> Incident:
+    """What failed and why, per Metaflow step, from the whole history."""
+    history = _History(events)
+    submitted: Counter = Counter()
+    failures: list[TaskFailure] = []
+    seen_jobs: set[str] = set()
+    facts: dict[str, str] = {}
+    execution_error, execution_cause = "", ""
+
+    def note(params: Mapping[str, Any]) -> None:
+        for key in ("metaflow.owner", "metaflow.flow_name"):
+            if isinstance(params, dict) and params.get(key) and key not in facts:
+                facts[key] = str(params[key])
+
+    for event in events:
+        kind, details = event.get("type", ""), _details(event)
+        batch = details.get("resourceType") == "batch"
+        if kind == "TaskScheduled" and batch:
+            note(history.scheduled_parameters(event))
+        elif kind == "TaskSubmitted" and batch:
+            submitted[_step_of(history, event)] += 1
+        elif kind in ("TaskFailed", "TaskTimedOut") and batch:
+            job = _json(details.get("cause"))
+            if not isinstance(job, dict):
+                step = _step_of(history, event)
+                text = str(details.get("cause") or details.get("error") or UNKNOWN)[:300]
+                failures.append(TaskFailure(step, UNKNOWN, f"{details.get('error', 'error')}: {text}"))
+                continue
+            job_id = str(job.get("JobId") or "")
+            if job_id and job_id in seen_jobs:
+                continue
+            seen_jobs.add(job_id)
+            note(job.get("Parameters") or {})
+            category, reason = classify(job)
+            if kind == "TaskTimedOut":
+                category, reason = TIMEOUT, "Step Functions task timeout"
+            container = _last_container(job)
+            failures.append(TaskFailure(
+                step=_step_of(history, event, job), category=category, reason=reason, job_id=job_id,
+                job_name=str(job.get("JobName") or ""), status_reason=str(job.get("StatusReason") or ""),
+                log_stream=str(container.get("LogStreamName") or ""), attempts=len(job.get("Attempts") or []),
+            ))
+        elif kind == "TaskSubmitFailed" or (kind == "TaskFailed" and not batch):
+            step = _step_of(history, event)
+            failures.append(TaskFailure(step, SUBMIT if kind == "TaskSubmitFailed" else UNKNOWN,
+                                        f"{details.get('error', 'error')}: {str(details.get('cause', ''))[:300]}"))
+        elif kind in ("ExecutionFailed", "ExecutionTimedOut", "ExecutionAborted") and not execution_error:
+            execution_error = details.get("error") or {"ExecutionTimedOut": "States.Timeout",
+                                                        "ExecutionAborted": "aborted"}.get(kind, "")
+            execution_cause = str(details.get("cause") or "")
+
+    if not execution_error:
+        execution_error = execution.error or ("aborted" if execution.status == "ABORTED" else "")
+        execution_cause = execution.cause
+    failed_by_step: dict[str, list[TaskFailure]] = {}
+    for f in failures:
+        failed_by_step.setdefault(f.step, []).append(f)
+    names = list(dict.fromkeys([*submitted, *failed_by_step]))
+    steps = tuple(
+        StepSummary(name, submitted[name], len(failed_by_step.get(name, [])),
+                    tuple(Counter(f.reason for f in failed_by_step.get(name, [])).most_common()))
+        for name in names)
+    owner = facts.get("metaflow.owner") or owner_from_definition(definition)
+    flow = facts.get("metaflow.flow_name") or execution.state_machine_name.rsplit(".", 1)[-1]
+    batch_explains = any(f.job_id for f in failures)
+    return Incident(execution, environment, flow, owner, steps, tuple(failures),
+                    "" if batch_explains else execution_error, "" if batch_explains else execution_cause)
+
+
+# ---- messages ----
+
+@dataclass(frozen=True)
+class Links:
+    metaflow_ui: str
+    dagster_run: str | None = None
+    owners: Mapping[str, str] = field(default_factory=dict)
+
+    def run(self, incident: Incident) -> str:
+        return f"{self.metaflow_ui}/{incident.flow}/{incident.run_id}"
+
+    def task(self, incident: Incident, failure: TaskFailure) -> str:
+        url = f"{self.run(incident)}/{failure.step}/{failure.job_id}"
+        return f"{url}?attempt={max(0, failure.attempts - 1)}" if failure.attempts else url
+
+    @staticmethod
+    def console(execution: Execution) -> str:
+        region = execution.region
+        return (f"https://{region}.console.aws.amazon.com/states/home?region={region}"
+                f"#/v2/executions/details/{execution.arn}")
+
+    def owner(self, owner: str | None) -> str:
+        if not owner:
+            return "unknown"
+        slack_id = self.owners.get(owner)
+        return f"<@{slack_id}>" if slack_id else escape(owner)
+
+
+_STATUS_WORDS = {"FAILED": "failed", "TIMED_OUT": "timed out", "ABORTED": "was aborted"}
+MAX_STEP_LINES = 12
+
+
+def step_line(step: StepSummary) -> str:
+    """'train: 47 of 50 failed: out of memory 45, exit 1 2'."""
+    reasons = ", ".join(f"{escape(r)} {n}" for r, n in step.reasons[:4])
+    more = len(step.reasons) - 4
+    if more > 0:
+        reasons += f", {more} other reason{'s' if more > 1 else ''}"
+    total = f" of {step.submitted}" if step.submitted else ""
+    return f"• `{escape(step.name)}`: {step.failed}{total} failed" + (f": {reasons}" if reasons else "")
+
+
+def _duration(execution: Execution) -> str:
+    if execution.stopped_at is None:
+        return "still running"
+    seconds = (execution.stopped_at - execution.started_at).total_seconds()
+    return f"{int(seconds)}s" if seconds < 60 else format_duration(timedelta(seconds=seconds))
+
+
+def _code_block(lines: list[str], budget: int) -> str:
+    """The newest log lines that fit, fenced; never cut mid-markup."""
+    kept: list[str] = []
+    used = 8
+    for line in reversed(lines):
+        clean = escape(line.replace("```", "'''"))[:500]
+        if used + len(clean) + 1 > budget:
+            break
+        kept.insert(0, clean)
+        used += len(clean) + 1
+    return "```\n" + "\n".join(kept) + "\n```" if kept else ""
+
+
+def render_incident(incident: Incident, links: Links, log_lines: list[str] | None = None) -> SlackMessage:
+    """One message per failed execution, readable on a phone, inside Block Kit's limits."""
+    ex = incident.execution
+    status = _STATUS_WORDS.get(ex.status, ex.status.lower())
+    title = f"{incident.flow} {status} in {incident.environment}"
+    owner = links.owner(incident.owner)
+    tasks = f"{incident.failed} of {incident.submitted}" if incident.submitted else str(incident.failed)
+    fields = [
+        f"*Failed tasks*\n{tasks}", f"*Duration*\n{_duration(ex)}", f"*Owner*\n{owner}",
+        f"*Run*\n<{links.run(incident)}|{escape(incident.run_id)}>",
+        f"*State machine*\n`{escape(ex.state_machine_name)}`", f"*Account*\n{incident.environment} ({ex.account})",
+    ]
+    blocks: list[dict] = [
+        {"type": "header", "text": {"type": "plain_text", "text": f":red_circle: {title}"[:MAX_HEADER_CHARS]}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f[:2000]} for f in fields]},
+    ]
+    lines = [step_line(s) for s in incident.steps if s.failed][:MAX_STEP_LINES]
+    hidden = sum(1 for s in incident.steps if s.failed) - len(lines)
+    if hidden > 0:
+        lines.append(f"…and {hidden} more failed steps")
+    for text in pack(["*What failed*", *lines] if lines else []):
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+    first = incident.first_failure
+    if first and first.job_id:
+        detail = (f"*First failure*: `{escape(first.step)}` task <{links.task(incident, first)}|{escape(first.job_id[:8])}>"
+                  f"{f' after {first.attempts} attempts' if first.attempts > 1 else ''}: {escape(first.reason)}")
+        if first.status_reason and first.status_reason not in first.reason:
+            detail += f"\n_{escape(first.status_reason[:500])}_"
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": detail[:MAX_SECTION_CHARS]}})
+    elif incident.execution_error or first:
+        what = incident.execution_error or first.reason
+        cause = incident.execution_cause if incident.execution_error else ""
+        text = f"*Execution error*: `{escape(what[:200])}`" + (f"\n{escape(cause[:1500])}" if cause else "")
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text[:MAX_SECTION_CHARS]}})
+    if log_lines:
+        header = f"*Last {len(log_lines)} log lines* of `{escape(first.job_name or first.job_id)}`" if first else "*Logs*"
+        code = _code_block(log_lines, MAX_SECTION_CHARS - len(header) - 1)
+        if code:
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"{header}\n{code}"}})
+    buttons = [("Metaflow run", links.run(incident))]
+    if first and first.job_id:
+        buttons.append(("Failed task", links.task(incident, first)))
+    buttons.append(("Step Functions", links.console(ex)))
+    if links.dagster_run:
+        buttons.append(("Dagster run", links.dagster_run))
+    blocks.append({"type": "actions", "elements": [
+        {"type": "button", "text": {"type": "plain_text", "text": label}, "url": url[:3000]} for label, url in buttons]})
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text":
+                   f"execution `{escape(ex.name)}` · {ex.region} · stopped {ex.stopped_at:%Y-%m-%d %H:%M UTC}"
+                   if ex.stopped_at else f"execution `{escape(ex.name)}`"}]})
+    text = f"{title}: {tasks} tasks failed ({incident.headline_reason}). Owner: {owner}."
+    return SlackMessage(text=text, blocks=tuple(blocks[:MAX_BLOCKS]))
+
+
+def digest_line(incident: Incident, links: Links) -> str:
+    ex = incident.execution
+    tasks = f"{incident.failed}/{incident.submitted} tasks" if incident.submitted else "no task"
+    return (f"• *{escape(incident.flow)}* {_STATUS_WORDS.get(ex.status, ex.status.lower())} in {incident.environment}"
+            f" · {tasks} · {escape(incident.headline_reason[:120])} · {links.owner(incident.owner)}"
+            f" · <{links.run(incident)}|{escape(incident.run_id)}>")
+
+
+def render_digest(incidents: list[Incident], links: Links) -> SlackMessage:
+    """One message for a storm: a line per execution, details follow in its thread."""
+    title = f":rotating_light: {len(incidents)} Metaflow runs failed"
+    lines = [digest_line(i, links) for i in incidents]
+    blocks: list[dict] = [{"type": "header", "text": {"type": "plain_text", "text": title[:MAX_HEADER_CHARS]}}]
+    for text in pack(lines):
+        if len(blocks) >= MAX_BLOCKS - 1:
+            break
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": "Details of each run in this thread."}]})
+    flows = Counter(i.flow for i in incidents)
+    text = f"{len(incidents)} Metaflow runs failed: " + ", ".join(f"{f} x{n}" for f, n in flows.most_common(5))
+    return SlackMessage(text=text, blocks=tuple(blocks))
+
+
+def render_recovery(execution: Execution, flow: str, links: Links) -> SlackMessage:
+    run_url = f"{links.metaflow_ui}/{flow}/sfn-{execution.name}"
+    when = f" at {execution.stopped_at:%H:%M UTC}" if execution.stopped_at else ""
+    text = f":white_check_mark: Recovered: {escape(flow)} run <{run_url}|sfn-{escape(execution.name)}> succeeded{when}."
+    return SlackMessage(text=text, blocks=({"type": "section", "text": {"type": "mrkdwn", "text": text}},))
+
+
+def render_run_failure(job_name: str, run_id: str, error: str, run_url: str) -> SlackMessage:
+    """A failed run of platform-ops itself (e.g. a reap or alert run)."""
+    title = f":warning: platform-ops job {job_name} failed"
+    detail = escape(error.strip()[:1500]) or "no error message"
+    blocks = (
+        {"type": "header", "text": {"type": "plain_text", "text": title[:MAX_HEADER_CHARS]}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"```\n{detail.replace('```', chr(39) * 3)}\n```"}},
+        {"type": "actions", "elements": [{"type": "button", "text": {"type": "plain_text", "text": "Dagster run"},
+                                          "url": run_url}]},
+    )
+    return SlackMessage(text=f"platform-ops job {job_name} failed (run {run_id[:8]}): {error.strip()[:200]}",
+                        blocks=blocks)

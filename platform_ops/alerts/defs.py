@@ -1,0 +1,254 @@
+"""Failure alerts wiring: `failed_executions_sensor` finds newly failed executions, job
+`alert_failed_executions` drills into each and sends one Slack message per execution (a digest
+plus thread replies in a storm), exactly once; `platform_ops_run_failure_sensor` reports this code
+location's own failed runs through the same Slack resource."""
+
+import hashlib
+import json
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+
+from platform_ops.adapters import logs, stepfunctions
+from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError, count_calls
+from platform_ops.adapters.ledger import Ledger
+from platform_ops.adapters.slack import Pacer, PlatformSlackResource, SlackError
+from platform_ops.alerts import core
+from platform_ops.resources import aws_resource_key, dagster_run_url
+from platform_ops.settings import Settings
+
+
+class ExecutionRef(dg.Config):
+    environment: str
+    execution_arn: str
+    state_machine_arn: str
+
+
+class AlertConfig(dg.Config):
+    """Executions to announce; the sensor fills it in, an operator can too (Launchpad)."""
+
+    failures: list[ExecutionRef] = []
+    recoveries: list[ExecutionRef] = []
+
+
+def _ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+def _from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def _digest(arns: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(arns)).encode()).hexdigest()[:20]
+
+
+def _status_table(rows: list[dict]) -> dg.MetadataValue:
+    columns = ["execution", "state_machine", "environment", "result", "detail"]
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({c: str(r.get(c, ""))[:300] for c in columns}) for r in rows],
+        schema=dg.TableSchema(columns=[dg.TableColumn(c) for c in columns]),
+    )
+
+
+def alerts_defs(settings: Settings) -> dg.Definitions:
+    aws_keys = {aws_resource_key(name) for name in settings.environments}
+    a = settings.alerts
+    channel = settings.slack.channel
+
+    def env_of(context, name: str):
+        env = settings.environments.get(name)
+        if env is None:
+            raise dg.Failure(f"environment {name!r} is not in the settings (known: {', '.join(settings.environments)})")
+        aws: AwsEnvironmentResource = getattr(context.resources, aws_resource_key(name))
+        return env, aws
+
+    @dg.op(
+        required_resource_keys=aws_keys | {"slack"},
+        retry_policy=dg.RetryPolicy(max_retries=a.retries, delay=a.retry_delay_seconds, backoff=dg.Backoff.EXPONENTIAL),
+        out=dg.Out(dict),
+    )
+    def alert(context: dg.OpExecutionContext, config: AlertConfig):
+        """Drill down, then announce each execution once: skip what the ledger says went out."""
+        ledger = Ledger(context.instance)
+        slack: PlatformSlackResource = context.resources.slack
+        links = core.Links(settings.metaflow_ui_url, dagster_run_url(settings, context.run_id), settings.slack.owners)
+        pacer = Pacer(a.post_interval_seconds)
+        now = datetime.now(timezone.utc)
+        rows: list[dict] = []
+        errors: list[str] = []
+        pending: list[tuple[core.Incident, list[str] | None]] = []
+        done = ledger.executions(f.execution_arn for f in config.failures)
+        row_of: dict[str, dict] = {}
+        with count_calls() as calls:
+            for ref in config.failures:
+                row = {"execution": ref.execution_arn.rsplit(":", 1)[-1], "environment": ref.environment,
+                       "state_machine": ref.state_machine_arn.rsplit(":", 1)[-1]}
+                rows.append(row)
+                row_of[ref.execution_arn] = row
+                if ref.execution_arn in done:
+                    row.update(result=f"already {done[ref.execution_arn]['state']}", detail=done[ref.execution_arn].get("ts", ""))
+                    continue
+                env, aws = env_of(context, ref.environment)
+                sfn = aws.client("stepfunctions")
+                execution = stepfunctions.describe_execution(sfn, ref.execution_arn)
+                silence = next((s for s in a.silences if s.mutes(execution.state_machine_name, now)), None)
+                if silence:
+                    ledger.mute(ref.execution_arn, reason=silence.reason, until=silence.until.isoformat())
+                    row.update(result="muted", detail=f"{silence.reason} (until {silence.until:%Y-%m-%d %H:%M})")
+                    continue
+                events = stepfunctions.execution_history(sfn, ref.execution_arn)
+                incident = core.drill_down(execution, events, env.name)
+                if incident.owner is None:
+                    definition = stepfunctions.definition_for_execution(sfn, ref.execution_arn)
+                    incident = core.drill_down(execution, events, env.name, definition)
+                first = incident.first_failure
+                tail = logs.tail(aws.client("logs"), first.log_stream, a.log_lines) if first else None
+                pending.append((incident, tail))
+                row.update(result="to announce", detail=f"{incident.failed}/{incident.submitted} tasks: "
+                                                        f"{incident.headline_reason}")
+
+            thread_ts = None
+            if len(pending) > a.digest_threshold:
+                key = f"digest/{_digest([f.execution_arn for f in config.failures])}"
+                digest = ledger.get(key)
+                if digest is None:
+                    pacer.wait()
+                    try:
+                        posted = slack.post(channel, core.render_digest([i for i, _ in pending], links))
+                        digest = {"ts": posted["ts"]}
+                        ledger.put(key, **digest)
+                    except SlackError as exc:
+                        errors.append(f"digest: {exc}")
+                thread_ts = digest["ts"] if digest else None
+            if not (len(pending) > a.digest_threshold and thread_ts is None):
+                for incident, tail in pending:
+                    ex = incident.execution
+                    row = row_of[ex.arn]
+                    pacer.wait()
+                    try:
+                        posted = slack.post(channel, core.render_incident(incident, links, tail), thread_ts=thread_ts)
+                    except SlackError as exc:
+                        errors.append(f"{ex.name}: {exc}")
+                        row.update(result="not sent", detail=str(exc))
+                        continue
+                    ledger.announce(ex.arn, ts=posted["ts"], channel=channel, run_id=context.run_id)
+                    ledger.open_failure(ex.state_machine_arn, thread_ts=thread_ts or posted["ts"],
+                                        stopped_ms=_ms(ex.stopped_at) if ex.stopped_at else 0, execution=ex.name)
+                    row.update(result="announced" + (" in digest thread" if thread_ts else ""), detail=posted["ts"])
+
+            open_failures = ledger.open_failures(r.state_machine_arn for r in config.recoveries)
+            for ref in config.recoveries:
+                opened = open_failures.get(ref.state_machine_arn)
+                row = {"execution": ref.execution_arn.rsplit(":", 1)[-1], "environment": ref.environment,
+                       "state_machine": ref.state_machine_arn.rsplit(":", 1)[-1]}
+                rows.append(row)
+                if not opened:
+                    row.update(result="recovery: nothing open")
+                    continue
+                env, aws = env_of(context, ref.environment)
+                execution = stepfunctions.describe_execution(aws.client("stepfunctions"), ref.execution_arn)
+                if not execution.stopped_at or _ms(execution.stopped_at) <= opened.get("stopped_ms", 0):
+                    row.update(result="recovery: older than the failure")
+                    continue
+                flow = execution.state_machine_name.rsplit(".", 1)[-1]
+                pacer.wait()
+                try:
+                    slack.post(channel, core.render_recovery(execution, flow, links), thread_ts=opened["thread_ts"])
+                except SlackError as exc:
+                    errors.append(f"recovery {execution.name}: {exc}")
+                    row.update(result="recovery not sent", detail=str(exc))
+                    continue
+                ledger.close_failure(ref.state_machine_arn)
+                row.update(result="recovery announced", detail=opened["thread_ts"])
+
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["result"]] = counts.get(r["result"], 0) + 1
+        announced = sum(v for k, v in counts.items() if k.startswith("announced"))
+        metadata = {
+            "announced": announced,
+            "muted": counts.get("muted", 0),
+            "results": dg.MetadataValue.json(counts),
+            "executions": _status_table(rows),
+            "aws_calls": dg.MetadataValue.json(dict(calls)),
+        }
+        yield dg.Output({"announced": announced, "results": counts}, metadata=metadata)
+        if errors:
+            raise dg.Failure(f"{len(errors)} Slack post(s) failed; what went out is recorded and will not be "
+                             f"sent again on retry: " + "; ".join(errors)[:2000])
+
+    @dg.job(name="alert_failed_executions", tags={"platform_ops/kind": "alerts"},
+            description="One Slack message per failed Step Functions execution, with what failed, why, whose.")
+    def alert_failed_executions():
+        alert()
+
+    status = dg.DefaultSensorStatus.RUNNING if settings.sensors_running else dg.DefaultSensorStatus.STOPPED
+
+    @dg.sensor(name="failed_executions_sensor", job=alert_failed_executions,
+               minimum_interval_seconds=a.interval_seconds, default_status=status, required_resource_keys=aws_keys,
+               description="Finds executions that failed (or recovered) since the last tick; requests one alert run.")
+    def failed_executions_sensor(context: dg.SensorEvaluationContext):
+        cursor: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
+        now = datetime.now(timezone.utc)
+        default_since = now - timedelta(minutes=a.initial_lookback_minutes)
+        lookback = timedelta(hours=a.execution_lookback_hours)
+        new_cursor: dict[str, int] = {}
+        failures: list[ExecutionRef] = []
+        successes: list[ExecutionRef] = []
+        problems: list[str] = []
+        for env in settings.environments.values():
+            aws: AwsEnvironmentResource = getattr(context.resources, aws_resource_key(env.name))
+            try:
+                machines = stepfunctions.list_state_machines(aws.client("stepfunctions"), env.state_machine_prefixes)
+            except AwsError as exc:
+                problems.append(f"{env.name}: {exc}")
+                new_cursor.update({k: v for k, v in cursor.items() if f":{env.account_id}:" in k})
+                continue
+            for machine in machines:
+                since = _from_ms(cursor[machine.arn]) if machine.arn in cursor else default_since
+                try:
+                    executions = list(stepfunctions.recent_executions(aws.client("stepfunctions"), machine.arn,
+                                                                      since - lookback))
+                except AwsError as exc:
+                    problems.append(f"{env.name}/{machine.name}: {exc}")
+                    if machine.arn in cursor:
+                        new_cursor[machine.arn] = cursor[machine.arn]
+                    continue
+                failed, succeeded, newest = core.scan(executions, since)
+                new_cursor[machine.arn] = _ms(newest)
+                failures += [ExecutionRef(environment=env.name, execution_arn=e.arn, state_machine_arn=machine.arn)
+                             for e in failed]
+                if succeeded:
+                    e = succeeded[-1]
+                    successes.append(ExecutionRef(environment=env.name, execution_arn=e.arn, state_machine_arn=machine.arn))
+        failing = {f.state_machine_arn for f in failures}
+        opened = Ledger(context.instance).open_failures({s.state_machine_arn for s in successes})
+        recoveries = [s for s in successes if s.state_machine_arn in opened or s.state_machine_arn in failing]
+        for problem in problems:
+            context.log.error(problem)
+        cursor_json = json.dumps(new_cursor, sort_keys=True)
+        if failures or recoveries:
+            key = _digest([f.execution_arn for f in failures] + [f"ok:{r.execution_arn}" for r in recoveries])
+            return dg.SensorResult(run_requests=[dg.RunRequest(
+                run_key=f"alert:{key}",
+                run_config=dg.RunConfig(ops={"alert": AlertConfig(failures=failures, recoveries=recoveries)}),
+                tags={"platform_ops/failed_executions": str(len(failures))},
+            )], cursor=cursor_json)
+        if problems:
+            raise RuntimeError("failed_executions_sensor could not read: " + "; ".join(problems))
+        return dg.SensorResult(skip_reason=f"no newly failed executions in {len(new_cursor)} state machines",
+                               cursor=cursor_json)
+
+    @dg.run_failure_sensor(name="platform_ops_run_failure_sensor", default_status=status,
+                           description="Reports this code location's own failed runs to Slack.")
+    def platform_ops_run_failure_sensor(context: dg.RunFailureSensorContext, slack: PlatformSlackResource):
+        run = context.dagster_run
+        if run.tags.get("dagster/will_retry") == "true":
+            return
+        error = context.failure_event.message or ""
+        slack.post(channel, core.render_run_failure(run.job_name, run.run_id, error,
+                                                    dagster_run_url(settings, run.run_id)))
+
+    return dg.Definitions(jobs=[alert_failed_executions],
+                          sensors=[failed_executions_sensor, platform_ops_run_failure_sensor])
