@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from platform_ops.adapters.aws import forget_sessions
 from platform_ops.resources import build_resources
+from platform_ops.sandbox import flows
 from platform_ops.sandbox.server import Sandbox
 from platform_ops.sandbox.smoke import SANDBOX_SETTINGS
 from platform_ops.settings import SETTINGS_ENV_VAR, Settings, load_settings
@@ -79,6 +81,21 @@ class World:
     def describe(self, environment: str, job_ids: list[str]) -> dict[str, dict]:
         jobs = self.batch(environment).describe_jobs(jobs=job_ids)["jobs"]
         return {j["jobId"]: j for j in jobs}
+
+    def run_flow(self, environment: str, name: str, width: int = 3, faults: list[dict] | None = None,
+                 timeout: float = 30) -> dict:
+        """Run the environment's Metaflow DemoFlow to the end; `faults` apply to this run only."""
+        env = self.settings.environments[environment]
+        for fault in faults or []:
+            self.fault(run_id=name, **fault)
+        flows.trigger(self.sandbox.endpoint, env, width=width, name=name)
+        sfn = self.resources()[f"aws_{environment}"].client("stepfunctions")
+        arn = f"arn:aws:states:{env.region}:{env.account_id}:execution:{flows.DEPLOYMENTS[environment].name}:{name}"
+        deadline = time.monotonic() + timeout
+        while (description := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+            assert time.monotonic() < deadline, f"{name} still RUNNING after {timeout}s"
+            time.sleep(0.2)
+        return description
 
     @property
     def messages(self) -> list[dict]:

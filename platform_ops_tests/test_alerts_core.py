@@ -1,0 +1,249 @@
+"""Alert decisions on histories shaped like Step Functions returns them for Metaflow runs."""
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from platform_ops.alerts import core
+from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS
+from platform_ops.observations import Execution
+
+T0 = datetime(2026, 11, 28, 9, 0, tzinfo=timezone.utc)
+SM = "arn:aws:states:us-east-1:222222222222:stateMachine:mlplatform.prod.DemoFlow"
+FLOWS = Path(__file__).resolve().parents[1] / "platform_ops" / "sandbox" / "metaflow"
+
+
+def execution(name="e4ecf027", status="FAILED", minutes=7, error="States.TaskFailed", cause=""):
+    return Execution(arn=f"arn:aws:states:us-east-1:222222222222:execution:mlplatform.prod.DemoFlow:{name}",
+                     name=name, state_machine_arn=SM, status=status, started_at=T0,
+                     stopped_at=T0 + timedelta(minutes=minutes), error=error, cause=cause)
+
+
+def job(job_id, step="train", exit_code=1, reason=None, status_reason="Essential container in task exited", attempts=3):
+    container = {"ExitCode": exit_code, "LogStreamName": f"metaflow_0123abcd/default/{job_id}"}
+    if reason:
+        container["Reason"] = reason
+    if exit_code is None:
+        container.pop("ExitCode")
+    return {
+        "JobArn": f"arn:aws:batch:us-east-1:222222222222:job/{job_id}", "JobId": job_id,
+        "JobName": f"SFN-DemoFlow--{step}--", "JobQueue": "arn:aws:batch:us-east-1:222222222222:job-queue/ml-production",
+        "Status": "FAILED", "StatusReason": status_reason,
+        "Attempts": [{"Container": dict(container), "StatusReason": status_reason} for _ in range(attempts)],
+        "Container": container,
+        "Parameters": {"metaflow.owner": "alice", "metaflow.flow_name": "DemoFlow", "metaflow.step_name": step,
+                       "metaflow.run_id": "e4ecf027"},
+    }
+
+
+class History:
+    """Builds events with ids and previousEventId chains, as GetExecutionHistory returns them."""
+
+    def __init__(self):
+        self.events = []
+        self.add("ExecutionStarted", None, executionStartedEventDetails={"input": "{}"})
+
+    def add(self, kind, previous, **details):
+        event = {"id": len(self.events) + 1, "previousEventId": previous or 0, "type": kind,
+                 "timestamp": T0 + timedelta(seconds=len(self.events)), **details}
+        self.events.append(event)
+        return event["id"]
+
+    def task(self, state, step, previous, outcome=None):
+        """TaskStateEntered -> TaskScheduled -> TaskSubmitted [-> TaskFailed(cause)]."""
+        entered = self.add("TaskStateEntered", previous, stateEnteredEventDetails={"name": state})
+        params = {"JobName": f"SFN-DemoFlow--{step}--", "Parameters": {"metaflow.step_name": step,
+                                                                       "metaflow.owner": "alice",
+                                                                       "metaflow.flow_name": "DemoFlow"}}
+        scheduled = self.add("TaskScheduled", entered, taskScheduledEventDetails={
+            "resourceType": "batch", "resource": "submitJob.sync", "parameters": json.dumps(params)})
+        started = self.add("TaskStarted", scheduled, taskStartedEventDetails={"resourceType": "batch"})
+        job_id = f"{step}-{len(self.events):04}"
+        submitted = self.add("TaskSubmitted", started, taskSubmittedEventDetails={
+            "resourceType": "batch", "resource": "submitJob.sync",
+            "output": json.dumps({"JobId": job_id, "JobName": f"SFN-DemoFlow--{step}--"})})
+        if outcome is None:
+            return self.add("TaskSucceeded", submitted, taskSucceededEventDetails={"resourceType": "batch"}), job_id
+        cause = outcome(job_id) if callable(outcome) else outcome
+        return self.add("TaskFailed", submitted, taskFailedEventDetails={
+            "resourceType": "batch", "resource": "submitJob.sync", "error": "States.TaskFailed",
+            "cause": cause if isinstance(cause, str) else json.dumps(cause)}), job_id
+
+
+def foreach_history(outcomes):
+    """start, then a Map over train with one iteration per outcome; failures roll up."""
+    h = History()
+    last, _ = h.task("start", "start", 1)
+    map_entered = h.add("MapStateEntered", last, stateEnteredEventDetails={"name": "*train"})
+    started = h.add("MapStateStarted", map_entered, mapStateStartedEventDetails={"length": len(outcomes)})
+    ends = []
+    for i, outcome in enumerate(outcomes):
+        it = h.add("MapIterationStarted", started, mapIterationStartedEventDetails={"name": "*train", "index": i})
+        end, _ = h.task("train", "train", it, outcome)
+        ends.append((end, outcome))
+    failed_at = None
+    for end, outcome in ends:
+        if outcome is not None:
+            it_failed = h.add("MapIterationFailed", end, mapIterationFailedEventDetails={"name": "*train"})
+            if failed_at is None:
+                failed_at = h.add("MapStateFailed", it_failed)
+                h.add("ExecutionFailed", failed_at, executionFailedEventDetails={
+                    "error": "States.TaskFailed", "cause": h.events[end - 1]["taskFailedEventDetails"]["cause"]})
+    return h.events
+
+
+def test_scan_keeps_what_stopped_after_the_cursor():
+    since = T0 + timedelta(minutes=5)
+    runs = [execution("old", minutes=4), execution("new", minutes=9), execution("ok", "SUCCEEDED", 8),
+            execution("late", "TIMED_OUT", 12), Execution("x", "running", SM, "RUNNING", T0)]
+    failed, succeeded, newest = core.scan(runs, since)
+    assert [e.name for e in failed] == ["new", "late"]
+    assert [e.name for e in succeeded] == ["ok"]
+    assert newest == T0 + timedelta(minutes=12)
+    assert core.scan([], since) == ([], [], since)
+
+
+@pytest.mark.parametrize("job_json, category, reason", [
+    (job("a", status_reason="platform-ops reaper: RUNNABLE for 2h14m > 2h0m (MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT)",
+         exit_code=None, attempts=0), core.REAPED, "cancelled by platform-ops after 2h14m in RUNNABLE"),
+    (job("b", exit_code=137, reason="OutOfMemoryError: Container killed due to memory usage"), core.OOM, "out of memory"),
+    (job("c", exit_code=None, status_reason="Host EC2 (instance i-0a1b2c3d) terminated."), core.SPOT, "spot/host reclaimed"),
+    (job("d", exit_code=None, status_reason="Job attempt duration exceeded timeout"), core.TIMEOUT, "Batch timeout"),
+    (job("e", exit_code=2), core.EXIT, "exit 2"),
+    (job("f", exit_code=None, status_reason="CannotPullContainerError: pull access denied"), core.UNKNOWN,
+     "CannotPullContainerError: pull access denied"),
+    ({"JobId": "g"}, core.UNKNOWN, "unknown"),
+])
+def test_classify(job_json, category, reason):
+    assert core.classify(job_json) == (category, reason)
+
+
+def test_drill_down_a_foreach_with_mixed_failures():
+    oom = lambda i: job(i, exit_code=137, reason="OutOfMemoryError: Container killed due to memory usage")  # noqa: E731
+    events = foreach_history([None, oom, lambda i: job(i, exit_code=1), oom, None])
+    incident = core.drill_down(execution(), events, "production")
+    assert (incident.flow, incident.owner, incident.run_id) == ("DemoFlow", "alice", "sfn-e4ecf027")
+    steps = {s.name: s for s in incident.steps}
+    assert (steps["start"].submitted, steps["start"].failed) == (1, 0)
+    assert (steps["train"].submitted, steps["train"].failed) == (5, 3)
+    assert steps["train"].reasons == (("out of memory", 2), ("exit 1", 1))
+    assert core.step_line(steps["train"]) == "• `train`: 3 of 5 failed: out of memory 2, exit 1 1"
+    assert (incident.submitted, incident.failed) == (6, 3)
+    first = incident.first_failure
+    assert first.step == "train" and first.log_stream.endswith(first.job_id) and first.attempts == 3
+    assert incident.execution_error == ""  # Batch explains it
+
+
+def test_events_after_execution_failed_still_count_and_duplicates_do_not():
+    events = foreach_history([lambda i: job(i, exit_code=1)])
+    h = History()
+    h.events = list(events)
+    late, job_id = h.task("train", "train", 1, lambda i: job(i, exit_code=137))  # a still-running iteration ends later
+    h.events.append({**h.events[late - 1], "id": late + 1})  # the same TaskFailed delivered twice
+    incident = core.drill_down(execution(), h.events, "production")
+    assert {s.name: s.failed for s in incident.steps}["train"] == 2
+
+
+def test_a_cause_that_is_not_json_is_reported_not_dropped():
+    events = foreach_history(["A cause message"])
+    incident = core.drill_down(execution(), events, "production")
+    [failure] = incident.failures
+    assert failure.category == core.UNKNOWN and "A cause message" in failure.reason and failure.step == "train"
+
+
+def test_missing_fields_do_not_break_the_drill_down():
+    h = History()
+    h.add("TaskFailed", 1, taskFailedEventDetails={"resourceType": "batch", "cause": json.dumps({"JobId": "x"})})
+    h.add("TaskSubmitted", 1, taskSubmittedEventDetails={"resourceType": "batch"})
+    incident = core.drill_down(execution(), h.events, "staging")
+    assert incident.failures[0].job_id == "x" and incident.failures[0].category == core.UNKNOWN
+    assert incident.flow == "DemoFlow"  # from the state machine name
+
+
+@pytest.mark.parametrize("status, kind, details, expected", [
+    ("FAILED", "ExecutionFailed", {"error": "States.Runtime", "cause": "An error occurred while executing the state 'join'"},
+     "States.Runtime"),
+    ("TIMED_OUT", "ExecutionTimedOut", {}, "States.Timeout"),
+    ("ABORTED", "ExecutionAborted", {}, "aborted"),
+])
+def test_execution_level_failures_without_a_batch_job(status, kind, details, expected):
+    h = History()
+    h.task("start", "start", 1)
+    key = {"ExecutionFailed": "executionFailedEventDetails", "ExecutionTimedOut": "executionTimedOutEventDetails",
+           "ExecutionAborted": "executionAbortedEventDetails"}[kind]
+    h.add(kind, len(h.events), **{key: details})
+    incident = core.drill_down(execution(status=status, error=""), h.events, "production")
+    assert incident.failures == () and incident.execution_error == expected
+    message = core.render_incident(incident, core.Links("https://mf"))
+    assert expected in json.dumps(message.blocks)
+
+
+def test_owner_comes_from_the_definition_when_the_history_has_none():
+    definition = (FLOWS / "sm_prod_full.json").read_text()
+    assert core.owner_from_definition(definition) == "alice"
+    assert core.owner_from_definition("not json") is None
+    incident = core.drill_down(execution(), History().events, "production", definition)
+    assert incident.owner == "alice"
+
+
+def _incident(n_failed=300, steps=1, log=True):
+    outcomes = [lambda i: job(i, exit_code=137, reason="OutOfMemoryError")] * n_failed + [None] * 3
+    incident = core.drill_down(execution(), foreach_history(outcomes), "production")
+    if steps > 1:  # many steps, each failing
+        import dataclasses
+        many = tuple(core.StepSummary(f"step_{i}", 10, 1 + i % 3, (("exit 1", 1), ("out of memory", i % 3)))
+                     for i in range(steps))
+        incident = dataclasses.replace(incident, steps=many)
+    return incident
+
+
+def _assert_within_limits(message):
+    assert len(message.blocks) <= MAX_BLOCKS
+    for block in message.blocks:
+        if block["type"] == "header":
+            assert len(block["text"]["text"]) <= MAX_HEADER_CHARS
+        if block["type"] == "section":
+            assert len(block.get("text", {}).get("text", "")) <= MAX_SECTION_CHARS
+            assert all(len(f["text"]) <= 2000 for f in block.get("fields", []))
+            assert block.get("text", {}).get("text", "").count("```") % 2 == 0  # no cut mid-markup
+
+
+def test_the_message_says_what_why_whose_and_where():
+    links = core.Links("https://metaflow.example.com", "http://dagster/runs/r1", {"alice": "U0ALICE"})
+    message = core.render_incident(_incident(3), links, ["step 1", "Traceback (most recent call last):", "MemoryError"])
+    _assert_within_limits(message)
+    body = json.dumps(message.blocks)
+    assert message.blocks[0]["text"]["text"] == ":red_circle: DemoFlow failed in production"
+    assert "*Failed tasks*\\n3 of 7" in body and "<@U0ALICE>" in body and "*Duration*\\n7m" in body
+    assert "`train`: 3 of 6 failed: out of memory 3" in body
+    assert "MemoryError" in body and "```" in body
+    urls = [e["url"] for b in message.blocks if b["type"] == "actions" for e in b["elements"]]
+    assert urls[0] == "https://metaflow.example.com/DemoFlow/sfn-e4ecf027"
+    assert urls[1].startswith("https://metaflow.example.com/DemoFlow/sfn-e4ecf027/train/train-") and "attempt=2" in urls[1]
+    assert urls[2].startswith("https://us-east-1.console.aws.amazon.com/states/home?region=us-east-1#/v2/executions/details/")
+    assert urls[3] == "http://dagster/runs/r1"
+    assert message.text.startswith("DemoFlow failed in production: 3 of 7 tasks failed (out of memory). Owner: <@U0ALICE>")
+
+
+def test_an_unknown_owner_is_named_in_plain_text():
+    message = core.render_incident(_incident(1), core.Links("https://mf", owners={"bob": "U0BOB"}))
+    assert "*Owner*\\nalice" in json.dumps(message.blocks) and "<@" not in json.dumps(message.blocks)
+
+
+def test_huge_incidents_stay_within_slack_limits():
+    log = [f"line {i} " + "x" * 200 + " ```" for i in range(200)]
+    _assert_within_limits(core.render_incident(_incident(300, steps=40), core.Links("https://mf"), log))
+    digest = core.render_digest([_incident(2)] * 80, core.Links("https://mf"))
+    _assert_within_limits(digest)
+    assert digest.blocks[0]["text"]["text"] == ":rotating_light: 80 Metaflow runs failed"
+
+
+def test_recovery_and_run_failure_messages():
+    ok = execution("r2", status="SUCCEEDED", error="")
+    recovery = core.render_recovery(ok, "DemoFlow", core.Links("https://mf"))
+    assert "Recovered: DemoFlow run <https://mf/DemoFlow/sfn-r2|sfn-r2> succeeded at 09:07 UTC" in recovery.text
+    failure = core.render_run_failure("reap_stuck_jobs", "abcdef12-3456", "boom ``` here", "http://d/runs/abcdef12")
+    _assert_within_limits(failure)
+    assert "reap_stuck_jobs" in failure.text
