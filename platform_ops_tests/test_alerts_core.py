@@ -224,7 +224,8 @@ def test_the_message_says_what_why_whose_and_where():
     assert urls[1].startswith("https://metaflow.example.com/DemoFlow/sfn-e4ecf027/train/train-") and "attempt=2" in urls[1]
     assert urls[2].startswith("https://us-east-1.console.aws.amazon.com/states/home?region=us-east-1#/v2/executions/details/")
     assert urls[3] == "http://dagster/runs/r1"
-    assert message.text.startswith("DemoFlow failed in production: 3 of 7 tasks failed (out of memory). Owner: <@U0ALICE>")
+    assert message.text.startswith(
+        "DemoFlow failed in production (sfn-e4ecf027): 3 of 7 tasks failed (out of memory). Owner: <@U0ALICE>")
 
 
 def test_an_unknown_owner_is_named_in_plain_text():

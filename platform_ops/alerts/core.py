@@ -266,7 +266,8 @@ def drill_down(execution: Execution, events: list[Mapping[str, Any]], environmen
     names = list(dict.fromkeys([*submitted, *failed_by_step]))
     steps = tuple(
         StepSummary(name, submitted[name], len(failed_by_step.get(name, [])),
-                    tuple(Counter(f.reason for f in failed_by_step.get(name, [])).most_common()))
+                    tuple(sorted(Counter(f.reason for f in failed_by_step.get(name, [])).items(),
+                                 key=lambda rc: (-rc[1], rc[0]))))
         for name in names)
     owner = facts.get("metaflow.owner") or owner_from_definition(definition)
     flow = facts.get("metaflow.flow_name") or execution.state_machine_name.rsplit(".", 1)[-1]
@@ -387,7 +388,7 @@ def render_incident(incident: Incident, links: Links, log_lines: list[str] | Non
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text":
                    f"execution `{escape(ex.name)}` · {ex.region} · stopped {ex.stopped_at:%Y-%m-%d %H:%M UTC}"
                    if ex.stopped_at else f"execution `{escape(ex.name)}`"}]})
-    text = f"{title}: {tasks} tasks failed ({incident.headline_reason}). Owner: {owner}."
+    text = f"{title} ({incident.run_id}): {tasks} tasks failed ({incident.headline_reason}). Owner: {owner}."
     return SlackMessage(text=text, blocks=tuple(blocks[:MAX_BLOCKS]))
 
 

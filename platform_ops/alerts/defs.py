@@ -219,7 +219,8 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                 new_cursor[machine.arn] = _ms(newest)
                 failures += [ExecutionRef(environment=env.name, execution_arn=e.arn, state_machine_arn=machine.arn)
                              for e in failed]
-                if succeeded:
+                # a recovery is the latest success after every failure seen so far
+                if succeeded and (not failed or succeeded[-1].stopped_at > failed[-1].stopped_at):
                     e = succeeded[-1]
                     successes.append(ExecutionRef(environment=env.name, execution_arn=e.arn, state_machine_arn=machine.arn))
         failing = {f.state_machine_arn for f in failures}

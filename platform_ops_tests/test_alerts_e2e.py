@@ -1,0 +1,182 @@
+"""Failure alerts end to end in the sandbox, through boto3 and slack_sdk to the sink:
+one message per execution, digest, silence, recovery, exactly once."""
+
+import dataclasses
+import json
+from datetime import datetime, timezone
+from types import SimpleNamespace
+
+import dagster as dg
+import pytest
+
+from platform_ops.adapters.aws import count_calls
+from platform_ops.code_location import build_defs
+from platform_ops.sandbox.server import SANDBOX_TOKEN
+from platform_ops.settings import Silence
+
+OOM = {"fault": "oom", "step": "train", "index": 1}
+
+
+def alert_settings(world, **alerts):
+    base = dict(post_interval_seconds=0, retries=0, retry_delay_seconds=0, silences=())
+    return dataclasses.replace(world.settings, alerts=dataclasses.replace(world.settings.alerts, **{**base, **alerts}))
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def tick(defs, instance, cursor=None):
+    sensor = defs.resolve_sensor_def("failed_executions_sensor")
+    with dg.build_sensor_context(instance=instance, resources=defs.resources, cursor=cursor) as ctx:
+        return sensor.evaluate_tick(ctx)
+
+
+def run(defs, request, instance, **kwargs):
+    return defs.resolve_job_def("alert_failed_executions").execute_in_process(
+        run_config=request.run_config, instance=instance, tags=request.tags, **kwargs)
+
+
+def metadata(result):
+    [event] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    return event.event_specific_data.metadata
+
+
+def alerts_only(world):
+    return [m for m in world.messages if not m["text"].startswith("Reaper")]
+
+
+def test_one_message_per_failed_execution_with_the_drill_down(world, instance):
+    world.run_flow("production", "prod-ok", width=2)  # succeeded before: no alert, no recovery
+    world.run_flow("production", "prod-oom", width=4, faults=[OOM, {**OOM, "index": 3, "fault": "exit_1"}])
+    world.run_flow("staging", "staging-spot", width=2, faults=[{"fault": "spot", "step": "train", "index": 0}])
+    defs = build_defs(alert_settings(world))
+    result = tick(defs, instance)
+    [request] = result.run_requests
+    with count_calls() as calls:
+        assert run(defs, request, instance).success
+    assert len(world.messages) == 2
+    by_env = {("production" if "production" in m["text"] else "staging"): m for m in world.messages}
+    prod = json.dumps(by_env["production"]["blocks"])
+    # the Map fails at its first failed iteration: start + 4 train tasks were submitted, join/end never
+    assert by_env["production"]["text"].startswith("DemoFlow failed in production (sfn-prod-oom): 2 of 5 tasks failed")
+    assert "`train`: 2 of 4 failed: exit 1 1, out of memory 1" in prod  # ties in name order
+    assert "<@U0ALICE>" in prod and "https://metaflow.example.com/DemoFlow/sfn-prod-oom" in prod
+    assert "Killed" in prod or "ValueError" in prod  # the failed task's log tail
+    assert "spot/host reclaimed" in by_env["staging"]["text"]
+    # per execution: describe, one history page, one log read; no per-job calls
+    assert calls["SFN.GetExecutionHistory"] == 2 and calls["SFN.DescribeExecution"] == 2
+    assert calls["CloudWatchLogs.GetLogEvents"] <= 2 and "Batch.DescribeJobs" not in calls
+    assert metadata(run(defs, request, instance))["results"].value == {"already announced": 2}
+    assert len(world.messages) == 2
+    assert SANDBOX_TOKEN not in json.dumps(world.messages)
+
+
+def test_a_repeated_tick_requests_nothing_new_and_a_lost_cursor_duplicates_nothing(world, instance):
+    world.run_flow("production", "once", faults=[OOM])
+    defs = build_defs(alert_settings(world))
+    first = tick(defs, instance)
+    assert len(first.run_requests) == 1
+    assert run(defs, first.run_requests[0], instance).success
+    again = tick(defs, instance, cursor=first.cursor)
+    assert again.run_requests == [] and "no newly failed executions" in again.skip_message
+    lost = tick(defs, instance, cursor=None)  # cursor lost: the same failure is seen again
+    [request] = lost.run_requests
+    assert metadata(run(defs, request, instance))["results"].value == {"already announced": 1}
+    assert len(world.messages) == 1
+
+
+def test_a_storm_is_one_digest_with_details_in_its_thread(world, instance):
+    for i in range(6):
+        world.run_flow("production", f"storm-{i}", width=2, faults=[{**OOM, "index": 0}])
+    defs = build_defs(alert_settings(world, digest_threshold=5))
+    [request] = tick(defs, instance).run_requests
+    assert run(defs, request, instance).success
+    digest, *replies = world.messages
+    assert digest["text"].startswith("6 Metaflow runs failed") and digest["thread_ts"] is None
+    assert len(replies) == 6 and {r["thread_ts"] for r in replies} == {digest["ts"]}
+    assert sum("storm-" in r["text"] or "DemoFlow failed" in r["text"] for r in replies) == 6
+
+
+def test_silenced_executions_are_recorded_not_alerted(world, instance):
+    world.run_flow("staging", "muted", faults=[OOM])
+    world.run_flow("production", "loud", faults=[OOM])
+    silence = Silence("mlplatform.test.*", datetime(2099, 1, 1, tzinfo=timezone.utc), "branch deployments")
+    defs = build_defs(alert_settings(world, silences=(silence,)))
+    [request] = tick(defs, instance).run_requests
+    meta = metadata(run(defs, request, instance))
+    assert meta["results"].value == {"muted": 1, "announced": 1}
+    rows = {r.data["execution"]: r.data for r in meta["executions"].value.records}
+    assert rows["muted"]["result"] == "muted" and "branch deployments" in rows["muted"]["detail"]
+    assert [m["text"].split(":")[0] for m in world.messages] == ["DemoFlow failed in production (sfn-loud)"]
+
+
+def test_recovery_is_announced_in_the_failures_thread(world, instance):
+    world.run_flow("production", "broken", faults=[OOM])
+    defs = build_defs(alert_settings(world))
+    first = tick(defs, instance)
+    run(defs, first.run_requests[0], instance)
+    world.run_flow("production", "fixed", width=2)
+    second = tick(defs, instance, cursor=first.cursor)
+    [request] = second.run_requests
+    assert run(defs, request, instance).success
+    failure, recovery = world.messages
+    assert recovery["thread_ts"] == failure["ts"]
+    assert "Recovered: DemoFlow run" in recovery["text"] and "sfn-fixed" in recovery["text"]
+    world.run_flow("production", "still-fine", width=2)
+    assert tick(defs, instance, cursor=second.cursor).run_requests == []  # nothing open any more
+
+
+def test_exactly_once_through_a_slack_outage(world, instance):
+    for name in ("a", "b", "c"):
+        world.run_flow("production", f"outage-{name}", width=2, faults=[{**OOM, "index": 0}])
+    defs = build_defs(alert_settings(world))
+    [request] = tick(defs, instance).run_requests
+    sink = world.sandbox.sink.state
+    # the first post goes through, then Slack is down (500s outlast the client's retries)
+    only_a = SimpleNamespace(tags=request.tags, run_config={"ops": {"alert": {"config": {
+        "failures": request.run_config["ops"]["alert"]["config"]["failures"][:1]}}}})
+    first = run(defs, only_a, instance)
+    assert first.success and len(world.messages) == 1
+    sink.faults.extend([{"kind": "server_error"}] * 30)
+    down = run(defs, request, instance, raise_on_error=False)
+    assert not down.success and len(world.messages) == 1
+    meta = metadata(down)
+    assert meta["results"].value == {"already announced": 1, "not sent": 2}
+    sink.faults.clear()
+    again = run(defs, request, instance)  # the operator re-executes the failed run
+    assert again.success
+    assert metadata(again)["results"].value == {"already announced": 1, "announced": 2}
+    texts = [m["text"] for m in world.messages]
+    assert len(texts) == 3 and len(set(texts)) == 3
+
+
+def test_the_alert_op_retries_with_backoff_and_skips_what_went_out(world, instance):
+    world.run_flow("production", "flaky", width=2, faults=[{**OOM, "index": 0}])
+    defs = build_defs(alert_settings(world, retries=2, retry_delay_seconds=0.1))
+    [request] = tick(defs, instance).run_requests
+    world.sandbox.sink.state.faults.extend([{"kind": "server_error"}] * 3)  # one op attempt's worth of 5xx
+    result = run(defs, request, instance)
+    assert result.success and len(world.messages) == 1
+    assert any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
+
+
+def test_dagster_run_failures_are_reported_through_the_same_slack_resource(world, instance):
+    defs = build_defs(world.settings)
+    failed = defs.resolve_job_def("reap_stuck_jobs").execute_in_process(
+        run_config={"ops": {"reap": {"config": {"environment": "prod", "queue": "q", "job_ids": ["x"]}}}},
+        instance=instance, raise_on_error=False)
+    assert not failed.success
+    run_record = instance.get_run_by_id(failed.run_id)
+    failure_event = next(e for e in instance.all_logs(failed.run_id) if e.dagster_event and
+                         e.dagster_event.event_type_value == "PIPELINE_FAILURE").dagster_event
+    sensor = defs.resolve_sensor_def("platform_ops_run_failure_sensor")
+    ctx = dg.build_run_status_sensor_context(sensor_name=sensor.name, dagster_event=failure_event,
+                                             dagster_instance=instance, dagster_run=run_record,
+                                             resources=defs.resources).for_run_failure()
+    sensor(ctx)
+    [message] = world.messages
+    assert message["text"].startswith("platform-ops job reap_stuck_jobs failed")
+    assert f"/runs/{failed.run_id}" in json.dumps(message["blocks"])
