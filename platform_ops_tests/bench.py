@@ -2,8 +2,10 @@
 
 Reaper: 10,000 RUNNABLE jobs over 5 queues, 200 of them past the threshold, in the sandbox (run
 in its own process, as AWS would be). Measures the sensor tick and the reap runs of platform-ops
-against a naive reaper that describes every RUNNABLE job and cancels one by one. Also the time to
-load the code location (import + Definitions).
+against a naive reaper that describes every RUNNABLE job and cancels one by one.
+Alerts: (a) one failed execution with a 1000-task foreach and 300 tasks out of memory, against
+the seed's one message per failed Batch job; (b) 20 executions failing in one tick: one digest,
+replies in its thread, paced. Also the time to load the code location (import + Definitions).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def bench_settings(tmp: Path) -> Path:
     data = yaml.safe_load(SANDBOX_SETTINGS.read_text())
     data["environments"]["staging"]["job_queues"] = QUEUES
     data["reaper"]["max_cancels_per_run"] = STUCK
+    data["alerts"]["silences"] = []
     path = tmp / "bench-settings.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -167,6 +170,146 @@ def bench_reaper(settings_path: Path) -> None:
         sandbox.stop()
 
 
+def _wait_done(client, arns: list[str], timeout: float = 600) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        described = [client.describe_execution(executionArn=a) for a in arns]
+        if all(d["status"] != "RUNNING" for d in described) or time.monotonic() > deadline:
+            return described
+        time.sleep(2)
+
+
+def _sink(sandbox: SandboxProcess, path: str, body: dict | None = None) -> dict:
+    url = f"http://127.0.0.1:{sandbox.slack_port}{path}"
+    data = None if body is None else json.dumps(body).encode()
+    with urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST" if data else "GET")) as resp:
+        return json.load(resp)
+
+
+def _alert_pass(settings, instance) -> tuple[dict, dict, int]:
+    """One failed_executions_sensor tick and the alert runs it requests, counted."""
+    import dagster as dg
+
+    from platform_ops.code_location import build_defs
+
+    defs = build_defs(settings)
+    sensor = defs.resolve_sensor_def("failed_executions_sensor")
+    job = defs.resolve_job_def("alert_failed_executions")
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+    def go():
+        with dg.build_sensor_context(instance=instance, resources=defs.resources) as ctx:
+            result = sensor.evaluate_tick(ctx)
+        for r in result.run_requests:
+            job.execute_in_process(run_config={**r.run_config, **quiet}, instance=instance, tags=r.tags)
+        return len(result.run_requests)
+
+    runs, seconds, calls = timed(go)
+    return calls, {"seconds": round(seconds, 3)}, runs
+
+
+def bench_alerts(settings_path: Path) -> None:
+    import boto3
+    import dagster as dg
+    from botocore.config import Config
+    from slack_sdk import WebClient
+
+    from platform_ops.adapters.aws import forget_sessions
+    from platform_ops.settings import load_settings
+
+    settings = load_settings(settings_path)
+    prod = settings.environments["production"]
+    sandbox = SandboxProcess(settings_path)
+    try:
+        os.environ.update(sandbox.env)
+        sfn = boto3.client("stepfunctions", endpoint_url=sandbox.env["AWS_ENDPOINT_URL"], region_name=prod.region,
+                           aws_access_key_id="sandbox", aws_secret_access_key="sandbox",
+                           config=Config(read_timeout=300, retries={"max_attempts": 0}))
+        sfn.meta.events.register("before-sign", lambda request, **_: request.headers.__setitem__(
+            "x-moto-account-id", prod.account_id))
+
+        # (a) one execution, a 1000-task foreach (--max-workers 300), 300 tasks out of memory
+        sandbox.control("reset", {})
+        arn = sandbox.control("deploy-flow", {"environment": "production", "name": "mlplatform.prod.WideFlow",
+                                              "max_workers": 300})["arn"]
+        sandbox.control("faults", {"fault": "oom", "account": prod.account_id, "run_id": "wide", "step": "train",
+                                   "remaining": 300})
+        sandbox.control("start-flow", {"environment": "production", "name": "wide", "width": 1000,
+                                       "state_machine": "mlplatform.prod.WideFlow"})
+        start = time.perf_counter()
+        [done] = _wait_done(sfn, [arn.replace(":stateMachine:", ":execution:") + ":wide"])
+        run_seconds = time.perf_counter() - start
+        events = sum(1 for _ in _history(sfn, done["executionArn"]))
+        batch = boto3.client("batch", endpoint_url=sandbox.env["AWS_ENDPOINT_URL"], region_name=prod.region,
+                             aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
+        batch.meta.events.register("before-sign", lambda request, **_: request.headers.__setitem__(
+            "x-moto-account-id", prod.account_id))
+
+        def per_job_baseline() -> int:
+            """The seed's way: one Slack message per failed Batch job."""
+            slack = WebClient(token=sandbox.env["SLACK_BOT_TOKEN"], base_url=sandbox.env["SLACK_API_URL"])
+            sent, kwargs = 0, {"jobQueue": prod.job_queues[0], "jobStatus": "FAILED", "maxResults": 1000}
+            while True:
+                page = batch.list_jobs(**kwargs)
+                for j in page["jobSummaryList"]:
+                    slack.chat_postMessage(channel="#ml-platform-alerts", text=f"Batch job {j['jobName']} failed")
+                    sent += 1
+                if "nextToken" not in page:
+                    return sent
+                kwargs["nextToken"] = page["nextToken"]
+
+        _sink(sandbox, "/_sink/reset", {})
+        baseline_messages, baseline_seconds, _ = timed(per_job_baseline)
+        _sink(sandbox, "/_sink/reset", {})
+        forget_sessions()
+        with tempfile.TemporaryDirectory() as home, dg.instance_for_test(temp_dir=home) as instance:
+            calls, timing, runs = _alert_pass(settings, instance)
+        messages = _sink(sandbox, "/_sink/messages")["messages"]
+        history_calls = calls.get("SFN.GetExecutionHistory", 0)
+        emit(bench="alerts_wide_foreach", foreach=1000, max_workers=300, injected_oom=300,
+             sandbox_run_seconds=round(run_seconds, 1), history_events=events,
+             baseline={"variant": "per failed Batch job (the seed's alerting)", "slack_messages": baseline_messages,
+                       "seconds": round(baseline_seconds, 3)},
+             slack_messages=len(messages), alert_runs=runs, calls=calls, seconds=timing["seconds"],
+             history_pages=history_calls, history_pages_floor=math.ceil(events / 1000),
+             log_reads=calls.get("CloudWatchLogs.GetLogEvents", 0), log_reads_max=1,
+             headline=messages[0]["text"] if messages else None)
+
+        # (b) a storm: 20 executions failing in one tick
+        sandbox.control("reset", {})
+        names = [f"storm-{i:02}" for i in range(20)]
+        for name in names:
+            sandbox.control("faults", {"fault": "oom", "account": prod.account_id, "run_id": name, "step": "train"})
+            sandbox.control("start-flow", {"environment": "production", "name": name, "width": 2})
+        machine = f"arn:aws:states:{prod.region}:{prod.account_id}:execution:mlplatform.prod.DemoFlow"
+        _wait_done(sfn, [f"{machine}:{n}" for n in names])
+        _sink(sandbox, "/_sink/reset", {})
+        forget_sessions()
+        with tempfile.TemporaryDirectory() as home, dg.instance_for_test(temp_dir=home) as instance:
+            calls, timing, runs = _alert_pass(settings, instance)
+        messages = _sink(sandbox, "/_sink/messages")["messages"]
+        stamps = sorted(float(m["ts"]) for m in messages)
+        burst = max((sum(1 for t in stamps if s <= t < s + 1.0) for s in stamps), default=0)
+        threads = Counter(m["thread_ts"] for m in messages)
+        emit(bench="alerts_storm", executions=20, digest_threshold=settings.alerts.digest_threshold,
+             slack_messages=len(messages), top_level_messages=threads[None],
+             thread_replies=sum(v for k, v in threads.items() if k is not None),
+             max_messages_in_any_second=burst, target_max_per_second=1, seconds=timing["seconds"],
+             calls=calls, baseline={"variant": "one message per execution, unpaced", "slack_messages": 20})
+    finally:
+        sandbox.stop()
+
+
+def _history(sfn, arn):
+    kwargs = {"executionArn": arn, "maxResults": 1000}
+    while True:
+        page = sfn.get_execution_history(**kwargs)
+        yield from page["events"]
+        if "nextToken" not in page:
+            return
+        kwargs["nextToken"] = page["nextToken"]
+
+
 def bench_load() -> None:
     code = ("import time; t=time.perf_counter(); import platform_ops.definitions as d; "
             "d.defs.resolve_job_def('reap_stuck_jobs'); print(time.perf_counter()-t)")
@@ -186,7 +329,9 @@ def bench_load() -> None:
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        bench_reaper(bench_settings(Path(tmp)))
+        settings = bench_settings(Path(tmp))
+        bench_reaper(settings)
+        bench_alerts(settings)
     bench_load()
 
 

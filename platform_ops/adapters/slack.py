@@ -57,15 +57,19 @@ class SlackError(RuntimeError):
 
 
 class Pacer:
-    """Keeps consecutive posts at least `interval` seconds apart (Slack: ~1 message per second
-    per channel)."""
+    """`with pacer: post(...)` keeps posts at least `interval` seconds apart, counted from the
+    end of the previous post, so Slack never sees two inside one interval (its limit is about
+    one message per second per channel)."""
 
     def __init__(self, interval: float):
         self.interval, self._last = interval, None
 
-    def wait(self) -> None:
+    def __enter__(self) -> "Pacer":
         if self._last is not None:
             delay = self.interval - (time.monotonic() - self._last)
             if delay > 0:
                 time.sleep(delay)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self._last = time.monotonic()

@@ -113,9 +113,9 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                 key = f"digest/{_digest([f.execution_arn for f in config.failures])}"
                 digest = ledger.get(key)
                 if digest is None:
-                    pacer.wait()
                     try:
-                        posted = slack.post(channel, core.render_digest([i for i, _ in pending], links))
+                        with pacer:
+                            posted = slack.post(channel, core.render_digest([i for i, _ in pending], links))
                         digest = {"ts": posted["ts"]}
                         ledger.put(key, **digest)
                     except SlackError as exc:
@@ -125,9 +125,10 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                 for incident, tail in pending:
                     ex = incident.execution
                     row = row_of[ex.arn]
-                    pacer.wait()
                     try:
-                        posted = slack.post(channel, core.render_incident(incident, links, tail), thread_ts=thread_ts)
+                        with pacer:
+                            posted = slack.post(channel, core.render_incident(incident, links, tail),
+                                                thread_ts=thread_ts)
                     except SlackError as exc:
                         errors.append(f"{ex.name}: {exc}")
                         row.update(result="not sent", detail=str(exc))
@@ -152,9 +153,9 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                     row.update(result="recovery: older than the failure")
                     continue
                 flow = execution.state_machine_name.rsplit(".", 1)[-1]
-                pacer.wait()
                 try:
-                    slack.post(channel, core.render_recovery(execution, flow, links), thread_ts=opened["thread_ts"])
+                    with pacer:
+                        slack.post(channel, core.render_recovery(execution, flow, links), thread_ts=opened["thread_ts"])
                 except SlackError as exc:
                     errors.append(f"recovery {execution.name}: {exc}")
                     row.update(result="recovery not sent", detail=str(exc))

@@ -8,6 +8,8 @@ world the way real incidents shape it:
   POST /_sandbox/faults       {"fault": "oom", "step": "train", "index": 2, ...}: next matching jobs fail so
   POST /_sandbox/jobs         {"environment", "queue", "count", "vcpus", "created_minutes_ago", ...}: bulk submit
   POST /_sandbox/job-status   {"environment", "job_id", "status"}: let the scheduler place a job (STARTING)
+  POST /_sandbox/deploy-flow  {"environment", "name", "max_workers"}: another DemoFlow deployment
+  POST /_sandbox/start-flow   {"environment", "name", "width", "state_machine"}: a Metaflow run
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from platform_ops.sandbox import moto_internals
+from platform_ops.sandbox import flows, moto_internals
 from platform_ops.sandbox.slack_sink import SlackSink
 from platform_ops.sandbox.world import JOB_DEFINITION, SANDBOX_CREDENTIALS, create_world
 from platform_ops.settings import Settings
@@ -162,6 +164,15 @@ class _ControlApp:
                 moto_internals.set_job_status(account, region, body["job_id"], body["status"],
                                               body.get("attempt_stopped_minutes_ago"))
                 result = {"ok": True}
+            elif action == "deploy-flow":
+                env = self.sandbox.settings.environments[body["environment"]]
+                template = flows.DEPLOYMENTS[env.name].template
+                result = {"arn": flows.deploy(self.sandbox.endpoint, env, flows.FlowDeployment(body["name"], template),
+                                              body.get("max_workers"))}
+            elif action == "start-flow":
+                env = self.sandbox.settings.environments[body["environment"]]
+                result = {"name": flows.trigger(self.sandbox.endpoint, env, int(body.get("width", 3)),
+                                                body.get("name"), body.get("state_machine"))}
             else:
                 raise ValueError(f"unknown sandbox action {action!r}")
             response = Response(json.dumps(result), 200, mimetype="application/json")
