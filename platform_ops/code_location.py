@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from platform_ops.alerts.defs import alerts_defs
+from platform_ops.metrics.defs import metrics_defs
 from platform_ops.reaper.defs import reaper_defs
 from platform_ops.resources import build_resources
 from platform_ops.settings import Settings
@@ -14,5 +15,6 @@ def build_defs(settings: Settings) -> dg.Definitions:
     return dg.Definitions.merge(
         reaper_defs(settings),
         alerts_defs(settings),
+        metrics_defs(settings),
         dg.Definitions(resources=build_resources(settings)),
     )

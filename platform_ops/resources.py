@@ -30,11 +30,25 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         )
         for env in settings.environments.values()
     }
+    resources["metrics_io_manager"] = _metrics_io_manager(settings)
     resources["slack"] = PlatformSlackResource(
         token=dg.EnvVar("SLACK_BOT_TOKEN"),
         base_url=os.environ.get("SLACK_API_URL") or SLACK_API_URL,
     )
     return resources
+
+
+def _metrics_io_manager(settings: Settings) -> Any:
+    """Metrics tables: local files in the sandbox and on a laptop, S3 in production."""
+    m = settings.metrics
+    if m.storage == "s3":
+        from dagster_aws.s3 import S3PickleIOManager, S3Resource
+
+        home = next((e for e in settings.environments.values() if not e.role_arn),
+                    next(iter(settings.environments.values())))
+        return S3PickleIOManager(s3_resource=S3Resource(region_name=home.region), s3_bucket=m.s3_bucket,
+                                 s3_prefix=m.s3_prefix)
+    return dg.FilesystemIOManager(base_dir=m.local_dir)
 
 
 def dagster_run_url(settings: Settings, run_id: str) -> str:

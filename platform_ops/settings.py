@@ -74,6 +74,21 @@ class AlertSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    cron: str = "*/5 * * * *"
+    window_hours: int = 24
+    max_failure_rate: float = 0.2
+    freshness_minutes: int = 15
+    namespace: str = "PlatformOps/Batch"
+    storage: str = "local"  # local | s3
+    local_dir: str = ".platform_ops/metrics"
+    s3_bucket: str | None = None
+    s3_prefix: str = "platform-ops/metrics"
+    charts_dir: str | None = None
+    chart_hours: int = 6
+
+
+@dataclass(frozen=True)
 class SlackSettings:
     channel: str = "#ml-platform-alerts"
     owners: dict[str, str] = field(default_factory=dict)
@@ -85,6 +100,7 @@ class Settings:
     reaper: ReaperSettings = ReaperSettings()
     slack: SlackSettings = SlackSettings()
     alerts: AlertSettings = AlertSettings()
+    metrics: MetricsSettings = MetricsSettings()
     metaflow_ui_url: str = "https://metaflow.example.com"
     sensors_running: bool = False
     dagster_url: str = "http://127.0.0.1:3000"
@@ -225,6 +241,26 @@ def parse_settings(data: Any) -> Settings:
     )
     a.done()
 
+    m = root.sub("metrics")
+    metrics = MetricsSettings(
+        cron=m.get("cron", "*/5 * * * *", check=lambda v: isinstance(v, str) and len(v.split()) == 5,
+                   expect="a 5-field cron expression"),
+        window_hours=m.get("window_hours", 24, check=_is_int(1), expect="an integer >= 1"),
+        max_failure_rate=float(m.get("max_failure_rate", 0.2, check=lambda v: _is_number(0)(v) and v <= 1,
+                                     expect="a fraction between 0 and 1")),
+        freshness_minutes=m.get("freshness_minutes", 15, check=_is_int(1), expect="an integer >= 1"),
+        namespace=m.get("namespace", "PlatformOps/Batch", check=_is_str, expect="a CloudWatch namespace"),
+        storage=m.get("storage", "local", check=lambda v: v in ("local", "s3"), expect="local or s3"),
+        local_dir=m.get("local_dir", ".platform_ops/metrics", check=_is_str, expect="a directory"),
+        s3_bucket=m.get("s3_bucket", None, check=lambda v: v is None or _is_str(v), expect="a bucket name"),
+        s3_prefix=m.get("s3_prefix", "platform-ops/metrics", check=_is_str, expect="a key prefix"),
+        charts_dir=m.get("charts_dir", None, check=lambda v: v is None or _is_str(v), expect="a directory"),
+        chart_hours=m.get("chart_hours", 6, check=_is_int(1), expect="an integer >= 1"),
+    )
+    if metrics.storage == "s3" and not metrics.s3_bucket:
+        raise SettingsError("metrics.s3_bucket: required when metrics.storage is s3")
+    m.done()
+
     s = root.sub("slack")
     slack = SlackSettings(
         channel=s.get("channel", "#ml-platform-alerts", check=_is_str, expect="a channel name or id"),
@@ -242,7 +278,7 @@ def parse_settings(data: Any) -> Settings:
     dagster_url = d.get("url", "http://127.0.0.1:3000", check=_is_str, expect="a URL").rstrip("/")
     d.done()
     root.done()
-    return Settings(environments, reaper, slack, alerts, ui_url, sensors_running, dagster_url)
+    return Settings(environments, reaper, slack, alerts, metrics, ui_url, sensors_running, dagster_url)
 
 
 def load_settings(path: str | os.PathLike | None = None) -> Settings:

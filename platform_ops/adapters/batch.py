@@ -95,3 +95,23 @@ def cancel_jobs(client: Any, job_ids: Iterable[str], reason: str) -> CancelResul
         for error in response.get("errors", []):
             errors[error["job"]] = f"{error.get('code', '')}: {error.get('message', '')}".strip(": ")
     return CancelResult(tuple(accepted), errors)
+
+
+def compute_environments(client: Any, names: Iterable[str] | None = None) -> list[tuple[str, str]]:
+    """(name, ECS cluster ARN) of compute environments (all, or the named ones)."""
+    found, kwargs = [], {"computeEnvironments": list(names)} if names else {}
+    while True:
+        with aws_errors():
+            page = client.describe_compute_environments(**kwargs)
+        found += [(ce["computeEnvironmentName"], ce.get("ecsClusterArn", "")) for ce in page.get("computeEnvironments", [])]
+        if not page.get("nextToken"):
+            return found
+        kwargs["nextToken"] = page["nextToken"]
+
+
+def queue_compute_environments(client: Any, queues: Iterable[str]) -> dict[str, list[str]]:
+    """Compute environment names behind each queue."""
+    with aws_errors():
+        described = client.describe_job_queues(jobQueues=list(queues)).get("jobQueues", [])
+    return {q["jobQueueName"]: [o["computeEnvironment"].rsplit("/", 1)[-1] for o in q.get("computeEnvironmentOrder", [])]
+            for q in described}

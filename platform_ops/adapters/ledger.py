@@ -1,4 +1,5 @@
-"""The alert ledger: what was announced, kept in the Dagster instance's key-value store.
+"""State platform-ops keeps between runs, in the Dagster instance's key-value store: the alert
+ledger (what was announced), the container instances metrics saw last time.
 
 That store is the instance's run storage (SQLite under $DAGSTER_HOME locally, Postgres in
 production), so a restarted daemon, a lost sensor cursor or a re-executed run all find it.
@@ -11,15 +12,13 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-PREFIX = "platform_ops/alerts/"
-
-
 class Ledger:
-    def __init__(self, instance: Any):
+    def __init__(self, instance: Any, namespace: str = "alerts"):
         self._storage = instance.run_storage
+        self._prefix = f"platform_ops/{namespace}/"
 
     def _get(self, keys: Iterable[str]) -> dict[str, dict]:
-        keys = {PREFIX + k for k in keys}
+        keys = {self._prefix + k for k in keys}
         if not keys:
             return {}
         raw = self._storage.get_cursor_values(keys)
@@ -30,11 +29,11 @@ class Ledger:
             except ValueError:
                 continue
             if record:
-                found[key.removeprefix(PREFIX)] = record
+                found[key.removeprefix(self._prefix)] = record
         return found
 
     def _put(self, key: str, record: dict) -> None:
-        self._storage.set_cursor_values({PREFIX + key: json.dumps(record, sort_keys=True)})
+        self._storage.set_cursor_values({self._prefix + key: json.dumps(record, sort_keys=True)})
 
     def executions(self, arns: Iterable[str]) -> dict[str, dict]:
         """Records of executions already handled: {"state": "announced"|"muted", ...}."""

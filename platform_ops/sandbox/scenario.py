@@ -34,6 +34,7 @@ SCENARIOS = Path(__file__).parent / "scenarios"
 _JOB_KEYS = {"count", "name", "vcpus", "memory", "created_minutes_ago", "tags", "parameters", "job_definition"}
 _FAULT_KEYS = {"fault", "name_prefix", "step", "run_id", "index", "remaining", "created_minutes_ago"}
 _FLOW_KEYS = {"width", "faults"}
+_INSTANCE_KEYS = {"register", "deregister"}
 
 
 class ScenarioError(ValueError):
@@ -48,6 +49,7 @@ class Event:
     jobs: dict[str, Any] = field(default_factory=dict)
     faults: tuple[dict[str, Any], ...] = ()
     flow: dict[str, Any] | None = None  # a Metaflow run: {width: N, faults: [...]} (faults for this run only)
+    instances: dict[str, int] | None = None  # the compute environment scales: {register: N, deregister: M}
     every: int = 1
     once: bool = False
 
@@ -70,7 +72,7 @@ def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
         where = f"{source}: events[{i}]"
         if not isinstance(raw, dict):
             raise ScenarioError(f"{where}: expected a mapping")
-        for key in ("environment",) if raw.get("flow") else ("environment", "queue"):
+        for key in ("environment",) if raw.get("flow") or raw.get("instances") else ("environment", "queue"):
             if not isinstance(raw.get(key), str):
                 raise ScenarioError(f"{where}.{key}: required string")
         flow = raw.get("flow")
@@ -78,6 +80,9 @@ def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
             if not isinstance(flow, dict) or set(flow) - _FLOW_KEYS:
                 raise ScenarioError(f"{where}.flow: a mapping with keys {sorted(_FLOW_KEYS)}")
             _check_faults(f"{where}.flow", flow.get("faults") or [])
+        instances = raw.get("instances")
+        if instances is not None and (not isinstance(instances, dict) or set(instances) - _INSTANCE_KEYS):
+            raise ScenarioError(f"{where}.instances: a mapping with keys {sorted(_INSTANCE_KEYS)}")
         jobs = raw.get("jobs") or {}
         unknown = set(jobs) - _JOB_KEYS
         if unknown:
@@ -86,7 +91,7 @@ def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
         _check_faults(where, faults)
         events.append(Event(
             name=str(raw.get("name", f"event {i}")), environment=raw["environment"], queue=raw.get("queue", ""),
-            jobs=dict(jobs), faults=tuple(faults), flow=flow, every=int(raw.get("every", 1)),
+            jobs=dict(jobs), faults=tuple(faults), flow=flow, instances=instances, every=int(raw.get("every", 1)),
             once=bool(raw.get("once", False)),
         ))
     return Scenario(str(data.get("name", source)), float(data.get("interval_seconds", 45)), tuple(events))
@@ -114,7 +119,7 @@ def load_scenario(name_or_path: str) -> Scenario:
 def play_round(sandbox: Any, scenario: Scenario, round_no: int) -> dict[str, int]:
     """Apply every event due this round; returns what each event did (jobs submitted, or the
     Metaflow run started)."""
-    from platform_ops.sandbox import flows
+    from platform_ops.sandbox import flows, world
 
     done: dict[str, Any] = {}
     for event in scenario.events:
@@ -133,6 +138,11 @@ def play_round(sandbox: Any, scenario: Scenario, round_no: int) -> dict[str, int
             env = sandbox.settings.environments[event.environment]
             flows.trigger(sandbox.endpoint, env, width=int(event.flow.get("width", 3)), name=run_id)
             done[event.name] = f"run sfn-{run_id}"
+        if event.instances:
+            env = sandbox.settings.environments[event.environment]
+            up = world.register_instances(sandbox.endpoint, env, int(event.instances.get("register", 0)))
+            down = world.deregister_instances(sandbox.endpoint, env, int(event.instances.get("deregister", 0)))
+            done[event.name] = f"+{up}/-{down} instances"
     return done
 
 

@@ -30,6 +30,7 @@ def tick_and_run(defs: Any, instance: Any, cursors: dict[str, str | None] | None
         try:
             cursor = (cursors or {}).get(sensor.name)
             with dg.build_sensor_context(instance=instance, resources=defs.resources, sensor_name=sensor.name,
+                                         repository_def=repo,
                                          cursor=cursor) as ctx:
                 result = sensor.evaluate_tick(ctx)
             if cursors is not None:
@@ -84,6 +85,17 @@ def main(scenario_name: str = "smoke") -> int:
                         totals["stuck_jobs_cancelled"] += metadata["cancelled"].value if "cancelled" in metadata else 0
                         totals["failed_executions_alerted"] += metadata["announced"].value if "announced" in metadata else 0
                 wait_until_quiet(sandbox)
+            metrics = defs.resolve_job_def("refresh_platform_metrics").execute_in_process(
+                instance=instance, raise_on_error=False,
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+            summary["runs"] += 1
+            summary["runs_failed"] += 0 if metrics.success else 1
+            materialized = {m.asset_key.to_user_string(): m.metadata
+                                for m in (e.event_specific_data.materialization
+                                          for e in metrics.get_asset_materialization_events())}
+            totals["metrics_published"] = materialized.get("cloudwatch_metrics", {}).get("metrics_published")
+            totals["dashboards"] = materialized.get("cloudwatch_dashboards", {}).get("dashboards")
+            totals = {k: getattr(v, "value", v) or 0 for k, v in totals.items()}
         messages = sandbox.sink.state.messages
         line = {**totals, "slack_messages": len(messages), **summary}
         print(json.dumps(line))

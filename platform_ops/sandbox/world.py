@@ -75,3 +75,31 @@ def create_world(endpoint: str, settings: Settings) -> None:
     for env in settings.environments.values():
         create_environment(endpoint, env)
         deploy(endpoint, env)
+
+
+def _cluster(endpoint: str, env: EnvironmentSettings) -> str:
+    batch = account_client(endpoint, "batch", env.account_id, env.region)
+    [ce] = batch.describe_compute_environments(computeEnvironments=[compute_environment_name(env)])["computeEnvironments"]
+    return ce["ecsClusterArn"]
+
+
+def register_instances(endpoint: str, env: EnvironmentSettings, count: int) -> int:
+    """Scale the compute environment up: EC2 instances join its ECS cluster."""
+    ec2 = account_client(endpoint, "ec2", env.account_id, env.region)
+    ecs = account_client(endpoint, "ecs", env.account_id, env.region)
+    cluster = _cluster(endpoint, env)
+    for instance in ec2.run_instances(ImageId="ami-12c6146b", MinCount=count, MaxCount=count,
+                                      InstanceType="m5.xlarge")["Instances"]:
+        ecs.register_container_instance(
+            cluster=cluster, instanceIdentityDocument=json.dumps({"instanceId": instance["InstanceId"]}))
+    return count
+
+
+def deregister_instances(endpoint: str, env: EnvironmentSettings, count: int) -> int:
+    """Scale it down: the oldest instances leave the cluster."""
+    ecs = account_client(endpoint, "ecs", env.account_id, env.region)
+    cluster = _cluster(endpoint, env)
+    arns = ecs.list_container_instances(cluster=cluster)["containerInstanceArns"]
+    for arn in arns[:count]:
+        ecs.deregister_container_instance(cluster=cluster, containerInstance=arn, force=True)
+    return min(count, len(arns))
