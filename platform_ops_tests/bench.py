@@ -310,6 +310,50 @@ def _history(sfn, arn):
         kwargs["nextToken"] = page["nextToken"]
 
 
+def bench_metrics() -> None:
+    """Summary of 1,000,000 synthetic job records, and PutMetricData calls for the published set."""
+    import numpy as np
+    import pandas as pd
+
+    from platform_ops.metrics import core
+
+    n, queues = 1_000_000, [f"ml-q{i}" for i in range(20)]
+    rng = np.random.default_rng(42)
+    now = pd.Timestamp.now(tz="UTC")
+    created = now - pd.to_timedelta(rng.integers(0, 86_400, n), unit="s")
+    started = created + pd.to_timedelta(rng.integers(0, 3_600, n), unit="s")
+    status = rng.choice(core.STATUSES, n)
+    df = pd.DataFrame({
+        "environment": rng.choice(["staging", "production"], n), "queue": rng.choice(queues, n),
+        "job_id": np.arange(n).astype(str), "name": "SFN-BenchFlow--train--", "job_definition": "metaflow_x",
+        "status": status, "status_reason": np.where(rng.random(n) < 0.01, "platform-ops reaper: x", ""),
+        "created_at": created, "started_at": started.where(~np.isin(status, ["SUBMITTED", "PENDING", "RUNNABLE"])),
+        "stopped_at": (started + pd.to_timedelta(rng.integers(1, 7_200, n), unit="s")).where(
+            np.isin(status, ["SUCCEEDED", "FAILED"])), "flow": "BenchFlow", "step": "train"})
+    samples = []
+    for _ in range(3):
+        start = time.perf_counter()
+        summary = core.queue_summary(df, now.to_pydatetime())
+        samples.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    naive = {}
+    for row in df.head(100_000).itertuples():  # per-row Python, on a tenth of the rows
+        key = (row.environment, row.queue)
+        naive.setdefault(key, {}).setdefault(row.status, 0)
+        naive[key][row.status] += 1
+    naive_seconds = (time.perf_counter() - start) * 10
+    capacity = core.capacity_summary(pd.DataFrame(columns=core.INSTANCE_COLUMNS), now.to_pydatetime(), {},
+                                     [(e, f"{e}-ce{i}", "c") for e in ("staging", "production") for i in range(3)])
+    datums = [d.api(now.to_pydatetime()) for d in core.metric_data(summary, capacity)]
+    calls = core.batches(datums)
+    emit(bench="metrics_summary", records=n, queues=len(summary), seconds_median=round(sorted(samples)[1], 3),
+         target_seconds=3, baseline="per-row Python loop (counts only), extrapolated from 100k rows",
+         baseline_seconds=round(naive_seconds, 3))
+    emit(bench="metrics_publish", metrics=len(datums), put_metric_data_calls=len(calls),
+         calls_floor=math.ceil(len(datums) / 1000), baseline="one PutMetricData per metric",
+         baseline_calls=len(datums))
+
+
 def bench_load() -> None:
     code = ("import time; t=time.perf_counter(); import platform_ops.definitions as d; "
             "d.defs.resolve_job_def('reap_stuck_jobs'); print(time.perf_counter()-t)")
@@ -332,6 +376,7 @@ def main() -> None:
         settings = bench_settings(Path(tmp))
         bench_reaper(settings)
         bench_alerts(settings)
+    bench_metrics()
     bench_load()
 
 

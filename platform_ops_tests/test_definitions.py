@@ -69,5 +69,10 @@ def test_smoke_prints_one_json_line(sandbox):
     # alerts: the production run's out-of-memory task, and the staging run failed by the reaper
     assert summary["failed_executions_alerted"] == 2
     assert summary["slack_messages"] == 2 + 2
-    # pass 1: two reaps + one alert run; pass 2: a reap of the protected job only (no report) + one alert run
-    assert summary["runs"] == 5 and summary["runs_failed"] == 0 and summary["sensor_ticks_failed"] == 0
+    # metrics: 2 queues x (7 states + 6 gauges, all finite: both queues have finished jobs) + 2 compute
+    # environments x 8; one dashboard per environment
+    assert summary["metrics_published"] == 2 * 13 + 2 * 8
+    assert summary["dashboards"] == 2
+    # pass 1: two reaps, one alert run, one freshness-check run (the summaries were never materialized);
+    # pass 2: a reap of the protected job only (no report) + one alert run; then one metrics refresh
+    assert summary["runs"] == 7 and summary["runs_failed"] == 0 and summary["sensor_ticks_failed"] == 0

@@ -1,0 +1,112 @@
+"""Metrics end to end: seeded jobs and instances → assets → CloudWatch, read back and compared."""
+
+import dataclasses
+import json
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import pytest
+
+from platform_ops.adapters.aws import AwsEnvironmentResource, count_calls
+from platform_ops.code_location import build_defs
+from platform_ops.metrics.defs import metrics_defs
+from platform_ops.resources import build_resources
+from platform_ops.sandbox import world as sandbox_world
+
+
+@pytest.fixture
+def settings(world, tmp_path):
+    return dataclasses.replace(world.settings, metrics=dataclasses.replace(
+        world.settings.metrics, local_dir=str(tmp_path / "metrics"), charts_dir=str(tmp_path / "charts")))
+
+
+def refresh(defs, instance, **kwargs):
+    return defs.resolve_job_def("refresh_platform_metrics").execute_in_process(instance=instance, **kwargs)
+
+
+def materialized(result):
+    return {e.event_specific_data.materialization.asset_key.to_user_string(): e.event_specific_data.materialization.metadata
+            for e in result.get_asset_materialization_events()}
+
+
+def stat(world, environment, metric, dims):
+    cw = world.resources()[f"aws_{environment}"].client("cloudwatch")
+    now = datetime.now(timezone.utc)
+    points = cw.get_metric_statistics(Namespace="PlatformOps/Batch", MetricName=metric,
+                                      Dimensions=[{"Name": k, "Value": v} for k, v in dims.items()],
+                                      StartTime=now - timedelta(hours=1), EndTime=now + timedelta(minutes=5),
+                                      Period=3600, Statistics=["Maximum"])["Datapoints"]
+    return max(p["Maximum"] for p in points) if points else None
+
+
+def test_published_metrics_match_the_seeded_jobs(world, settings, tmp_path):
+    world.stuck("staging", count=3, minutes=150)
+    world.submit("staging", count=2)  # SUCCEEDED
+    world.fault(fault="oom", remaining=1, account="111111111111")
+    world.submit("staging", count=1)  # FAILED
+    world.stuck("production", count=2, minutes=10)
+    env = world.settings.environments["staging"]
+    sandbox_world.register_instances(world.sandbox.endpoint, env, 2)
+    defs = build_defs(settings)
+    with dg.instance_for_test() as instance:
+        result = refresh(defs, instance)
+        assert result.success
+        meta = materialized(result)
+        q = {"Environment": "staging", "JobQueue": "ml-staging"}
+        assert stat(world, "staging", "RunnableJobs", q) == 3
+        assert stat(world, "staging", "RUNNABLE", q) == 3
+        assert stat(world, "staging", "SUCCEEDED", q) == 2
+        assert stat(world, "staging", "FAILED", q) == 1
+        assert stat(world, "staging", "FailureRate", q) == pytest.approx(1 / 3)
+        assert 149 * 60 < stat(world, "staging", "OldestRunnableAgeSeconds", q) < 151 * 60
+        assert stat(world, "production", "RunnableJobs", {"Environment": "production", "JobQueue": "ml-production"}) == 2
+        ce = {"Environment": "staging", "ComputeEnvironment": "staging-ondemand"}
+        assert stat(world, "staging", "ActiveContainerInstances", ce) == 2
+        assert stat(world, "staging", "RegisterContainerInstance", ce) == 2
+        assert stat(world, "staging", "RegisteredVcpu", ce) == 8
+        published = meta["cloudwatch_metrics"]["metrics_published"].value
+        # per queue 7 states + 6 gauges, minus production's NaN ones (nothing finished: no wait/run p95,
+        # no failure rate); per compute environment 8
+        assert published == 13 + (13 - 3) + 2 * 8
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["no_runnable_older_than_reaper_threshold"].passed is False
+    assert checks["failure_rate_under_max"].passed is False
+    assert (tmp_path / "charts" / "staging-runnable.png").read_bytes()[:4] == b"\x89PNG"
+    assert meta["cloudwatch_dashboards"]["chart_staging"].value.startswith("![staging RUNNABLE](data:image/png;base64,")
+
+
+def test_dashboards_are_put_once_and_deregistrations_are_seen(world, settings):
+    env = world.settings.environments["staging"]
+    sandbox_world.register_instances(world.sandbox.endpoint, env, 3)
+    defs = build_defs(settings)
+    with dg.instance_for_test() as instance:
+        first = materialized(refresh(defs, instance))
+        assert sorted(first["cloudwatch_dashboards"]["dashboards_put"].value) == ["platform-ops-production",
+                                                                                 "platform-ops-staging"]
+        body = json.loads(world.resources()["aws_staging"].client("cloudwatch").get_dashboard(
+            DashboardName="platform-ops-staging")["DashboardBody"])
+        assert any(w["properties"]["title"] == "RUNNABLE jobs" for w in body["widgets"])
+        sandbox_world.deregister_instances(world.sandbox.endpoint, env, 2)
+        with count_calls() as calls:
+            second = materialized(refresh(defs, instance))
+        assert second["cloudwatch_dashboards"]["dashboards_put"].value == []
+        assert "CloudWatch.PutDashboard" not in calls and calls["CloudWatch.GetDashboard"] == 2
+        assert calls["CloudWatch.PutMetricData"] == 2  # one per account: every datum fits one call
+    ce = {"Environment": "staging", "ComputeEnvironment": "staging-ondemand"}
+    assert stat(world, "staging", "DeregisterContainerInstance", ce) == 2
+    assert stat(world, "staging", "ActiveContainerInstances", ce) == 3  # the hour's maximum
+
+
+def test_one_environment_failing_still_materializes_the_other(world, settings):
+    world.stuck("staging", count=1)
+    broken = AwsEnvironmentResource(environment="production", account_id="222222222222", region_name="us-east-1",
+                                    endpoint_url="http://127.0.0.1:9", max_attempts=1)
+    assets = [a for a in metrics_defs(settings).assets if a.key.path[0] in ("batch_jobs", "batch_queue_summary")]
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(assets, resources={**build_resources(settings), "aws_production": broken},
+                                instance=instance)
+    meta = materialized(result)
+    assert meta["batch_jobs"]["jobs"].value == 1
+    assert "production/ml-production: EndpointConnectionError" in json.dumps(meta["batch_jobs"]["errors"].value)
+    rows = {r.data["queue"]: r.data for r in meta["batch_queue_summary"]["summary"].value.records}
+    assert rows["ml-staging"]["RUNNABLE"] == 1 and rows["ml-production"]["RUNNABLE"] == 0
