@@ -60,7 +60,13 @@ FAULTS: dict[str, Callable[[], Outcome]] = {
         "for instance type [m5.2xlarge]",
     ),
     "succeed": lambda: Outcome(SUCCEEDED, None, 0),
+    # jobs that are simply somewhere along the way (for dashboards with every state)
+    "submitted": lambda: Outcome("SUBMITTED"),
+    "pending": lambda: Outcome("PENDING"),
+    "starting": lambda: Outcome(STARTING),
+    "running": lambda: Outcome(RUNNING),
 }
+IN_FLIGHT = {"SUBMITTED", "PENDING", RUNNABLE, STARTING, RUNNING}
 
 
 @dataclass
@@ -214,9 +220,12 @@ def _finish(self: Any, include_start_attempt: bool, job: Any) -> None:
 
     self.backend._jobs[job.job_id] = job
     outcome = decide(job, self.account_id)
-    if outcome.status == RUNNABLE:
-        job.status = JobStatus.RUNNABLE.value
+    if outcome.status in IN_FLIGHT:
+        job.status = outcome.status
         job.job_stopped_reason = outcome.status_reason
+        if outcome.status in (STARTING, RUNNING):
+            job.job_started_at = datetime.now()
+            job.log_stream_name = job._stream_name
         return
     job.job_started_at = datetime.now()
     job.log_stream_name = job._stream_name

@@ -151,3 +151,15 @@ def test_a_client_with_unknown_keys_lands_in_staging_not_moto_default(sandbox):
     sts = boto3.client("sts", endpoint_url=sandbox.endpoint, region_name="us-east-1",
                        aws_access_key_id="whoever", aws_secret_access_key="x")
     assert sts.get_caller_identity()["Account"] == "111111111111"
+
+
+def test_jobs_can_be_left_in_every_in_flight_state(world):
+    """Dashboards need jobs in every state; the fake scheduler can hold one anywhere on the way."""
+    for fault in ("submitted", "pending", "starting", "running"):
+        world.fault(fault=fault, remaining=1)
+    ids = world.submit(count=4)
+    jobs = world.describe("staging", ids)
+    assert [jobs[i]["status"] for i in ids] == ["SUBMITTED", "PENDING", "STARTING", "RUNNING"]
+    assert "startedAt" in jobs[ids[3]] and "stoppedAt" not in jobs[ids[3]]
+    listed = world.batch().list_jobs(jobQueue="ml-staging")["jobSummaryList"]  # no status: RUNNING only
+    assert [j["jobId"] for j in listed] == [ids[3]]
