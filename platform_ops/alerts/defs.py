@@ -109,7 +109,8 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                                                         f"{incident.headline_reason}")
 
             thread_ts = None
-            if len(pending) > a.digest_threshold:
+            storm = len(pending) > a.digest_threshold
+            if storm:
                 key = f"digest/{_digest([f.execution_arn for f in config.failures])}"
                 digest = ledger.get(key)
                 if digest is None:
@@ -121,7 +122,7 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                     except SlackError as exc:
                         errors.append(f"digest: {exc}")
                 thread_ts = digest["ts"] if digest else None
-            if not (len(pending) > a.digest_threshold and thread_ts is None):
+            if not storm or thread_ts:  # in a storm, details only go out under a digest
                 for incident, tail in pending:
                     ex = incident.execution
                     row = row_of[ex.arn]
