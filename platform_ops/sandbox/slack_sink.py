@@ -147,9 +147,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"ok": True, "channel": channel, "ts": ts, "message": message})
 
 
+EMOJI = {":red_circle:": "🔴", ":white_check_mark:": "✅", ":rotating_light:": "🚨", ":warning:": "⚠️"}
+
+
+def _emoji(text: str) -> str:
+    for code, char in EMOJI.items():
+        text = text.replace(code, char)
+    return text
+
+
 def _mrkdwn(text: str) -> str:
     """Enough of Slack's mrkdwn for an operator to read the message as Slack would show it."""
-    out = html.escape(html.unescape(text), quote=False)
+    out = html.escape(_emoji(html.unescape(text)), quote=False)
     out = re.sub(r"&lt;(https?://[^|&]+)\|([^&]+)&gt;", r'<a href="\1">\2</a>', out)
     out = re.sub(r"&lt;@(\w+)&gt;", r'<span class="mention">@\1</span>', out)
     out = re.sub(r"```(.+?)```", r"<pre>\1</pre>", out, flags=re.S)
@@ -163,7 +172,7 @@ def _render_block(block: dict) -> str:
     kind = block.get("type")
     text = (block.get("text") or {}).get("text", "")
     if kind == "header":
-        return f"<h3>{html.escape(text)}</h3>"
+        return f"<h3>{html.escape(_emoji(text))}</h3>"
     if kind == "section":
         fields = "".join(f"<div class='field'>{_mrkdwn(f.get('text', ''))}</div>" for f in block.get("fields") or [])
         return f"<div class='section'>{_mrkdwn(text)}<div class='fields'>{fields}</div></div>"
