@@ -35,6 +35,7 @@ class Outcome:
     container_reason: str | None = None
     attempts: int = 1
     log_lines: list[str] = field(default_factory=list)
+    after_seconds: float = 0  # how long the job runs before it ends this way
 
 
 # Named failure modes a scenario can inject; values mirror what AWS Batch reports for each.
@@ -83,6 +84,7 @@ class FaultRule:
     index: int | None = None
     remaining: int | None = None  # None: forever
     created_minutes_ago: float | None = None  # e.g. a stuck task that has waited since the weekend
+    after_seconds: float = 0  # the job RUNS this long before the outcome (tasks take time)
 
     def matches(self, job: Any, account: str) -> bool:
         if self.remaining is not None and self.remaining <= 0:
@@ -191,7 +193,9 @@ def decide(job: Any, account: str) -> Outcome:
     if rule is not None:
         if rule.created_minutes_ago:
             job.job_created_at = datetime.now() - timedelta(minutes=rule.created_minutes_ago)
-        return FAULTS[rule.fault]()
+        outcome = FAULTS[rule.fault]()
+        outcome.after_seconds = rule.after_seconds
+        return outcome
     return scheduler_verdict(job) or FAULTS["succeed"]()
 
 
@@ -229,6 +233,18 @@ def _finish(self: Any, include_start_attempt: bool, job: Any) -> None:
         return
     job.job_started_at = datetime.now()
     job.log_stream_name = job._stream_name
+    if outcome.after_seconds > 0:
+        job.status = RUNNING
+        timer = threading.Timer(outcome.after_seconds, _complete, (self, include_start_attempt, job, outcome))
+        timer.daemon = True
+        timer.start()
+        return
+    _complete(self, include_start_attempt, job, outcome)
+
+
+def _complete(self: Any, include_start_attempt: bool, job: Any, outcome: Outcome) -> None:
+    if job.job_stopped:  # terminated meanwhile
+        return
     for _ in range(max(1, outcome.attempts)):
         if include_start_attempt:
             job._start_attempt()

@@ -32,7 +32,7 @@ from platform_ops.sandbox import moto_internals
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 _JOB_KEYS = {"count", "name", "vcpus", "memory", "created_minutes_ago", "tags", "parameters", "job_definition"}
-_FAULT_KEYS = {"fault", "name_prefix", "step", "run_id", "index", "remaining", "created_minutes_ago"}
+_FAULT_KEYS = {"fault", "name_prefix", "step", "run_id", "index", "remaining", "created_minutes_ago", "after_seconds"}
 _FLOW_KEYS = {"width", "faults"}
 _INSTANCE_KEYS = {"register", "deregister"}
 

@@ -163,3 +163,15 @@ def test_jobs_can_be_left_in_every_in_flight_state(world):
     assert "startedAt" in jobs[ids[3]] and "stoppedAt" not in jobs[ids[3]]
     listed = world.batch().list_jobs(jobQueue="ml-staging")["jobSummaryList"]  # no status: RUNNING only
     assert [j["jobId"] for j in listed] == [ids[3]]
+
+
+def test_a_task_can_run_for_a_while_before_it_fails(world):
+    """Tasks take time: with after_seconds the job is RUNNING first, then ends as the fault says."""
+    world.fault(fault="exit_1", remaining=1, after_seconds=0.5)
+    [job] = world.submit()
+    assert world.describe("staging", [job])[job]["status"] == "RUNNING"
+    deadline = time.monotonic() + 20
+    while (detail := world.describe("staging", [job])[job])["status"] == "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert (detail["status"], detail["container"]["exitCode"]) == ("FAILED", 1)
