@@ -232,8 +232,8 @@ def bench_alerts(settings_path: Path) -> None:
         sandbox.control("reset", {})
         arn = sandbox.control("deploy-flow", {"environment": "production", "name": "mlplatform.prod.WideFlow",
                                               "max_workers": 300})["arn"]
-        # every train task runs 45 s, the first 300 then run out of memory: all 300 are in flight (max
-        # workers 300) before the first failure stops the Map, as on AWS
+        # the first 300 train tasks (max workers 300: all in flight) run until 45 s after the fault is
+        # set, then all run out of memory at once
         sandbox.control("faults", {"fault": "oom", "account": prod.account_id, "run_id": "wide", "step": "train",
                                    "remaining": 300, "after_seconds": 45})
         sandbox.control("start-flow", {"environment": "production", "name": "wide", "width": 1000,
@@ -246,6 +246,11 @@ def bench_alerts(settings_path: Path) -> None:
                              aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
         batch.meta.events.register("before-sign", lambda request, **_: request.headers.__setitem__(
             "x-moto-account-id", prod.account_id))
+
+        deadline = time.monotonic() + 120
+        while batch.list_jobs(jobQueue=prod.job_queues[0], jobStatus="RUNNING")["jobSummaryList"]:
+            assert time.monotonic() < deadline, "Batch jobs still RUNNING"
+            time.sleep(1)
 
         def per_job_baseline() -> int:
             """The seed's way: one Slack message per failed Batch job."""
@@ -273,6 +278,7 @@ def bench_alerts(settings_path: Path) -> None:
              baseline={"variant": "per failed Batch job (the seed's alerting)", "slack_messages": baseline_messages,
                        "seconds": round(baseline_seconds, 3)},
              slack_messages=len(messages), alert_runs=runs, calls=calls, seconds=timing["seconds"],
+             failed_tasks_in_history=sum(1 for e in _history(sfn, done["executionArn"]) if e["type"] == "TaskFailed"),
              history_pages=history_calls, history_pages_floor=math.ceil(events / 1000),
              log_reads=calls.get("CloudWatchLogs.GetLogEvents", 0), log_reads_max=1,
              headline=messages[0]["text"] if messages else None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -84,7 +85,8 @@ class FaultRule:
     index: int | None = None
     remaining: int | None = None  # None: forever
     created_minutes_ago: float | None = None  # e.g. a stuck task that has waited since the weekend
-    after_seconds: float = 0  # the job RUNS this long before the outcome (tasks take time)
+    after_seconds: float = 0  # matched jobs RUN until this long after the fault was set, then end together
+    armed_at: float = field(default_factory=time.monotonic)
 
     def matches(self, job: Any, account: str) -> bool:
         if self.remaining is not None and self.remaining <= 0:
@@ -194,7 +196,8 @@ def decide(job: Any, account: str) -> Outcome:
         if rule.created_minutes_ago:
             job.job_created_at = datetime.now() - timedelta(minutes=rule.created_minutes_ago)
         outcome = FAULTS[rule.fault]()
-        outcome.after_seconds = rule.after_seconds
+        if rule.after_seconds:
+            outcome.after_seconds = max(0.01, rule.armed_at + rule.after_seconds - time.monotonic())
         return outcome
     return scheduler_verdict(job) or FAULTS["succeed"]()
 
