@@ -7,7 +7,6 @@ import os
 import time
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +18,6 @@ from platform_ops.sandbox.server import Sandbox
 from platform_ops.sandbox.smoke import SANDBOX_SETTINGS
 from platform_ops.settings import SETTINGS_ENV_VAR, Settings, load_settings
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "metaflow"
 
 
 @pytest.fixture(scope="session")
