@@ -223,7 +223,6 @@ def _write_logs(job: Any, lines: list[str]) -> None:
 
 def _finish(self: Any, include_start_attempt: bool, job: Any) -> None:
     """Replacement for BatchSimpleBackend._mark_job_as_finished: asks `decide` what happens."""
-    from moto.batch.utils import JobStatus
 
     self.backend._jobs[job.job_id] = job
     outcome = decide(job, self.account_id)
