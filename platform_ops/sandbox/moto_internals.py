@@ -504,6 +504,23 @@ def _paged_history(self: Any) -> Any:
     return ActionResult(result)
 
 
+def _list_state_machine_versions(self: Any) -> Any:
+    """Bug 6: ListStateMachineVersions (newest first, maxResults/nextToken) is missing from moto,
+    though it keeps the versions `publish=True` creates; promotion's rollback needs the list."""
+    from moto.core.responses import ActionResult
+
+    machine = self.stepfunction_backend.describe_state_machine(self._get_param("stateMachineArn"))
+    versions = sorted(getattr(machine, "versions", {}).values(), key=lambda v: v.version, reverse=True)
+    size = int(self._get_param("maxResults") or 100)
+    token = self._get_param("nextToken")
+    start = int(token) if token and token.isdigit() else 0
+    result: dict[str, Any] = {"stateMachineVersions": [
+        {"stateMachineVersionArn": v.arn, "creationDate": v.creation_date} for v in versions[start:start + size]]}
+    if start + size < len(versions):
+        result["nextToken"] = str(start + size)
+    return ActionResult(result)
+
+
 def _apply_stepfunctions() -> None:
     from moto.core import config as core_config
     from moto.stepfunctions.parser.asl.component.common.error_name import error_name as error_name_mod
@@ -529,6 +546,7 @@ def _apply_stepfunctions() -> None:
     _require(sfn_response_cls, "get_execution_history")
     core_config.default_user_config["stepfunctions"] = {"execute_state_machine": True}
     sfn_response_cls.get_execution_history = _paged_history
+    sfn_response_cls.list_state_machine_versions = _list_state_machine_versions
     batch_cls._normalise_parameters = _normalise_parameters
     batch_cls._normalise_response = _normalise_response
 

@@ -100,3 +100,22 @@ def test_execution_history_pages_like_aws(world):
     assert all(len(p) == 7 for p in pages[:-1]) and len(pages) == -(-len(everything) // 7)
     newest = client.get_execution_history(executionArn=arn, maxResults=1, reverseOrder=True)["events"][0]
     assert newest["type"] == "ExecutionSucceeded"
+
+
+def test_published_versions_are_listed_newest_first_and_stay_describable(world):
+    """CreateStateMachine/UpdateStateMachine with publish=True make numbered versions;
+    ListStateMachineVersions lists them newest first; each version keeps its own definition."""
+    client = sfn(world, "production")
+    definition = {"StartAt": "A", "States": {"A": {"Type": "Pass", "End": True}}}
+    created = client.create_state_machine(name="mlplatform.prod.VersionedFlow", definition=json.dumps(definition),
+                                          roleArn="arn:aws:iam::222222222222:role/mf-sfn", publish=True,
+                                          versionDescription="promotion p-1")
+    definition["States"]["A"]["Comment"] = "v2"
+    client.update_state_machine(stateMachineArn=created["stateMachineArn"], definition=json.dumps(definition),
+                                publish=True, versionDescription="promotion p-2")
+    versions = client.list_state_machine_versions(stateMachineArn=created["stateMachineArn"])["stateMachineVersions"]
+    assert [v["stateMachineVersionArn"].rsplit(":", 1)[-1] for v in versions] == ["2", "1"]
+    first = client.describe_state_machine(stateMachineArn=versions[1]["stateMachineVersionArn"])
+    assert "Comment" not in json.loads(first["definition"])["States"]["A"]
+    page = client.list_state_machine_versions(stateMachineArn=created["stateMachineArn"], maxResults=1)
+    assert len(page["stateMachineVersions"]) == 1 and "nextToken" in page
