@@ -143,6 +143,19 @@ class AwsError(RuntimeError):
         self.request_scoped = code in _REQUEST_SCOPED
 
 
+def pages(method: Any, token_key: str = "nextToken", **kwargs: Any) -> Iterator[dict]:
+    """Every page of a paginated API call, following its token; failures as AwsError. Stop
+    iterating to stop paging."""
+    while True:
+        with aws_errors():
+            page = method(**kwargs)
+        yield page
+        token = page.get(token_key)
+        if not token:
+            return
+        kwargs[token_key] = token
+
+
 @contextlib.contextmanager
 def aws_errors() -> Iterator[None]:
     """Translate botocore exceptions into AwsError."""

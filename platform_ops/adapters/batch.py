@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
-from platform_ops.adapters.aws import aws_errors
+from platform_ops.adapters.aws import aws_errors, pages
 from platform_ops.observations import BatchJob, CancelResult
 
 DESCRIBE_CHUNK = 100  # DescribeJobs takes at most 100 ids
@@ -53,16 +53,9 @@ def job_from_api(item: dict[str, Any], queue: str = "") -> BatchJob:
 
 def iter_jobs(client: Any, queue: str, status: str) -> Iterator[BatchJob]:
     """Every job of `queue` in `status`, following nextToken (1000 a page)."""
-    kwargs = {"jobQueue": queue, "jobStatus": status, "maxResults": LIST_PAGE}
-    while True:
-        with aws_errors():
-            page = client.list_jobs(**kwargs)
+    for page in pages(client.list_jobs, jobQueue=queue, jobStatus=status, maxResults=LIST_PAGE):
         for item in page.get("jobSummaryList", []):
             yield job_from_api(item, queue)
-        token = page.get("nextToken")
-        if not token:
-            return
-        kwargs["nextToken"] = token
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
@@ -99,14 +92,10 @@ def cancel_jobs(client: Any, job_ids: Iterable[str], reason: str) -> CancelResul
 
 def compute_environments(client: Any, names: Iterable[str] | None = None) -> list[tuple[str, str]]:
     """(name, ECS cluster ARN) of compute environments (all, or the named ones)."""
-    found, kwargs = [], {"computeEnvironments": list(names)} if names else {}
-    while True:
-        with aws_errors():
-            page = client.describe_compute_environments(**kwargs)
-        found += [(ce["computeEnvironmentName"], ce.get("ecsClusterArn", "")) for ce in page.get("computeEnvironments", [])]
-        if not page.get("nextToken"):
-            return found
-        kwargs["nextToken"] = page["nextToken"]
+    kwargs = {"computeEnvironments": list(names)} if names else {}
+    return [(ce["computeEnvironmentName"], ce.get("ecsClusterArn", ""))
+            for page in pages(client.describe_compute_environments, **kwargs)
+            for ce in page.get("computeEnvironments", [])]
 
 
 def queue_compute_environments(client: Any, queues: Iterable[str]) -> dict[str, list[str]]:

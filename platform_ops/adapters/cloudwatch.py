@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from platform_ops.adapters.aws import AwsError, aws_errors
+from platform_ops.adapters.aws import AwsError, aws_errors, pages
 
 
 def put_metric_data(client: Any, namespace: str, calls: list[list[dict]]) -> int:
@@ -45,13 +45,8 @@ def metric_series(client: Any, namespace: str, queries: list[tuple[str, str, dic
     } for i, (label, metric, dims) in enumerate(queries)]
     series: dict[str, list[tuple[datetime, float]]] = {}
     for start_i in range(0, len(metric_queries), 500):
-        kwargs = {"MetricDataQueries": metric_queries[start_i:start_i + 500], "StartTime": start, "EndTime": end}
-        while True:
-            with aws_errors():
-                page = client.get_metric_data(**kwargs)
+        for page in pages(client.get_metric_data, "NextToken", StartTime=start, EndTime=end,
+                          MetricDataQueries=metric_queries[start_i:start_i + 500]):
             for result in page.get("MetricDataResults", []):
                 series.setdefault(result["Label"], []).extend(zip(result["Timestamps"], result["Values"]))
-            if not page.get("NextToken"):
-                break
-            kwargs["NextToken"] = page["NextToken"]
     return {k: sorted(v) for k, v in series.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from platform_ops.adapters.aws import aws_errors
+from platform_ops.adapters.aws import aws_errors, pages
 
 DESCRIBE_CHUNK = 100
 
@@ -15,16 +15,9 @@ def _resource(resources: list[dict], name: str) -> int:
 
 def container_instances(client: Any, cluster: str) -> list[dict]:
     """ACTIVE and DRAINING instances of `cluster` with their registration time and resources."""
-    arns: list[str] = []
-    for status in ("ACTIVE", "DRAINING"):
-        kwargs = {"cluster": cluster, "status": status, "maxResults": 100}
-        while True:
-            with aws_errors():
-                page = client.list_container_instances(**kwargs)
-            arns += page.get("containerInstanceArns", [])
-            if not page.get("nextToken"):
-                break
-            kwargs["nextToken"] = page["nextToken"]
+    arns = [arn for status in ("ACTIVE", "DRAINING")
+            for page in pages(client.list_container_instances, cluster=cluster, status=status, maxResults=100)
+            for arn in page.get("containerInstanceArns", [])]
     rows = []
     for start in range(0, len(arns), DESCRIBE_CHUNK):
         with aws_errors():

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
-from platform_ops.adapters.aws import aws_errors
+from platform_ops.adapters.aws import aws_errors, pages
 from platform_ops.observations import Execution, StateMachine
 
 HISTORY_PAGE = 1000  # GetExecutionHistory's maximum
@@ -16,15 +16,9 @@ LIST_PAGE = 1000
 def list_state_machines(client: Any, prefixes: Iterable[str]) -> list[StateMachine]:
     """Every state machine whose name starts with one of `prefixes` ("" = all)."""
     prefixes = tuple(prefixes)
-    found, kwargs = [], {"maxResults": LIST_PAGE}
-    while True:
-        with aws_errors():
-            page = client.list_state_machines(**kwargs)
-        found += [StateMachine(m["name"], m["stateMachineArn"]) for m in page.get("stateMachines", [])
-                  if m["name"].startswith(prefixes)]
-        if not page.get("nextToken"):
-            return found
-        kwargs["nextToken"] = page["nextToken"]
+    return [StateMachine(m["name"], m["stateMachineArn"])
+            for page in pages(client.list_state_machines, maxResults=LIST_PAGE)
+            for m in page.get("stateMachines", []) if m["name"].startswith(prefixes)]
 
 
 def execution_from_api(item: dict[str, Any]) -> Execution:
@@ -38,19 +32,15 @@ def execution_from_api(item: dict[str, Any]) -> Execution:
 def recent_executions(client: Any, state_machine_arn: str, started_after: datetime) -> Iterator[Execution]:
     """Executions newest first (ListExecutions' order), stopping at the first page that reaches
     back before `started_after`: one call for a quiet state machine."""
-    kwargs = {"stateMachineArn": state_machine_arn, "maxResults": LIST_PAGE}
-    while True:
-        with aws_errors():
-            page = client.list_executions(**kwargs)
+    for page in pages(client.list_executions, stateMachineArn=state_machine_arn, maxResults=LIST_PAGE):
         older = False
         for item in page.get("executions", []):
             if item["startDate"] < started_after:
                 older = True
                 continue
             yield execution_from_api(item)
-        if older or not page.get("nextToken"):
+        if older:
             return
-        kwargs["nextToken"] = page["nextToken"]
 
 
 def describe_execution(client: Any, arn: str) -> Execution:
@@ -60,14 +50,8 @@ def describe_execution(client: Any, arn: str) -> Execution:
 
 def execution_history(client: Any, arn: str) -> list[dict[str, Any]]:
     """Every event, oldest first, 1000 a page."""
-    events, kwargs = [], {"executionArn": arn, "maxResults": HISTORY_PAGE}
-    while True:
-        with aws_errors():
-            page = client.get_execution_history(**kwargs)
-        events += page.get("events", [])
-        if not page.get("nextToken"):
-            return events
-        kwargs["nextToken"] = page["nextToken"]
+    return [event for page in pages(client.get_execution_history, executionArn=arn, maxResults=HISTORY_PAGE)
+            for event in page.get("events", [])]
 
 
 def definition_for_execution(client: Any, arn: str) -> str:

@@ -14,6 +14,7 @@ from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError, count_ca
 from platform_ops.adapters.ledger import Ledger
 from platform_ops.adapters.slack import Pacer, PlatformSlackResource, SlackError
 from platform_ops.alerts import core
+from platform_ops.metadata import table as metadata_table
 from platform_ops.resources import aws_resource_key, dagster_run_url
 from platform_ops.settings import Settings
 
@@ -41,14 +42,6 @@ def _from_ms(ms: int) -> datetime:
 
 def _digest(arns: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(arns)).encode()).hexdigest()[:20]
-
-
-def _status_table(rows: list[dict]) -> dg.MetadataValue:
-    columns = ["execution", "state_machine", "environment", "result", "detail"]
-    return dg.MetadataValue.table(
-        records=[dg.TableRecord({c: str(r.get(c, ""))[:300] for c in columns}) for r in rows],
-        schema=dg.TableSchema(columns=[dg.TableColumn(c) for c in columns]),
-    )
 
 
 def alerts_defs(settings: Settings) -> dg.Definitions:
@@ -172,7 +165,7 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
             "announced": announced,
             "muted": counts.get("muted", 0),
             "results": dg.MetadataValue.json(counts),
-            "executions": _status_table(rows),
+            "executions": metadata_table(rows, ["execution", "state_machine", "environment", "result", "detail"]),
             "aws_calls": dg.MetadataValue.json(dict(calls)),
         }
         yield dg.Output({"announced": announced, "results": counts}, metadata=metadata)

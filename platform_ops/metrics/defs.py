@@ -11,6 +11,7 @@ import pandas as pd
 from platform_ops.adapters import batch, cloudwatch, ecs
 from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError, count_calls
 from platform_ops.adapters.ledger import Ledger
+from platform_ops.metadata import table as metadata_table
 from platform_ops.metrics import charts, core
 from platform_ops.reaper.core import format_duration
 from platform_ops.resources import aws_resource_key
@@ -20,12 +21,7 @@ GROUP = "platform_metrics"
 
 
 def _table(df: pd.DataFrame, limit: int = 200) -> dg.MetadataValue:
-    shown = df.head(limit).astype(object).where(df.head(limit).notna(), None)
-    return dg.MetadataValue.table(
-        records=[dg.TableRecord({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()})
-                 for row in shown.to_dict("records")],
-        schema=dg.TableSchema(columns=[dg.TableColumn(str(c)) for c in df.columns]),
-    )
+    return metadata_table(df.head(limit).to_dict("records"), [str(c) for c in df.columns])
 
 
 def metrics_defs(settings: Settings) -> dg.Definitions:

@@ -10,8 +10,9 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 
 from platform_ops.adapters import batch
-from platform_ops.adapters.slack import SlackError
 from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError, count_calls
+from platform_ops.adapters.slack import SlackError
+from platform_ops.metadata import table as metadata_table
 from platform_ops.observations import CancelResult
 from platform_ops.reaper import core
 from platform_ops.resources import aws_resource_key, dagster_run_url
@@ -42,16 +43,9 @@ def _run_key(environment: str, queue: str, job_ids: list[str]) -> str:
 
 
 def _table(results: list[core.JobResult]) -> dg.MetadataValue:
-    return dg.MetadataValue.table(
-        records=[dg.TableRecord({
-            "job_id": r.job_id, "name": r.name, "runnable_for": core.format_duration(r.runnable_for),
-            "category": r.category, "result": r.result, "status_reason": r.status_reason[:200],
-        }) for r in results],
-        schema=dg.TableSchema(columns=[
-            dg.TableColumn("job_id"), dg.TableColumn("name"), dg.TableColumn("runnable_for"),
-            dg.TableColumn("category"), dg.TableColumn("result"), dg.TableColumn("status_reason"),
-        ]),
-    )
+    return metadata_table(
+        ({**vars(r), "runnable_for": core.format_duration(r.runnable_for)} for r in results),
+        ["job_id", "name", "runnable_for", "category", "result", "status_reason"])
 
 
 def reaper_defs(settings: Settings) -> dg.Definitions:

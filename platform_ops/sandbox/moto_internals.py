@@ -340,6 +340,18 @@ def _describe_jobs(self: Any, jobs: list[str] | None) -> list[dict]:
     return found
 
 
+def _offset_page(items: list, size: int, token: str | None, result_key: str) -> dict[str, Any]:
+    """One page of `items` the way AWS pages (an opaque nextToken; here, the next offset)."""
+    try:
+        start = int(token) if token else 0
+    except ValueError:
+        raise ValueError(f"Invalid nextToken {token!r}") from None
+    result: dict[str, Any] = {result_key: items[start:start + size]}
+    if start + size < len(items):
+        result["nextToken"] = str(start + size)
+    return result
+
+
 def _list_jobs_response(self: Any) -> str:
     """AWS ListJobs: jobStatus omitted means RUNNING; maxResults/nextToken paginate
     (1000 a page with jobStatus, 100 with filters)."""
@@ -357,15 +369,11 @@ def _list_jobs_response(self: Any) -> str:
     )
     cap = 100 if filters else 1000
     page_size = min(int(self._get_param("maxResults") or cap), cap)
-    token = self._get_param("nextToken")
     try:
-        start = int(token) if token else 0
-    except ValueError:
-        raise ClientException(f"Invalid nextToken {token!r}") from None
-    page = jobs[start:start + page_size]
-    result: dict[str, Any] = {"jobSummaryList": [job.describe_short() for job in page]}
-    if start + page_size < len(jobs):
-        result["nextToken"] = str(start + page_size)
+        result = _offset_page(jobs, page_size, self._get_param("nextToken"), "jobSummaryList")
+    except ValueError as exc:
+        raise ClientException(str(exc)) from None
+    result["jobSummaryList"] = [job.describe_short() for job in result["jobSummaryList"]]
     return json.dumps(result)
 
 
@@ -496,12 +504,7 @@ def _paged_history(self: Any) -> Any:
     size = int(self._get_param("maxResults") or 100)
     if not 1 <= size <= 1000:
         raise ValidationException(f"maxResults must be between 1 and 1000, got {size}")
-    token = self._get_param("nextToken")
-    start = int(token) if token and token.isdigit() else 0
-    result: dict[str, Any] = {"events": events[start:start + size]}
-    if start + size < len(events):
-        result["nextToken"] = str(start + size)
-    return ActionResult(result)
+    return ActionResult(_offset_page(events, size, self._get_param("nextToken"), "events"))
 
 
 def _list_state_machine_versions(self: Any) -> Any:
@@ -511,14 +514,9 @@ def _list_state_machine_versions(self: Any) -> Any:
 
     machine = self.stepfunction_backend.describe_state_machine(self._get_param("stateMachineArn"))
     versions = sorted(getattr(machine, "versions", {}).values(), key=lambda v: v.version, reverse=True)
-    size = int(self._get_param("maxResults") or 100)
-    token = self._get_param("nextToken")
-    start = int(token) if token and token.isdigit() else 0
-    result: dict[str, Any] = {"stateMachineVersions": [
-        {"stateMachineVersionArn": v.arn, "creationDate": v.creation_date} for v in versions[start:start + size]]}
-    if start + size < len(versions):
-        result["nextToken"] = str(start + size)
-    return ActionResult(result)
+    listed = [{"stateMachineVersionArn": v.arn, "creationDate": v.creation_date} for v in versions]
+    return ActionResult(_offset_page(listed, int(self._get_param("maxResults") or 100),
+                                     self._get_param("nextToken"), "stateMachineVersions"))
 
 
 def _apply_stepfunctions() -> None:
