@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -qq --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install -qq --disable-pip-version-check -e '.[sandbox,promotion,test]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -64,3 +64,15 @@ class Execution:
     @property
     def region(self) -> str:
         return self.arn.split(":")[3]
+
+
+@dataclass(frozen=True)
+class StateMachineVersion:
+    """A published version (ListStateMachineVersions)."""
+
+    arn: str
+    created_at: datetime
+
+    @property
+    def number(self) -> int:
+        return int(self.arn.rsplit(":", 1)[-1])

@@ -89,6 +89,33 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class PromotionRuleSettings:
+    """A team's own definition-safety rule: `forbid` (a regex) must not match the production
+    definition."""
+
+    name: str
+    description: str
+    forbid: str
+
+
+@dataclass(frozen=True)
+class PromotionSettings:
+    """Staging → production promotion. Account ids map from the two environments; queues, roles
+    and buckets are named here (staging value → production value)."""
+
+    audit_bucket: str
+    source: str = "staging"
+    target: str = "production"
+    audit_prefix: str = "promotions"
+    max_staging_age_hours: int = 168
+    lint_timeout_seconds: int = 300
+    queues: dict[str, str] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict)
+    buckets: dict[str, str] = field(default_factory=dict)
+    rules: tuple[PromotionRuleSettings, ...] = ()
+
+
+@dataclass(frozen=True)
 class SlackSettings:
     channel: str = "#ml-platform-alerts"
     owners: dict[str, str] = field(default_factory=dict)
@@ -101,6 +128,7 @@ class Settings:
     slack: SlackSettings = SlackSettings()
     alerts: AlertSettings = AlertSettings()
     metrics: MetricsSettings = MetricsSettings()
+    promotion: PromotionSettings | None = None
     metaflow_ui_url: str = "https://metaflow.example.com"
     sensors_running: bool = False
     dagster_url: str = "http://127.0.0.1:3000"
@@ -188,6 +216,56 @@ def _environment(name: str, r: _Reader) -> EnvironmentSettings:
     return env
 
 
+def _is_str_map(v: Any) -> bool:
+    return isinstance(v, dict) and all(_is_str(k) and _is_str(x) for k, x in v.items())
+
+
+def _promotion(root: _Reader, environments: dict[str, EnvironmentSettings]) -> PromotionSettings | None:
+    """None when the section is absent: promotion is then not offered."""
+    if root.data.get("promotion") is None:
+        root.seen.add("promotion")
+        return None
+    p = root.sub("promotion")
+    in_envs = lambda v: v in environments  # noqa: E731
+    rules = []
+    for i, raw in enumerate(p.get("rules", [], check=lambda v: isinstance(v, list), expect="a list of rules") or []):
+        r = _Reader(raw, f"promotion.rules[{i}]")
+        forbid = r.get("forbid", check=_is_regex, expect="a regular expression")
+        rules.append(PromotionRuleSettings(
+            name=r.get("name", check=lambda v: isinstance(v, str) and bool(re.match(r"^[a-z][a-z0-9_]*$", v)),
+                       expect="a rule name in lowercase letters, digits, _"),
+            description=r.get("description", check=_is_str, expect="what the rule protects"),
+            forbid=forbid))
+        r.done()
+    settings = PromotionSettings(
+        source=p.get("from", "staging", check=in_envs, expect=f"one of the environments ({', '.join(environments)})"),
+        target=p.get("to", "production", check=in_envs, expect=f"one of the environments ({', '.join(environments)})"),
+        audit_bucket=p.get("audit_bucket", check=_is_str, expect="an S3 bucket name in the target account"),
+        audit_prefix=p.get("audit_prefix", "promotions", check=_is_str, expect="a key prefix").strip("/"),
+        max_staging_age_hours=p.get("max_staging_age_hours", 168, check=_is_int(1), expect="an integer >= 1"),
+        lint_timeout_seconds=p.get("lint_timeout_seconds", 300, check=_is_int(10), expect="an integer >= 10"),
+        queues=dict(p.get("queues", {}, check=_is_str_map, expect="a mapping of staging queue to production queue")),
+        roles=dict(p.get("roles", {}, check=_is_str_map, expect="a mapping of staging role ARN to production role ARN")),
+        buckets=dict(p.get("buckets", {}, check=_is_str_map,
+                           expect="a mapping of staging bucket to production bucket")),
+        rules=tuple(rules),
+    )
+    if settings.source == settings.target:
+        raise SettingsError(f"promotion.to: must differ from promotion.from ({settings.source!r})")
+    p.done()
+    return settings
+
+
+def _is_regex(v: Any) -> bool:
+    if not _is_str(v):
+        return False
+    try:
+        re.compile(v)
+    except re.error:
+        return False
+    return True
+
+
 def parse_settings(data: Any) -> Settings:
     root = _Reader(data, "")
     envs_reader = root.sub("environments", required=True)
@@ -261,6 +339,8 @@ def parse_settings(data: Any) -> Settings:
         raise SettingsError("metrics.s3_bucket: required when metrics.storage is s3")
     m.done()
 
+    promotion = _promotion(root, environments)
+
     s = root.sub("slack")
     slack = SlackSettings(
         channel=s.get("channel", "#ml-platform-alerts", check=_is_str, expect="a channel name or id"),
@@ -278,7 +358,7 @@ def parse_settings(data: Any) -> Settings:
     dagster_url = d.get("url", "http://127.0.0.1:3000", check=_is_str, expect="a URL").rstrip("/")
     d.done()
     root.done()
-    return Settings(environments, reaper, slack, alerts, metrics, ui_url, sensors_running, dagster_url)
+    return Settings(environments, reaper, slack, alerts, metrics, promotion, ui_url, sensors_running, dagster_url)
 
 
 def load_settings(path: str | os.PathLike | None = None) -> Settings:

@@ -38,7 +38,7 @@ def test_translating_the_branch_deployment_gives_what_metaflow_deploys_to_produc
 
 def test_translation_maps_staging_identifiers_and_the_safety_rules_agree():
     translated = core.translate(BRANCH, project="mlplatform", flow="DemoFlow", branch="feature_x", mapping=MAPPING)
-    assert "111122223333" not in translated and "mf-bucket/" not in translated
+    assert "111122223333" not in translated and "mf-bucket" not in translated
     start = json.loads(translated)["States"]["start"]["Parameters"]
     assert start["JobQueue"] == "mf-prod-queue"
     assert "queue=mf-prod-queue," in start["ContainerOverrides"]["Command"][2]

@@ -143,14 +143,14 @@ class AwsError(RuntimeError):
         self.request_scoped = code in _REQUEST_SCOPED
 
 
-def pages(method: Any, token_key: str = "nextToken", **kwargs: Any) -> Iterator[dict]:
-    """Every page of a paginated API call, following its token; failures as AwsError. Stop
-    iterating to stop paging."""
+def pages(method: Any, token_key: str = "nextToken", next_key: str | None = None, **kwargs: Any) -> Iterator[dict]:
+    """Every page of a paginated API call, following its token (answered as `next_key`, sent
+    back as `token_key`); failures as AwsError. Stop iterating to stop paging."""
     while True:
         with aws_errors():
             page = method(**kwargs)
         yield page
-        token = page.get(token_key)
+        token = page.get(next_key or token_key)
         if not token:
             return
         kwargs[token_key] = token

@@ -6,8 +6,8 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
-from platform_ops.adapters.aws import aws_errors, pages
-from platform_ops.observations import Execution, StateMachine
+from platform_ops.adapters.aws import AwsError, aws_errors, pages
+from platform_ops.observations import Execution, StateMachine, StateMachineVersion
 
 HISTORY_PAGE = 1000  # GetExecutionHistory's maximum
 LIST_PAGE = 1000
@@ -57,3 +57,43 @@ def execution_history(client: Any, arn: str) -> list[dict[str, Any]]:
 def definition_for_execution(client: Any, arn: str) -> str:
     with aws_errors():
         return client.describe_state_machine_for_execution(executionArn=arn)["definition"]
+
+
+def state_machine_arn(account: str, region: str, name: str) -> str:
+    return f"arn:aws:states:{region}:{account}:stateMachine:{name}"
+
+
+def describe_state_machine(client: Any, arn: str) -> dict[str, Any] | None:
+    """DescribeStateMachine (of a state machine or one of its versions); None when absent."""
+    try:
+        with aws_errors():
+            return client.describe_state_machine(stateMachineArn=arn)
+    except AwsError as exc:
+        if exc.code == "StateMachineDoesNotExist":
+            return None
+        raise
+
+
+def versions(client: Any, arn: str) -> list[StateMachineVersion]:
+    return [StateMachineVersion(v["stateMachineVersionArn"], v["creationDate"])
+            for page in pages(client.list_state_machine_versions, stateMachineArn=arn, maxResults=LIST_PAGE)
+            for v in page.get("stateMachineVersions", [])]
+
+
+def publish(client: Any, *, arn: str, name: str, definition: str, role_arn: str, exists: bool,
+            description: str) -> str:
+    """Create or update the state machine and publish the result as a new version (one atomic
+    call either way); the version's ARN."""
+    with aws_errors():
+        if exists:
+            answer = client.update_state_machine(stateMachineArn=arn, definition=definition, publish=True,
+                                                 versionDescription=description)
+        else:
+            answer = client.create_state_machine(name=name, definition=definition, roleArn=role_arn, publish=True,
+                                                 versionDescription=description)
+    return answer["stateMachineVersionArn"]
+
+
+def start(client: Any, arn: str, input_json: str) -> str:
+    with aws_errors():
+        return client.start_execution(stateMachineArn=arn, input=input_json)["executionArn"]

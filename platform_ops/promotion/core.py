@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from platform_ops import naming
+from platform_ops.observations import StateMachineVersion as Version
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ def translate(definition: str, *, project: str, flow: str, branch: str, mapping:
     replacements: list[tuple[str, str]] = [(f" --branch {branch} ", " --production ")]
     replacements += list(mapping.roles.items())
     replacements += [(f"s3://{a}/", f"s3://{b}/") for a, b in mapping.buckets.items()]
+    replacements += [(f'"{a}"', f'"{b}"') for a, b in mapping.buckets.items()]  # the code download command
     replacements += [(f"queue={a},", f"queue={b},") for a, b in mapping.queues.items()]
     replacements += [(f":{a}:", f":{b}:") for a, b in mapping.accounts.items()]
 
@@ -126,7 +128,8 @@ def _batch_tasks(states: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[
 
 def _no_staging_identifiers(definition: dict, mapping: IdentifierMap) -> list[str]:
     found = []
-    needles = [f":{a}:" for a in mapping.accounts] + list(mapping.roles) + [f"s3://{b}/" for b in mapping.buckets]
+    needles = ([f":{a}:" for a in mapping.accounts] + list(mapping.roles) + [f"s3://{b}/" for b in mapping.buckets]
+               + [f'"{b}"' for b in mapping.buckets])
     for text in _strings(definition):
         found += [n for n in needles if n in text]
     for name, task in _batch_tasks(definition.get("States", {})):
@@ -164,3 +167,196 @@ def digest(definition: str) -> str:
     """A stable digest of a definition (key order and whitespace do not matter)."""
     canonical = json.dumps(json.loads(definition), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def forbid_rule(name: str, description: str, pattern: str) -> Rule:
+    """A team's own rule from settings: `pattern` must not appear in the production definition."""
+    compiled = re.compile(pattern)
+
+    def check(definition: dict, mapping: IdentifierMap) -> list[str]:
+        text = json.dumps(definition)
+        return sorted({f"matches {pattern!r}: {m.group(0)[:80]!r}" for m in compiled.finditer(text)})
+
+    return Rule(name, description, check)
+
+
+# ---- what a staging deployment says about itself ----
+
+def _start_parameters(definition: dict) -> dict:
+    start = definition.get("States", {}).get(definition.get("StartAt", "start"), {})
+    return start.get("Parameters") or {}
+
+
+def _environment(definition: dict) -> dict[str, str]:
+    env = (_start_parameters(definition).get("ContainerOverrides") or {}).get("Environment") or []
+    return {e["Name"]: e["Value"] for e in env if "Value" in e}
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The facts promotion needs from a Metaflow state machine definition."""
+
+    owner: str
+    flow_name: str
+    state_machine: str  # SFN_STATE_MACHINE
+    production_token: str
+    code_url: str
+    code_sha: str
+    script: str  # the flow file inside the code package
+    tags: dict[str, str]
+
+
+def deployment_of(definition: str) -> Deployment:
+    """Read a Metaflow definition; ValueError naming what is missing when it is not one."""
+    try:
+        data = json.loads(definition)
+    except ValueError as exc:
+        raise ValueError(f"the state machine definition is not JSON: {exc}") from None
+    params = _start_parameters(data)
+    env = _environment(data)
+    meta = params.get("Parameters") or {}
+    missing = [k for k in ("METAFLOW_CODE_URL", "METAFLOW_CODE_SHA", "METAFLOW_VERSION", "SFN_STATE_MACHINE")
+               if k not in env]
+    if missing:
+        raise ValueError(f"not a Metaflow deployment: the start step's environment lacks {', '.join(missing)}")
+    try:
+        version = json.loads(env["METAFLOW_VERSION"])
+    except ValueError:
+        raise ValueError("not a Metaflow deployment: METAFLOW_VERSION is not JSON") from None
+    return Deployment(
+        owner=meta.get("metaflow.owner", env.get("METAFLOW_OWNER", "")),
+        flow_name=meta.get("metaflow.flow_name", version.get("flow_name", "")),
+        state_machine=env["SFN_STATE_MACHINE"],
+        production_token=meta.get("metaflow.production_token", env.get("METAFLOW_PRODUCTION_TOKEN", "")),
+        code_url=env["METAFLOW_CODE_URL"], code_sha=env["METAFLOW_CODE_SHA"],
+        script=version.get("script", ""),
+        tags=dict(params.get("Tags") or {}),
+    )
+
+
+def production_token_of(definition: str | None) -> str | None:
+    """The token a deployed production definition carries: Metaflow keeps it on redeploy."""
+    if not definition:
+        return None
+    try:
+        return deployment_of(definition).production_token or None
+    except ValueError:
+        return None
+
+
+# ---- the checks that do not need to run anything ----
+
+@dataclass(frozen=True)
+class PromotionRequest:
+    flow: str
+    project: str
+    branch: str
+    requested_by: str
+    reason: str
+    trigger: bool = True
+    staging_state_machine: str | None = None
+
+    @property
+    def source_name(self) -> str:
+        return self.staging_state_machine or str(naming.state_machine_name(self.project, self.flow, branch=self.branch))
+
+    @property
+    def target_name(self) -> str:
+        return str(naming.state_machine_name(self.project, self.flow, production=True))
+
+
+def validate_request(request: PromotionRequest) -> None:
+    """Bad input, named, before anything touches AWS."""
+    naming.check_project(request.project)
+    naming.check_flow(request.flow)
+    naming.check_branch(request.branch)
+    for key in ("requested_by", "reason"):
+        if not getattr(request, key).strip():
+            raise ValueError(f"{key}: required, and not blank")
+    if request.staging_state_machine:
+        parsed = naming.parse_state_machine_name(request.staging_state_machine)
+        if parsed.is_production:
+            raise ValueError(f"staging_state_machine {request.staging_state_machine!r} is a production deployment")
+        if (parsed.project, parsed.flow) != (request.project, request.flow):
+            raise ValueError(f"staging_state_machine {request.staging_state_machine!r} is not {request.project}'s "
+                             f"{request.flow}")
+
+
+def check_names(request: PromotionRequest, deployment: Deployment) -> CheckResult:
+    """Flow, project, branch and tags follow the conventions the project template enforces."""
+    problems = []
+    for check in (lambda: naming.parse_state_machine_name(request.source_name),
+                  lambda: naming.check_user(deployment.owner)):
+        try:
+            check()
+        except naming.NamingError as exc:
+            problems.append(str(exc))
+    if deployment.flow_name != request.flow:
+        problems.append(f"the deployment runs flow {deployment.flow_name!r}, not {request.flow!r}")
+    if deployment.state_machine != request.source_name:
+        problems.append(f"the deployment calls itself {deployment.state_machine!r}, not {request.source_name!r}")
+    for key, value in deployment.tags.items():
+        try:
+            naming.check_tag(key, value)
+        except naming.NamingError as exc:
+            problems.append(str(exc))
+    return CheckResult("naming", not problems, "; ".join(problems) or
+                       f"{request.source_name}: flow, project, branch, owner {deployment.owner!r} and "
+                       f"{len(deployment.tags)} tags follow the conventions")
+
+
+def check_latest_run(executions: list[Any], now: Any, max_age_hours: int, promoted_digest: str,
+                     run_digest: Callable[[Any], str]) -> CheckResult:
+    """The most recent finished staging execution succeeded, recently, on the definition being
+    promoted. `executions` newest first (ListExecutions); a running one proves nothing yet."""
+    finished = [e for e in executions if e.status != "RUNNING"]
+    if not finished:
+        return CheckResult("latest staging run", False, "no finished execution in staging: run it there first")
+    latest = finished[0]
+    age_hours = (now - (latest.stopped_at or latest.started_at)).total_seconds() / 3600
+    problems = []
+    if latest.status != "SUCCEEDED":
+        problems.append(f"{latest.name} {latest.status}" + (f" ({latest.error})" if latest.error else ""))
+    if age_hours > max_age_hours:
+        problems.append(f"{latest.name} finished {age_hours:.0f} h ago (limit {max_age_hours} h)")
+    if not problems and run_digest(latest) != promoted_digest:
+        problems.append(f"{latest.name} ran an older definition than the one being promoted; run the current one")
+    return CheckResult("latest staging run", not problems, "; ".join(problems) or
+                       f"{latest.name} SUCCEEDED {age_hours:.1f} h ago on this definition")
+
+
+# ---- what to do, and what happened ----
+
+def deploy_action(production_definition: str | None, translated: str) -> str:
+    """create | update | noop: promoting what production already runs changes nothing."""
+    if production_definition is None:
+        return "create"
+    return "noop" if digest(production_definition) == digest(translated) else "update"
+
+
+def rollback_target(versions: list[Version], current_version_arn: str | None, requested: str | None) -> Version:
+    """The version to put back: `requested` (a number or version ARN), else the one published
+    before the current one. ValueError naming the versions there are."""
+    ordered = sorted(versions, key=lambda v: v.number, reverse=True)
+    known = ", ".join(str(v.number) for v in ordered) or "none"
+    if requested:
+        for v in ordered:
+            if requested in (v.arn, str(v.number)):
+                return v
+        raise ValueError(f"to_version {requested!r}: no such version (published: {known})")
+    current = next((i for i, v in enumerate(ordered) if v.arn == current_version_arn), 0)
+    if current + 1 >= len(ordered):
+        raise ValueError(f"no version before the current one to roll back to (published: {known})")
+    return ordered[current + 1]
+
+
+OUTCOMES = ("promoted", "no-op", "blocked", "failed", "rolled-back")
+
+
+def promotion_id(kind: str, flow: str, started_at: Any, run_id: str) -> str:
+    """Sortable by time within a flow's prefix, unique per Dagster run."""
+    return f"{started_at:%Y%m%dT%H%M%SZ}-{kind}-{flow}-{run_id[:8]}"
+
+
+def record_key(prefix: str, flow: str, pid: str) -> str:
+    return f"{prefix}/{flow}/{pid}.json"

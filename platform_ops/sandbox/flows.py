@@ -7,7 +7,12 @@ queue, job definition and DynamoDB table. Names follow Metaflow's @project schem
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import json
+import tarfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +24,10 @@ HERE = Path(__file__).parent / "metaflow"
 FIXTURE_ACCOUNT = "111122223333"
 FIXTURE_QUEUE = "mf-queue"
 FIXTURE_JOB_DEFINITION = "metaflow_0123abcd:1"
+FIXTURE_BUCKET = "mf-bucket"
+FIXTURE_CODE_SHA = "0123456789abcdef0123456789abcdef01234567"
 DYNAMO_TABLE = "metaflow-sfn-table"
+FLOW_FILE = "demoflow.py"
 
 
 @dataclass(frozen=True)
@@ -35,10 +43,40 @@ DEPLOYMENTS = {
 }
 
 
-def definition_for(env: EnvironmentSettings, template: str, max_workers: int | None = None) -> str:
+def datastore_bucket(env: EnvironmentSettings) -> str:
+    """Each account's Metaflow datastore (METAFLOW_DATASTORE_SYSROOT_S3 = s3://<this>/metaflow)."""
+    return f"mf-{env.name}"
+
+
+def code_package(source: str | None = None) -> tuple[bytes, str]:
+    """A Metaflow code package of the flow (the tarball Metaflow uploads; byte-stable, so its
+    content address is too) and its SHA-1."""
+    data = (source if source is not None else (HERE / FLOW_FILE).read_text()).encode()
+    raw = io.BytesIO()
+    with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        info = tarfile.TarInfo(FLOW_FILE)
+        info.size, info.mtime, info.mode = len(data), 0, 0o644
+        tar.addfile(info, io.BytesIO(data))
+    blob = raw.getvalue()
+    return blob, hashlib.sha1(blob).hexdigest()
+
+
+def upload_code_package(endpoint: str, env: EnvironmentSettings, source: str | None = None) -> str:
+    """Put the package where Metaflow would (<sysroot>/<Flow>/data/<sha[:2]>/<sha>); its SHA-1."""
+    blob, sha = code_package(source)
+    s3 = account_client(endpoint, "s3", env.account_id, env.region)
+    s3.put_object(Bucket=datastore_bucket(env), Key=f"metaflow/DemoFlow/data/{sha[:2]}/{sha}", Body=blob)
+    return sha
+
+
+def definition_for(env: EnvironmentSettings, template: str, max_workers: int | None = None,
+                   code_sha: str = FIXTURE_CODE_SHA) -> str:
     text = (HERE / template).read_text()
     if max_workers:  # `step-functions create --max-workers N`
         text = text.replace('"MaxConcurrency": 100', f'"MaxConcurrency": {max_workers}')
+    text = text.replace(f"data/01/{FIXTURE_CODE_SHA}", f"data/{code_sha[:2]}/{code_sha}")
+    text = text.replace(FIXTURE_CODE_SHA, code_sha).replace(f"{FIXTURE_BUCKET}/", f"{datastore_bucket(env)}/")
+    text = text.replace(f'\\"{FIXTURE_BUCKET}\\"', f'\\"{datastore_bucket(env)}\\"')
     text = text.replace(FIXTURE_JOB_DEFINITION, f"{JOB_DEFINITION}:1")
     text = text.replace(f'"JobQueue": "{FIXTURE_QUEUE}"', f'"JobQueue": "{env.job_queues[0]}"')
     text = text.replace(FIXTURE_ACCOUNT, env.account_id).replace("us-east-1", env.region)
@@ -46,8 +84,9 @@ def definition_for(env: EnvironmentSettings, template: str, max_workers: int | N
 
 
 def deploy(endpoint: str, env: EnvironmentSettings, deployment: FlowDeployment | None = None,
-           max_workers: int | None = None) -> str | None:
-    """Create the DynamoDB table Metaflow's foreach needs (once) and a flow deployment; its ARN."""
+           max_workers: int | None = None, source: str | None = None) -> str | None:
+    """Create the DynamoDB table Metaflow's foreach needs (once), the code package (`source`, the
+    flow file, else demoflow.py) and a flow deployment, published as version 1; its ARN."""
     deployment = deployment or DEPLOYMENTS.get(env.name)
     if deployment is None or not env.job_queues:
         return None
@@ -56,11 +95,27 @@ def deploy(endpoint: str, env: EnvironmentSettings, deployment: FlowDeployment |
         dynamodb.create_table(TableName=DYNAMO_TABLE, BillingMode="PAY_PER_REQUEST",
                               KeySchema=[{"AttributeName": "pathspec", "KeyType": "HASH"}],
                               AttributeDefinitions=[{"AttributeName": "pathspec", "AttributeType": "S"}])
+    sha = upload_code_package(endpoint, env, source)
     sfn = account_client(endpoint, "stepfunctions", env.account_id, env.region)
     return sfn.create_state_machine(
-        name=deployment.name, definition=definition_for(env, deployment.template, max_workers),
-        roleArn=f"arn:aws:iam::{env.account_id}:role/mf-sfn",
+        name=deployment.name, definition=definition_for(env, deployment.template, max_workers, sha),
+        roleArn=f"arn:aws:iam::{env.account_id}:role/mf-sfn", publish=True, versionDescription="deployed by Metaflow",
     )["stateMachineArn"]
+
+
+def run_to_end(endpoint: str, env: EnvironmentSettings, name: str, width: int = 3, timeout: float = 30,
+               state_machine: str | None = None) -> dict:
+    """Trigger a run and wait until it stops; DescribeExecution's answer."""
+    trigger(endpoint, env, width=width, name=name, state_machine=state_machine)
+    sfn = account_client(endpoint, "stepfunctions", env.account_id, env.region)
+    arn = (f"arn:aws:states:{env.region}:{env.account_id}:execution:"
+           f"{state_machine or DEPLOYMENTS[env.name].name}:{name}")
+    deadline = time.monotonic() + timeout
+    while (description := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} still RUNNING after {timeout}s")
+        time.sleep(0.2)
+    return description
 
 
 def trigger(endpoint: str, env: EnvironmentSettings, width: int = 3, name: str | None = None,

@@ -70,11 +70,17 @@ def create_environment(endpoint: str, env: EnvironmentSettings) -> None:
 
 
 def create_world(endpoint: str, settings: Settings) -> None:
-    from platform_ops.sandbox.flows import deploy
+    from platform_ops.sandbox.flows import datastore_bucket, deploy
 
     for env in settings.environments.values():
         create_environment(endpoint, env)
+        account_client(endpoint, "s3", env.account_id, env.region).create_bucket(Bucket=datastore_bucket(env))
         deploy(endpoint, env)
+    if settings.promotion:
+        target = settings.environments[settings.promotion.target]
+        s3 = account_client(endpoint, "s3", target.account_id, target.region)
+        s3.create_bucket(Bucket=settings.promotion.audit_bucket)
+        s3.put_bucket_versioning(Bucket=settings.promotion.audit_bucket, VersioningConfiguration={"Status": "Enabled"})
 
 
 def _cluster(endpoint: str, env: EnvironmentSettings) -> str:
