@@ -6,6 +6,7 @@ import dagster as dg
 
 from platform_ops.alerts.defs import alerts_defs
 from platform_ops.metrics.defs import metrics_defs
+from platform_ops.promotion.defs import promotion_defs
 from platform_ops.reaper.defs import reaper_defs
 from platform_ops.resources import build_resources
 from platform_ops.settings import Settings
@@ -16,5 +17,6 @@ def build_defs(settings: Settings) -> dg.Definitions:
         reaper_defs(settings),
         alerts_defs(settings),
         metrics_defs(settings),
+        promotion_defs(settings),
         dg.Definitions(resources=build_resources(settings)),
     )

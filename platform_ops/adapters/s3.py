@@ -26,17 +26,30 @@ class RecordExists(AwsError):
     """A record with this key is already there: records are immutable, so this is a bug or a replay."""
 
 
-def put_new_json(client: Any, bucket: str, key: str, record: dict) -> None:
-    """Write `record` only if nothing is at `key` (conditional write, If-None-Match: *)."""
+def put_once(client: Any, bucket: str, key: str, body: bytes, content_type: str = "binary/octet-stream") -> None:
+    """Write `body` only if nothing is at `key` (conditional write, If-None-Match: *)."""
     try:
         with aws_errors():
-            client.put_object(Bucket=bucket, Key=key, Body=json.dumps(record, indent=1, sort_keys=True).encode(),
-                              ContentType="application/json", IfNoneMatch="*")
+            client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*")
     except AwsError as exc:
         if exc.code in ("PreconditionFailed", "ConditionalRequestConflict"):
-            raise RecordExists(exc.code, f"s3://{bucket}/{key} already exists; audit records are never "
-                                         "overwritten") from exc
+            raise RecordExists(exc.code, f"s3://{bucket}/{key} already exists and is never overwritten") from exc
         raise
+
+
+def put_new_json(client: Any, bucket: str, key: str, record: dict) -> None:
+    put_once(client, bucket, key, json.dumps(record, indent=1, sort_keys=True).encode(), "application/json")
+
+
+def copy_content_addressed(blob: bytes, client: Any, url: str) -> bool:
+    """Put a content-addressed object (a code package) at `url` unless it is there; True when
+    written. Same key means same bytes, so "already there" is success."""
+    bucket, key = split_url(url)
+    try:
+        put_once(client, bucket, key, blob)
+    except RecordExists:
+        return False
+    return True
 
 
 def read_json_under(client: Any, bucket: str, prefix: str) -> list[dict]:

@@ -230,7 +230,7 @@ def deployment_of(definition: str) -> Deployment:
         production_token=meta.get("metaflow.production_token", env.get("METAFLOW_PRODUCTION_TOKEN", "")),
         code_url=env["METAFLOW_CODE_URL"], code_sha=env["METAFLOW_CODE_SHA"],
         script=version.get("script", ""),
-        tags=dict(params.get("Tags") or {}),
+        tags={k: v for k, v in (params.get("Tags") or {}).items() if not k.endswith(".$")},  # .$: set at run time
     )
 
 
@@ -248,9 +248,11 @@ def production_token_of(definition: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class PromotionRequest:
+    """What an operator asked for; `branch` is None for a rollback (production only)."""
+
     flow: str
     project: str
-    branch: str
+    branch: str | None
     requested_by: str
     reason: str
     trigger: bool = True
@@ -265,12 +267,13 @@ class PromotionRequest:
         return str(naming.state_machine_name(self.project, self.flow, production=True))
 
 
-def validate_request(request: PromotionRequest) -> None:
+def validate_request(request: PromotionRequest, needs_reason: bool = True) -> None:
     """Bad input, named, before anything touches AWS."""
     naming.check_project(request.project)
     naming.check_flow(request.flow)
-    naming.check_branch(request.branch)
-    for key in ("requested_by", "reason"):
+    if request.branch is not None:
+        naming.check_branch(request.branch)
+    for key in ("requested_by", "reason") if needs_reason else ():
         if not getattr(request, key).strip():
             raise ValueError(f"{key}: required, and not blank")
     if request.staging_state_machine:
@@ -311,7 +314,8 @@ def check_latest_run(executions: list[Any], now: Any, max_age_hours: int, promot
     promoted. `executions` newest first (ListExecutions); a running one proves nothing yet."""
     finished = [e for e in executions if e.status != "RUNNING"]
     if not finished:
-        return CheckResult("latest staging run", False, "no finished execution in staging: run it there first")
+        return CheckResult("latest staging run", False,
+                           f"no finished execution in staging in the last {max_age_hours} h: run it there first")
     latest = finished[0]
     age_hours = (now - (latest.stopped_at or latest.started_at)).total_seconds() / 3600
     problems = []
@@ -350,7 +354,67 @@ def rollback_target(versions: list[Version], current_version_arn: str | None, re
     return ordered[current + 1]
 
 
-OUTCOMES = ("promoted", "no-op", "blocked", "failed", "rolled-back")
+TRIGGER_INPUT = json.dumps({"Parameters": "{}"})  # `step-functions trigger` with the flow's defaults
+
+
+def translate_url(url: str, mapping: IdentifierMap) -> str:
+    """An s3:// URL in production's bucket."""
+    for old, new in mapping.buckets.items():
+        if url.startswith(f"s3://{old}/"):
+            return f"s3://{new}/" + url[len(f"s3://{old}/"):]
+    return url
+
+
+def production_role(role_arn: str, mapping: IdentifierMap) -> str:
+    """The state machine's execution role in production: named in the mapping, else the same
+    role name in the production account."""
+    if role_arn in mapping.roles:
+        return mapping.roles[role_arn]
+    for old, new in mapping.accounts.items():
+        role_arn = role_arn.replace(f":{old}:", f":{new}:")
+    return role_arn
+
+
+def outcome(kind: str, checks: list[CheckResult], steps: list[CheckResult], changed: bool) -> str:
+    """promoted | rolled-back | no-op | blocked (a check failed) | failed (a step failed)."""
+    if not all(c.passed for c in checks):
+        return "blocked"
+    if not all(s.passed for s in steps):
+        return "failed"
+    if not changed:
+        return "no-op"
+    return "rolled-back" if kind == "rollback" else "promoted"
+
+
+@dataclass
+class AuditRecord:
+    """One attempt, as stored (Kargo's Promotion: who, what, when, from which stage to which,
+    each step's result, the outcome). Written once, never rewritten."""
+
+    promotion_id: str
+    kind: str  # promotion | rollback
+    flow: str
+    project: str
+    requested_by: str
+    reason: str
+    dagster_run_id: str
+    started_at: str
+    dagster_user: str | None = None
+    branch: str | None = None
+    source: dict[str, Any] = field(default_factory=dict)  # environment, account, state machine, digest, run
+    target: dict[str, Any] = field(default_factory=dict)  # environment, account, state machine, versions, digests
+    code_package: dict[str, Any] = field(default_factory=dict)  # url, sha
+    checks: list[CheckResult] = field(default_factory=list)
+    steps: list[CheckResult] = field(default_factory=list)
+    execution_arn: str | None = None
+    outcome: str = ""
+    finished_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["checks"] = [c.__dict__ for c in self.checks]
+        data["steps"] = [s.__dict__ for s in self.steps]
+        return data
 
 
 def promotion_id(kind: str, flow: str, started_at: Any, run_id: str) -> str:

@@ -519,8 +519,21 @@ def _list_state_machine_versions(self: Any) -> Any:
                                      self._get_param("nextToken"), "stateMachineVersions"))
 
 
+def _named_execution(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Bug 7: StartExecution without a name (how `step-functions trigger` starts every run)
+    gets a UUID name on AWS; moto's interpreter keeps None, so the ARN ends in ':None' and
+    `$$.Execution.Name` (Metaflow's run id) is null."""
+    import uuid
+
+    def start_execution(self: Any, state_machine_arn: str, name: Any = None, *args: Any, **kwargs: Any) -> Any:
+        return original(self, state_machine_arn, name or str(uuid.uuid4()), *args, **kwargs)
+
+    return start_execution
+
+
 def _apply_stepfunctions() -> None:
     from moto.core import config as core_config
+    from moto.stepfunctions.parser import models as parser_models
     from moto.stepfunctions.parser.asl.component.common.error_name import error_name as error_name_mod
     from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration import iteration_worker
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
@@ -545,6 +558,8 @@ def _apply_stepfunctions() -> None:
     core_config.default_user_config["stepfunctions"] = {"execute_state_machine": True}
     sfn_response_cls.get_execution_history = _paged_history
     sfn_response_cls.list_state_machine_versions = _list_state_machine_versions
+    parser_backend = _require(parser_models, "StepFunctionsParserBackend")
+    parser_backend.start_execution = _named_execution(_require(parser_backend, "start_execution"))
     batch_cls._normalise_parameters = _normalise_parameters
     batch_cls._normalise_response = _normalise_response
 

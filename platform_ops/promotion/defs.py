@@ -1,0 +1,356 @@
+"""Promotion wiring: jobs `promotion_checks`, `promote_flow` and `rollback_flow` (one op each,
+named after its job, so a launch from CI sets `ops.<job>.config`), the external asset
+`promotion_audit_log` (one materialization per audit record, one partition per production state
+machine) and the asset `promotion_history` (every record, as a table for auditors).
+
+A promotion or rollback runs only with the tag `platform_ops/promotion=<production state
+machine>`: dagster.yaml limits that tag to one run per value, so a second launch for the same
+flow waits in the queue instead of racing the first.
+"""
+
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from platform_ops.adapters import s3, stepfunctions
+from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError, count_calls
+from platform_ops.metadata import table as metadata_table
+from platform_ops.naming import NamingError
+from platform_ops.promotion import core
+from platform_ops.promotion.lint import lint_package, package_sha
+from platform_ops.resources import aws_resource_key
+from platform_ops.settings import EnvironmentSettings, PromotionSettings, Settings
+
+GROUP = "promotion"
+PROMOTION_TAG = "platform_ops/promotion"
+PROMOTED = dg.DynamicPartitionsDefinition(name="promoted_state_machines")
+AUDIT_LOG = dg.AssetKey("promotion_audit_log")
+CHECK_COLUMNS = ["name", "passed", "detail"]
+HISTORY_COLUMNS = ["promotion_id", "kind", "outcome", "flow", "project", "branch", "requested_by", "reason",
+                   "dagster_user", "started_at", "finished_at", "to_version_arn", "execution_arn", "dagster_run_id"]
+
+
+class ChecksConfig(dg.Config):
+    """Which staging deployment to check (state machine `{project}.test.{branch}.{flow}`)."""
+
+    flow: str = Field(description="Metaflow flow class name, e.g. DemoFlow")
+    project: str = Field(description="@project name, e.g. mlplatform")
+    branch: str = Field(description="the staging branch (`--branch`), e.g. feature_x")
+    staging_state_machine: str | None = Field(default=None, description="overrides the name derived from the above")
+    requested_by: str = Field(default="", description="who asks")
+    reason: str = Field(default="", description="why")
+
+    def request(self, trigger: bool = False) -> core.PromotionRequest:
+        return core.PromotionRequest(self.flow, self.project, self.branch, self.requested_by, self.reason, trigger,
+                                     self.staging_state_machine)
+
+
+class PromotionConfig(ChecksConfig):
+    requested_by: str = Field(description="who asks (recorded in the audit trail)")
+    reason: str = Field(description="why (recorded in the audit trail)")
+    trigger: bool = Field(default=True, description="start a production run after deploying")
+
+
+class RollbackConfig(dg.Config):
+    flow: str = Field(description="Metaflow flow class name, e.g. DemoFlow")
+    project: str = Field(description="@project name, e.g. mlplatform")
+    requested_by: str = Field(description="who asks (recorded in the audit trail)")
+    reason: str = Field(description="why (recorded in the audit trail)")
+    to_version: str | None = Field(default=None, description="a version number or ARN; default: the one "
+                                                             "published before the current one")
+
+
+@dataclass
+class Staging:
+    """What the checks learned about the staging deployment."""
+
+    arn: str
+    definition: str
+    role_arn: str
+    deployment: core.Deployment
+    package: bytes | None
+    translated: str
+    latest_run_arn: str | None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def promotion_defs(settings: Settings) -> dg.Definitions:
+    p: PromotionSettings | None = settings.promotion
+    if p is None:
+        return dg.Definitions()
+    source_env = settings.environments[p.source]
+    target_env = settings.environments[p.target]
+    keys = {aws_resource_key(p.source), aws_resource_key(p.target)}
+    mapping = core.IdentifierMap(accounts={source_env.account_id: target_env.account_id}, queues=p.queues,
+                                 roles=p.roles, buckets=p.buckets)
+    rules = core.DEFAULT_RULES + tuple(core.forbid_rule(r.name, r.description, r.forbid) for r in p.rules)
+
+    def aws(context: Any, env: EnvironmentSettings) -> AwsEnvironmentResource:
+        return getattr(context.resources, aws_resource_key(env.name))
+
+    def valid(request: core.PromotionRequest, needs_reason: bool) -> None:
+        try:
+            core.validate_request(request, needs_reason)
+        except (ValueError, NamingError) as exc:
+            raise dg.Failure(f"bad config: {exc}") from None
+
+    def serialized(context: Any, target_name: str) -> None:
+        tag = context.run.tags.get(PROMOTION_TAG)
+        if tag != target_name:
+            raise dg.Failure(f"launch with the run tag {PROMOTION_TAG}={target_name} (found {tag!r}): dagster.yaml "
+                             "allows one run per value, so promotions of one flow never overlap")
+
+    def gather(context: Any, request: core.PromotionRequest) -> tuple[Staging, list[core.CheckResult]]:
+        """Every check, each reported even after another failed. Read-only."""
+        src = aws(context, source_env)
+        sfn = src.client("stepfunctions")
+        arn = stepfunctions.state_machine_arn(source_env.account_id, source_env.region, request.source_name)
+        described = stepfunctions.describe_state_machine(sfn, arn)
+        if described is None:
+            raise dg.Failure(f"bad config: no staging deployment {request.source_name} in {source_env.name} "
+                             f"({source_env.account_id}); deploy it with `python flow.py --branch {request.branch} "
+                             "step-functions create`, or name it with staging_state_machine")
+        definition = described["definition"]
+        try:
+            deployment = core.deployment_of(definition)
+        except ValueError as exc:
+            raise dg.Failure(f"bad config: {request.source_name}: {exc}") from None
+        checks: list[core.CheckResult] = []
+
+        package = None
+        try:
+            package = s3.read_url(src.client("s3"), deployment.code_url)
+        except (AwsError, ValueError) as exc:
+            checks.append(core.CheckResult("lint", False, f"cannot read the code package {deployment.code_url}: {exc}"))
+        if package is not None:
+            sha = package_sha(package)
+            if sha != deployment.code_sha:
+                checks.append(core.CheckResult("lint", False, f"the code package's SHA-1 is {sha}, the deployment "
+                                                              f"says {deployment.code_sha}"))
+            else:
+                checks.append(lint_package(package, deployment.script, p.lint_timeout_seconds))
+
+        checks.append(core.check_names(request, deployment))
+
+        now = _now()
+        executions = list(stepfunctions.recent_executions(sfn, arn, now - timedelta(hours=p.max_staging_age_hours)))
+        promoted_digest = core.digest(definition)
+        checks.append(core.check_latest_run(
+            executions, now, p.max_staging_age_hours, promoted_digest,
+            lambda e: core.digest(stepfunctions.definition_for_execution(sfn, e.arn))))
+        latest = next((e for e in executions if e.status != "RUNNING"), None)
+
+        production = stepfunctions.describe_state_machine(aws(context, target_env).client("stepfunctions"),
+                                                          target_arn(request))
+        translated = core.translate(definition, project=request.project, flow=request.flow, branch=request.branch,
+                                    mapping=mapping,
+                                    production_token=core.production_token_of(production and production["definition"]))
+        checks += core.check_definition(translated, mapping, rules)
+        return Staging(arn, definition, described["roleArn"], deployment, package, translated,
+                       latest.arn if latest else None), checks
+
+    def target_arn(request: core.PromotionRequest) -> str:
+        return stepfunctions.state_machine_arn(target_env.account_id, target_env.region, request.target_name)
+
+    def new_record(context: Any, kind: str, flow: str, project: str, requested_by: str, reason: str,
+                   started: datetime) -> core.AuditRecord:
+        return core.AuditRecord(
+            promotion_id=core.promotion_id(kind, flow, started, context.run_id), kind=kind, flow=flow, project=project,
+            requested_by=requested_by, reason=reason, dagster_run_id=context.run_id, started_at=started.isoformat(),
+            dagster_user=context.run.tags.get("dagster/user"),
+            target={"environment": target_env.name, "account_id": target_env.account_id})
+
+    def finish(context: Any, record: core.AuditRecord, changed: bool, calls: Any) -> dg.Output:
+        """Decide the outcome, store the record (never overwritten), show it in the UI; a blocked
+        or failed attempt fails the run after its record is safe."""
+        record.outcome = core.outcome(record.kind, record.checks, record.steps, changed)
+        record.finished_at = _now().isoformat()
+        target = record.target.get("state_machine_arn", "").rsplit(":", 1)[-1]
+        key = core.record_key(p.audit_prefix, record.flow, record.promotion_id)
+        s3.put_new_json(aws(context, target_env).client("s3"), p.audit_bucket, key, record.to_dict())
+        metadata = {
+            "outcome": record.outcome, "promotion_id": record.promotion_id, "requested_by": record.requested_by,
+            "reason": record.reason, "record": dg.MetadataValue.path(f"s3://{p.audit_bucket}/{key}"),
+            "checks": metadata_table([c.__dict__ for c in record.checks], CHECK_COLUMNS),
+            "steps": metadata_table([s.__dict__ for s in record.steps], CHECK_COLUMNS),
+            "version_arn": record.target.get("version_arn") or "", "execution_arn": record.execution_arn or "",
+            "aws_calls": dg.MetadataValue.json(dict(calls)),
+        }
+        context.instance.add_dynamic_partitions(PROMOTED.name, [target])
+        context.log_event(dg.AssetMaterialization(AUDIT_LOG, partition=target, metadata=metadata,
+                                                  description=f"{record.kind} of {target}: {record.outcome}"))
+        if record.outcome in ("blocked", "failed"):
+            failed = [f"{c.name}: {c.detail}" for c in record.checks + record.steps if not c.passed]
+            raise dg.Failure(f"{record.kind} {record.outcome}: " + " | ".join(failed), metadata=metadata)
+        return dg.Output(record.to_dict(), metadata=metadata)
+
+    @dg.op(required_resource_keys=keys, out=dg.Out(list))
+    def promotion_checks(context: dg.OpExecutionContext, config: ChecksConfig):
+        """The sanity checks alone, read-only: for a pull request or a data scientist to rerun."""
+        request = config.request()
+        valid(request, needs_reason=False)
+        with count_calls() as calls:
+            _, checks = gather(context, request)
+        rows = [c.__dict__ for c in checks]
+        metadata = {"checks": metadata_table(rows, CHECK_COLUMNS), "aws_calls": dg.MetadataValue.json(dict(calls))}
+        if not all(c.passed for c in checks):
+            raise dg.Failure("checks failed: " + " | ".join(f"{c.name}: {c.detail}" for c in checks if not c.passed),
+                             metadata=metadata)
+        return dg.Output(rows, metadata=metadata)
+
+    @dg.op(required_resource_keys=keys, out=dg.Out(dict))
+    def promote_flow(context: dg.OpExecutionContext, config: PromotionConfig):
+        """Checks, then (only if all passed) productionize, then the audit record, whatever happened."""
+        request = config.request(trigger=config.trigger)
+        valid(request, needs_reason=True)
+        serialized(context, request.target_name)
+        started = _now()
+        record = new_record(context, "promotion", request.flow, request.project, request.requested_by,
+                            request.reason, started)
+        record.branch = request.branch
+        changed = False
+        with count_calls() as calls:
+            staging, record.checks = gather(context, request)
+            record.source = {"environment": source_env.name, "account_id": source_env.account_id,
+                             "state_machine_arn": staging.arn, "definition_digest": core.digest(staging.definition),
+                             "latest_run_arn": staging.latest_run_arn}
+            record.code_package = {"url": staging.deployment.code_url, "sha": staging.deployment.code_sha}
+            record.target.update(state_machine_arn=target_arn(request),
+                                 definition_digest=core.digest(staging.translated))
+            if all(c.passed for c in record.checks):
+                changed = productionize(context, request, staging, record)
+        return finish(context, record, changed, calls)
+
+    def productionize(context: Any, request: core.PromotionRequest, staging: Staging,
+                      record: core.AuditRecord) -> bool:
+        """Code package, then the state machine (one atomic create-or-update that publishes a
+        version), then the trigger. True when production changed."""
+        sfn = aws(context, target_env).client("stepfunctions")
+        arn = target_arn(request)
+        current = stepfunctions.describe_state_machine(sfn, arn)
+        action = core.deploy_action(current and current["definition"], staging.translated)
+        if current:
+            record.target["previous_definition_digest"] = core.digest(current["definition"])
+            published = stepfunctions.versions(sfn, arn)
+            record.target["previous_version_arn"] = max(published, key=lambda v: v.number).arn if published else None
+        if action == "noop":
+            record.steps.append(core.CheckResult("deploy", True, f"{request.target_name} already runs this definition"))
+            return False
+        step = "code package"
+        try:
+            url = core.translate_url(staging.deployment.code_url, mapping)
+            written = s3.copy_content_addressed(staging.package, aws(context, target_env).client("s3"), url)
+            record.steps.append(core.CheckResult(step, True, f"{'copied to' if written else 'already at'} {url}"))
+            step = "deploy"
+            record.target["version_arn"] = stepfunctions.publish(
+                sfn, arn=arn, name=request.target_name, definition=staging.translated,
+                role_arn=core.production_role(staging.role_arn, mapping), exists=current is not None,
+                description=f"promotion {record.promotion_id} by {request.requested_by}")
+            record.steps.append(core.CheckResult(step, True, f"{action}d {request.target_name}, published "
+                                                             f"{record.target['version_arn'].rsplit(':', 1)[-1]}"))
+        except (AwsError, ValueError) as exc:
+            record.steps.append(core.CheckResult(step, False, str(exc)))
+            return False  # each step is atomic: a failed one changed nothing
+        if request.trigger:
+            try:
+                record.execution_arn = stepfunctions.start(sfn, arn, core.TRIGGER_INPUT)
+                record.steps.append(core.CheckResult("trigger", True, record.execution_arn.rsplit(":", 1)[-1]))
+            except AwsError as exc:
+                record.steps.append(core.CheckResult("trigger", False, str(exc)))
+        return True
+
+    @dg.op(required_resource_keys=keys, out=dg.Out(dict))
+    def rollback_flow(context: dg.OpExecutionContext, config: RollbackConfig):
+        """Put production back on an earlier published version (by publishing its definition as
+        the newest version), audited like a promotion."""
+        request = core.PromotionRequest(config.flow, config.project, None, config.requested_by, config.reason)
+        valid(request, needs_reason=True)
+        name = request.target_name
+        serialized(context, name)
+        sfn = aws(context, target_env).client("stepfunctions")
+        arn = stepfunctions.state_machine_arn(target_env.account_id, target_env.region, name)
+        record = new_record(context, "rollback", config.flow, config.project, config.requested_by, config.reason,
+                            _now())
+        record.target["state_machine_arn"] = arn
+        changed = False
+        with count_calls() as calls:
+            current = stepfunctions.describe_state_machine(sfn, arn)
+            if current is None:
+                raise dg.Failure(f"bad config: no production deployment {name} in {target_env.name}")
+            published = stepfunctions.versions(sfn, arn)
+            newest = max(published, key=lambda v: v.number).arn if published else None
+            try:
+                target = core.rollback_target(published, newest, config.to_version)
+            except ValueError as exc:
+                raise dg.Failure(f"bad config: {exc}") from None
+            definition = stepfunctions.describe_state_machine(sfn, target.arn)["definition"]
+            record.target.update(previous_version_arn=newest, previous_definition_digest=core.digest(current["definition"]),
+                                 restored_version_arn=target.arn, definition_digest=core.digest(definition))
+            record.checks.append(core.CheckResult("version", True, f"restore version {target.number}"))
+            if core.digest(definition) == core.digest(current["definition"]):
+                record.steps.append(core.CheckResult("deploy", True, f"{name} already runs version {target.number}'s "
+                                                                     "definition"))
+            else:
+                try:
+                    record.target["version_arn"] = stepfunctions.publish(
+                        sfn, arn=arn, name=name, definition=definition, role_arn=current["roleArn"], exists=True,
+                        description=f"rollback {record.promotion_id} to version {target.number} by {config.requested_by}")
+                    record.steps.append(core.CheckResult("deploy", True, f"published version {target.number}'s "
+                                                                         "definition as "
+                                                                         f"{record.target['version_arn'].rsplit(':', 1)[-1]}"))
+                    changed = True
+                except AwsError as exc:
+                    record.steps.append(core.CheckResult("deploy", False, str(exc)))
+        return finish(context, record, changed, calls)
+
+    audit_log = dg.AssetSpec(
+        AUDIT_LOG, group_name=GROUP, partitions_def=PROMOTED, kinds={"s3"},
+        description=f"Every promotion and rollback attempt, one materialization per immutable record in "
+                    f"s3://{p.audit_bucket}/{p.audit_prefix}/<flow>/; one partition per production state machine.")
+
+    @dg.asset(group_name=GROUP, deps=[AUDIT_LOG], required_resource_keys={aws_resource_key(p.target)},
+              io_manager_key="metrics_io_manager", kinds={"pandas", "s3"})
+    def promotion_history(context: dg.AssetExecutionContext) -> pd.DataFrame:
+        """All audit records as one table: who promoted what, when, with what outcome."""
+        with count_calls() as calls:
+            records = s3.read_json_under(aws(context, target_env).client("s3"), p.audit_bucket, p.audit_prefix)
+        frame = history_frame(records)
+        context.add_output_metadata({
+            "records": len(frame), "aws_calls": dg.MetadataValue.json(dict(calls)),
+            "by_outcome": dg.MetadataValue.json(frame["outcome"].value_counts().to_dict() if len(frame) else {}),
+            "latest": metadata_table(frame.tail(20).iloc[::-1].to_dict("records"), HISTORY_COLUMNS),
+        })
+        return frame
+
+    return dg.Definitions(
+        jobs=[
+            dg.JobDefinition(graph_def=dg.GraphDefinition("promotion_checks", node_defs=[promotion_checks]),
+                             description="The promotion sanity checks alone (read-only).",
+                             tags={"platform_ops/capability": "promotion"}),
+            dg.JobDefinition(graph_def=dg.GraphDefinition("promote_flow", node_defs=[promote_flow]),
+                             description="Checks, productionize, audit record. Needs the run tag "
+                                         f"{PROMOTION_TAG}=<project>.prod.<Flow>.",
+                             tags={"platform_ops/capability": "promotion"}),
+            dg.JobDefinition(graph_def=dg.GraphDefinition("rollback_flow", node_defs=[rollback_flow]),
+                             description="Production back on an earlier version, audited. Needs the run tag "
+                                         f"{PROMOTION_TAG}=<project>.prod.<Flow>.",
+                             tags={"platform_ops/capability": "promotion"}),
+        ],
+        assets=[audit_log, promotion_history],
+    )
+
+
+def history_frame(records: list[dict]) -> pd.DataFrame:
+    rows = [{**{c: r.get(c) for c in HISTORY_COLUMNS}, "to_version_arn": (r.get("target") or {}).get("version_arn")}
+            for r in records]
+    frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+    return frame.sort_values("started_at", kind="stable").reset_index(drop=True)
