@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -83,17 +82,9 @@ class World:
     def run_flow(self, environment: str, name: str, width: int = 3, faults: list[dict] | None = None,
                  timeout: float = 30) -> dict:
         """Run the environment's Metaflow DemoFlow to the end; `faults` apply to this run only."""
-        env = self.settings.environments[environment]
         for fault in faults or []:
             self.fault(run_id=name, **fault)
-        flows.trigger(self.sandbox.endpoint, env, width=width, name=name)
-        sfn = self.resources()[f"aws_{environment}"].client("stepfunctions")
-        arn = f"arn:aws:states:{env.region}:{env.account_id}:execution:{flows.DEPLOYMENTS[environment].name}:{name}"
-        deadline = time.monotonic() + timeout
-        while (description := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
-            assert time.monotonic() < deadline, f"{name} still RUNNING after {timeout}s"
-            time.sleep(0.2)
-        return description
+        return flows.run_to_end(self.sandbox.endpoint, self.settings.environments[environment], name, width, timeout)
 
     @property
     def messages(self) -> list[dict]:

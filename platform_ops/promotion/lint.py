@@ -43,7 +43,7 @@ def lint_package(blob: bytes, script: str, timeout_seconds: int) -> CheckResult:
                                   text=True, timeout=timeout_seconds)
         except subprocess.TimeoutExpired:
             return CheckResult(name, False, f"`python {script} check` did not finish in {timeout_seconds} s")
-    output = (done.stdout + done.stderr).strip()
+        output = (done.stdout + done.stderr).strip().replace(workdir + "/", "")
     if done.returncode != 0:
         return CheckResult(name, False, f"`python {script} check` failed (exit {done.returncode}): "
                                         f"{output[-OUTPUT_TAIL:]}")

@@ -129,3 +129,15 @@ def trigger(endpoint: str, env: EnvironmentSettings, width: int = 3, name: str |
     sfn.start_execution(stateMachineArn=arn, name=name,
                         input=json.dumps({"Parameters": json.dumps({"alpha": 0.5, "width": width})}))
     return name
+
+
+def redeploy(endpoint: str, env: EnvironmentSettings, source: str) -> str:
+    """`step-functions create` again after a code change: a new code package, the state machine
+    updated to point at it. Returns the new package's SHA-1."""
+    deployment = DEPLOYMENTS[env.name]
+    sha = upload_code_package(endpoint, env, source)
+    sfn = account_client(endpoint, "stepfunctions", env.account_id, env.region)
+    sfn.update_state_machine(stateMachineArn=f"arn:aws:states:{env.region}:{env.account_id}:stateMachine:"
+                                             f"{deployment.name}",
+                             definition=definition_for(env, deployment.template, code_sha=sha), publish=True)
+    return sha

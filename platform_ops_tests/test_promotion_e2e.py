@@ -1,0 +1,231 @@
+"""Promotion end to end in the sandbox, through boto3: checks (lint of the real code package,
+naming, latest staging run, definition safety), productionize with published versions, rollback,
+immutable audit records in the production account's S3, serialized launches."""
+
+import dataclasses
+import json
+
+import dagster as dg
+import pytest
+import yaml
+
+from platform_ops.adapters.aws import count_calls
+from platform_ops.adapters.s3 import RecordExists, put_new_json
+from platform_ops.code_location import build_defs
+from platform_ops.promotion.defs import PROMOTION_TAG
+from platform_ops.sandbox import flows
+from platform_ops_tests.conftest import World
+
+ROOT = flows.HERE.parents[2]
+PROD = "mlplatform.prod.DemoFlow"
+STAGING = "mlplatform.test.feature_x.DemoFlow"
+CONFIG = {"flow": "DemoFlow", "project": "mlplatform", "branch": "feature_x", "requested_by": "alice",
+          "reason": "new model"}
+WRITES = {"SFN.CreateStateMachine", "SFN.UpdateStateMachine", "SFN.StartExecution",
+          "S3.PutObject"}
+SOURCE = (flows.HERE / flows.FLOW_FILE).read_text()
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture
+def staged(world: World) -> World:
+    """A staging deployment whose latest run succeeded on its current definition."""
+    assert world.run_flow("staging", "staging-ok", width=2)["status"] == "SUCCEEDED"
+    return world
+
+
+def launch(world, instance, job, config, tags=None, settings=None):
+    defs = build_defs(settings or world.settings)
+    tags = {PROMOTION_TAG: f"{config['project']}.prod.{config['flow']}"} if tags is None else tags
+    with count_calls() as calls:
+        result = defs.resolve_job_def(job).execute_in_process(
+            run_config={"ops": {job: {"config": config}}}, instance=instance, tags=tags, raise_on_error=False)
+    return result, calls
+
+
+def failure(result) -> str:
+    return next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE) \
+        .step_failure_data.user_failure_data.description
+
+
+def sfn(world, env="production"):
+    return world.resources()[f"aws_{env}"].client("stepfunctions")
+
+
+def arn(world, name=PROD, env="production"):
+    e = world.settings.environments[env]
+    return f"arn:aws:states:{e.region}:{e.account_id}:stateMachine:{name}"
+
+
+def production_definition(world):
+    return sfn(world).describe_state_machine(stateMachineArn=arn(world))["definition"]
+
+
+def records(world):
+    s3 = world.resources()["aws_production"].client("s3")
+    p = world.settings.promotion
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=p.audit_bucket, Prefix=p.audit_prefix + "/")
+            .get("Contents", [])]
+    return [json.loads(s3.get_object(Bucket=p.audit_bucket, Key=k)["Body"].read()) for k in sorted(keys)]
+
+
+def versions(world):
+    return sfn(world).list_state_machine_versions(stateMachineArn=arn(world))["stateMachineVersions"]
+
+
+def test_promote_then_rerun_is_a_no_op_then_rollback_restores(staged, instance):
+    before = production_definition(staged)
+    result, calls = launch(staged, instance, "promote_flow", CONFIG)
+    assert result.success, failure(result)
+    out = result.output_for_node("promote_flow")
+    assert out["outcome"] == "promoted"
+    assert [c["name"] for c in out["checks"]] == ["lint", "naming", "latest staging run",
+                                                  "definition: no_staging_identifiers", "definition: retry_strategy",
+                                                  "definition: no_debug_images"]
+    assert all(c["passed"] for c in out["checks"])
+    after = production_definition(staged)
+    assert after != before and "111111111111" not in after and "ml-staging" not in after and "mf-staging" not in after
+    assert '"ml-production"' in after and "mf-production" in after
+    # Metaflow keeps the production token on redeploy
+    assert json.loads(after)["States"]["start"]["Parameters"]["Parameters"]["metaflow.production_token"] == \
+        json.loads(before)["States"]["start"]["Parameters"]["Parameters"]["metaflow.production_token"]
+    assert out["target"]["version_arn"].endswith(":2") and out["target"]["previous_version_arn"].endswith(":1")
+    assert sfn(staged).describe_execution(executionArn=out["execution_arn"])["input"] == '{"Parameters": "{}"}'
+    # the production run can fetch its code: the package was copied to production's datastore
+    s3 = staged.resources()["aws_production"].client("s3")
+    sha = out["code_package"]["sha"]
+    assert s3.head_object(Bucket="mf-production", Key=f"metaflow/DemoFlow/data/{sha[:2]}/{sha}")
+    assert calls["SFN.UpdateStateMachine"] == 1 and calls["SFN.CreateStateMachine"] == 0
+
+    rerun, calls = launch(staged, instance, "promote_flow", CONFIG)
+    assert rerun.success and rerun.output_for_node("promote_flow")["outcome"] == "no-op"
+    assert not {k for k in calls if k in WRITES} - {"S3.PutObject"} and calls["S3.PutObject"] == 1  # the record
+    assert production_definition(staged) == after and len(versions(staged)) == 2
+
+    rollback, _ = launch(staged, instance, "rollback_flow", {"flow": "DemoFlow", "project": "mlplatform",
+                                                            "requested_by": "bob", "reason": "AUC dropped"})
+    assert rollback.success, failure(rollback)
+    assert rollback.output_for_node("rollback_flow")["outcome"] == "rolled-back"
+    assert production_definition(staged) == before
+    assert len(versions(staged)) == 3  # the rollback is published too: history is never rewritten
+
+    trail = records(staged)
+    assert [(r["kind"], r["outcome"]) for r in trail] == [("promotion", "promoted"), ("promotion", "no-op"),
+                                                           ("rollback", "rolled-back")]
+    first = trail[0]
+    assert first["requested_by"] == "alice" and first["reason"] == "new model"
+    assert first["source"]["state_machine_arn"] == arn(staged, STAGING, "staging")
+    assert first["source"]["latest_run_arn"].endswith(":staging-ok")
+    assert first["target"]["definition_digest"] != first["target"]["previous_definition_digest"]
+    assert first["dagster_run_id"] == result.run_id and first["finished_at"] >= first["started_at"]
+    assert trail[2]["target"]["restored_version_arn"].endswith(":1")
+
+    materialized = instance.fetch_materializations(dg.AssetKey("promotion_audit_log"), limit=10).records
+    assert len(materialized) == 3 and {m.partition_key for m in materialized} == {PROD}
+
+    history = build_defs(staged.settings).resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection={dg.AssetKey("promotion_history")}).execute_in_process(instance=instance)
+    frame = history.output_for_node("promotion_history")
+    assert list(frame["outcome"]) == ["promoted", "no-op", "rolled-back"]
+    assert list(frame["requested_by"]) == ["alice", "alice", "bob"]
+
+
+def test_a_failed_check_leaves_production_untouched_and_still_writes_a_record(world, instance):
+    world.run_flow("staging", "staging-oom", width=2, faults=[{"fault": "oom", "step": "train", "index": 0}])
+    before = production_definition(world)
+    result, calls = launch(world, instance, "promote_flow", CONFIG)
+    assert not result.success
+    assert "latest staging run" in failure(result) and "staging-oom FAILED" in failure(result)
+    assert production_definition(world) == before and len(versions(world)) == 1
+    assert {k for k in calls if k in WRITES} == {"S3.PutObject"} and calls["S3.PutObject"] == 1
+    [record] = records(world)
+    assert record["outcome"] == "blocked" and record["steps"] == []
+    checks = {c["name"]: c["passed"] for c in record["checks"]}
+    assert checks["latest staging run"] is False and checks["lint"] is True  # every check ran and is reported
+
+
+def test_lint_catches_a_syntax_error_and_a_graph_error_in_the_staged_code(world, instance):
+    env = world.settings.environments["staging"]
+    broken = {
+        "syntax": SOURCE.replace("    @step\n    def end(self):", "    @step\n    def end(self:"),
+        "graph": SOURCE.replace("self.next(self.end)", "self.next(self.train)"),
+    }
+    for kind, source in broken.items():
+        flows.redeploy(world.sandbox.endpoint, env, source)
+        world.run_flow("staging", f"staging-{kind}", width=1)
+        result, calls = launch(world, instance, "promotion_checks", CONFIG, tags={})
+        assert not result.success
+        lint = failure(result).removeprefix("checks failed: ").split(" | ")[0]
+        assert lint.startswith("lint: `python demoflow.py check` failed"), lint
+        assert ("SyntaxError" in lint or "invalid syntax" in lint) if kind == "syntax" else "join" in lint.lower(), lint
+        assert not {k for k in calls if k in WRITES}  # the checks alone write nothing
+
+
+def test_a_staging_queue_left_in_the_definition_blocks(staged, instance):
+    settings = dataclasses.replace(staged.settings,
+                                   promotion=dataclasses.replace(staged.settings.promotion, queues={}))
+    # without the queue mapping the translation keeps ml-staging; the rule must still see it
+    strict = dataclasses.replace(settings, promotion=dataclasses.replace(
+        settings.promotion, rules=(*settings.promotion.rules,
+                                   type(settings.promotion.rules[0])("no_staging_queue", "no staging queue",
+                                                                     '"ml-staging"'))))
+    before = production_definition(staged)
+    result, _ = launch(staged, instance, "promote_flow", CONFIG, settings=strict)
+    assert not result.success and "no_staging_queue" in failure(result)
+    assert production_definition(staged) == before
+
+
+def test_bad_config_fails_before_any_aws_write(world, instance):
+    missing = {k: v for k, v in CONFIG.items() if k != "requested_by"}
+    with pytest.raises(dg.DagsterInvalidConfigError, match="requested_by"):
+        launch(world, instance, "promote_flow", missing)
+    for config, expected in [({**CONFIG, "flow": "NoSuchFlow"}, "no staging deployment mlplatform.test.feature_x.NoSuchFlow"),
+                             ({**CONFIG, "flow": "demo-flow"}, "flow class name 'demo-flow'"),
+                             ({**CONFIG, "requested_by": "  "}, "requested_by: required")]:
+        result, calls = launch(world, instance, "promote_flow", config)
+        assert not result.success and expected in failure(result), failure(result)
+        assert not {k for k in calls if k in WRITES}
+    assert records(world) == []
+
+
+def test_a_launch_without_the_serializing_tag_is_refused(staged, instance):
+    result, calls = launch(staged, instance, "promote_flow", CONFIG, tags={})
+    assert not result.success and f"{PROMOTION_TAG}={PROD}" in failure(result)
+    assert sum(calls.values()) == 0
+
+
+def test_two_launches_for_one_flow_are_serialized_by_the_instance_config(tmp_path):
+    """The queued run coordinator's own counter, fed dagster.yaml: the second promotion of a
+    flow waits while the first is in progress; another flow's does not."""
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+    from dagster._core.test_utils import create_run_for_test
+    from dagster._utils.tags import TagConcurrencyLimitsCounter
+
+    config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    with dg.instance_for_test(temp_dir=str(tmp_path), overrides={"concurrency": config["concurrency"]}) as instance:
+        limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+
+        def queued(flow_tag):
+            return create_run_for_test(instance, job_name="promote_flow", status=DagsterRunStatus.NOT_STARTED,
+                                       tags={PROMOTION_TAG: flow_tag})
+
+        first, second, other = queued(PROD), queued(PROD), queued("mlplatform.prod.OtherFlow")
+        counter = TagConcurrencyLimitsCounter(limits, [])
+        assert not counter.is_blocked(first)
+        counter.update_counters_with_launched_item(first)
+        assert counter.is_blocked(second) and not counter.is_blocked(other)
+
+
+def test_audit_records_are_never_overwritten(world):
+    """S3 conditional writes (If-None-Match: *), as AWS answers them: 412 on an existing key."""
+    s3 = world.resources()["aws_production"].client("s3")
+    bucket = world.settings.promotion.audit_bucket
+    put_new_json(s3, bucket, "promotions/DemoFlow/x.json", {"n": 1})
+    with pytest.raises(RecordExists, match="already exists"):
+        put_new_json(s3, bucket, "promotions/DemoFlow/x.json", {"n": 2})
+    assert json.loads(s3.get_object(Bucket=bucket, Key="promotions/DemoFlow/x.json")["Body"].read()) == {"n": 1}
