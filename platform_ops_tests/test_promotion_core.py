@@ -1,5 +1,6 @@
 """Promotion's pure core on the real definitions Metaflow generated (sandbox/metaflow/)."""
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -72,3 +73,131 @@ def test_digest_ignores_formatting():
 def test_bad_names_fail_before_anything_else():
     with pytest.raises(NamingError, match="project name 'ml-platform'"):
         core.translate(BRANCH, project="ml-platform", flow="DemoFlow", branch="feature_x", mapping=NO_MAPPING)
+
+
+# ---- the rest of the core: deployment facts, checks, decisions, records ----
+
+from datetime import datetime, timedelta, timezone  # noqa: E402
+
+from platform_ops.observations import Execution, StateMachineVersion  # noqa: E402
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+REQUEST = core.PromotionRequest("DemoFlow", "mlplatform", "feature_x", "alice", "new model")
+
+
+def test_what_a_metaflow_definition_says_about_its_deployment():
+    d = core.deployment_of(BRANCH)
+    assert (d.owner, d.flow_name, d.state_machine, d.script) == ("alice", "DemoFlow",
+                                                                 "mlplatform.test.feature_x.DemoFlow", "demoflow.py")
+    assert d.code_url == "s3://mf-bucket/metaflow/DemoFlow/data/01/0123456789abcdef0123456789abcdef01234567"
+    assert d.code_sha == "0123456789abcdef0123456789abcdef01234567"
+    assert d.production_token == "mfprj-l64lar47wbxzxjwz-0-exqh"
+    assert "metaflow.run_id.$" not in d.tags and d.tags["metaflow.owner"] == "alice"
+    assert core.production_token_of(PROD) == "mfprj-sm3d4emlqz44ioc2-0-zgip"
+    assert core.production_token_of(None) is None
+    with pytest.raises(ValueError, match="lacks METAFLOW_CODE_URL"):
+        core.deployment_of(json.dumps({"StartAt": "A", "States": {"A": {"Type": "Pass", "End": True}}}))
+    with pytest.raises(ValueError, match="not JSON"):
+        core.deployment_of("{")
+
+
+def test_translation_keeps_an_existing_production_token():
+    translated = core.translate(BRANCH, project="mlplatform", flow="DemoFlow", branch="feature_x", mapping=NO_MAPPING,
+                                production_token="mfprj-sm3d4emlqz44ioc2-7-abcd")
+    assert core.deployment_of(translated).production_token == "mfprj-sm3d4emlqz44ioc2-7-abcd"
+    assert "mfprj-l64lar47wbxzxjwz" not in translated
+
+
+def test_naming_check_reports_every_problem():
+    ok = core.check_names(REQUEST, core.deployment_of(BRANCH))
+    assert ok.passed and "owner 'alice'" in ok.detail
+    data = json.loads(BRANCH)
+    start = data["States"]["start"]["Parameters"]
+    start["Parameters"]["metaflow.owner"] = "Alice Smith"
+    start["Tags"]["Cost Center"] = "ml"
+    bad = core.check_names(dataclasses.replace(REQUEST, flow="DemoFlow"), core.deployment_of(json.dumps(data)))
+    assert not bad.passed
+    assert "owner 'Alice Smith'" in bad.detail and "tag key 'Cost Center'" in bad.detail
+    other = core.check_names(dataclasses.replace(REQUEST, branch="other"), core.deployment_of(BRANCH))
+    assert "calls itself 'mlplatform.test.feature_x.DemoFlow', not 'mlplatform.test.other.DemoFlow'" in other.detail
+
+
+def test_requests_are_validated_before_anything_else():
+    core.validate_request(REQUEST)
+    for bad, expected in [(dataclasses.replace(REQUEST, requested_by=" "), "requested_by: required"),
+                          (dataclasses.replace(REQUEST, branch="feature-x"), "branch name 'feature-x'"),
+                          (dataclasses.replace(REQUEST, staging_state_machine="mlplatform.prod.DemoFlow"),
+                           "is a production deployment"),
+                          (dataclasses.replace(REQUEST, staging_state_machine="other.test.x.DemoFlow"),
+                           "is not mlplatform's DemoFlow")]:
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            core.validate_request(bad)
+    core.validate_request(dataclasses.replace(REQUEST, reason=""), needs_reason=False)
+    assert REQUEST.source_name == "mlplatform.test.feature_x.DemoFlow" and REQUEST.target_name == "mlplatform.prod.DemoFlow"
+
+
+def _execution(name, status, hours_ago, error=""):
+    stopped = NOW - timedelta(hours=hours_ago)
+    return Execution(f"arn:aws:states:us-east-1:111111111111:execution:sm:{name}", name, "sm", status,
+                     stopped - timedelta(minutes=5), None if status == "RUNNING" else stopped, error)
+
+
+@pytest.mark.parametrize("executions, digests, passed, detail", [
+    ([_execution("r2", "RUNNING", 0), _execution("r1", "SUCCEEDED", 2)], {"r1": "d"}, True, "r1 SUCCEEDED 2.0 h ago"),
+    ([_execution("r2", "FAILED", 1, "States.TaskFailed"), _execution("r1", "SUCCEEDED", 2)], {}, False,
+     "r2 FAILED (States.TaskFailed)"),
+    ([_execution("r1", "SUCCEEDED", 200)], {"r1": "d"}, False, "finished 200 h ago (limit 168 h)"),
+    ([_execution("r1", "SUCCEEDED", 1)], {"r1": "older"}, False, "ran an older definition"),
+    ([_execution("r1", "RUNNING", 0)], {}, False, "no finished execution in staging in the last 168 h"),
+    ([], {}, False, "no finished execution"),
+])
+def test_latest_staging_run(executions, digests, passed, detail):
+    result = core.check_latest_run(executions, NOW, 168, "d", lambda e: digests[e.name])
+    assert result.passed is passed and detail in result.detail, result
+
+
+def test_deploy_action_and_outcome():
+    assert core.deploy_action(None, PROD) == "create"
+    assert core.deploy_action(json.dumps(json.loads(PROD)), PROD) == "noop"
+    assert core.deploy_action(BRANCH, PROD) == "update"
+    ok, bad = core.CheckResult("a", True, ""), core.CheckResult("b", False, "")
+    assert core.outcome("promotion", [ok, bad], [], False) == "blocked"
+    assert core.outcome("promotion", [ok], [ok, bad], False) == "failed"
+    assert core.outcome("promotion", [ok], [ok], False) == "no-op"
+    assert core.outcome("promotion", [ok], [ok], True) == "promoted"
+    assert core.outcome("rollback", [ok], [ok], True) == "rolled-back"
+
+
+def test_rollback_target():
+    sm = "arn:aws:states:us-east-1:222222222222:stateMachine:mlplatform.prod.DemoFlow"
+    published = [StateMachineVersion(f"{sm}:{n}", NOW) for n in (1, 3, 2)]
+    assert core.rollback_target(published, f"{sm}:3", None).number == 2
+    assert core.rollback_target(published, f"{sm}:3", "1").number == 1
+    assert core.rollback_target(published, f"{sm}:3", f"{sm}:2").number == 2
+    with pytest.raises(ValueError, match=r"to_version '9': no such version \(published: 3, 2, 1\)"):
+        core.rollback_target(published, f"{sm}:3", "9")
+    with pytest.raises(ValueError, match="no version before the current one"):
+        core.rollback_target(published[:1], f"{sm}:1", None)
+
+
+def test_identifier_helpers_and_team_rules():
+    assert core.translate_url("s3://mf-bucket/metaflow/x", MAPPING) == "s3://mf-prod-bucket/metaflow/x"
+    assert core.translate_url("s3://other/x", MAPPING) == "s3://other/x"
+    assert core.production_role("arn:aws:iam::111122223333:role/mf-batch", MAPPING) == \
+        "arn:aws:iam::222222222222:role/mf-batch-prod"
+    assert core.production_role("arn:aws:iam::111122223333:role/mf-sfn", MAPPING) == \
+        "arn:aws:iam::222222222222:role/mf-sfn"
+    rule = core.forbid_rule("no_python_311", "no python 3.11 images", r"image=python:3\.11")
+    [result] = core.check_definition(PROD, NO_MAPPING, [rule])
+    assert not result.passed and "image=python:3.11" in result.detail
+
+
+def test_audit_record_serialises_checks_and_steps():
+    record = core.AuditRecord(core.promotion_id("promotion", "DemoFlow", NOW, "abcdef0123"), "promotion", "DemoFlow",
+                              "mlplatform", "alice", "why", "abcdef0123", NOW.isoformat(),
+                              checks=[core.CheckResult("lint", True, "ok")])
+    data = json.loads(json.dumps(record.to_dict()))
+    assert data["promotion_id"] == "20261128T120000Z-promotion-DemoFlow-abcdef01"
+    assert data["checks"] == [{"name": "lint", "passed": True, "detail": "ok"}]
+    assert core.record_key("promotions", "DemoFlow", data["promotion_id"]) == \
+        "promotions/DemoFlow/20261128T120000Z-promotion-DemoFlow-abcdef01.json"

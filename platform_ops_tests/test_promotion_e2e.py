@@ -167,17 +167,17 @@ def test_lint_catches_a_syntax_error_and_a_graph_error_in_the_staged_code(world,
 
 
 def test_a_staging_queue_left_in_the_definition_blocks(staged, instance):
+    """Without a queue mapping the translation keeps ml-staging; the safety rule knows staging's
+    queues from the settings and blocks."""
     settings = dataclasses.replace(staged.settings,
                                    promotion=dataclasses.replace(staged.settings.promotion, queues={}))
-    # without the queue mapping the translation keeps ml-staging; the rule must still see it
-    strict = dataclasses.replace(settings, promotion=dataclasses.replace(
-        settings.promotion, rules=(*settings.promotion.rules,
-                                   type(settings.promotion.rules[0])("no_staging_queue", "no staging queue",
-                                                                     '"ml-staging"'))))
     before = production_definition(staged)
-    result, _ = launch(staged, instance, "promote_flow", CONFIG, settings=strict)
-    assert not result.success and "no_staging_queue" in failure(result)
+    result, _ = launch(staged, instance, "promote_flow", CONFIG, settings=settings)
+    assert not result.success
+    assert "definition: no_staging_identifiers:" in failure(result)
+    assert "start: JobQueue ml-staging" in failure(result) and "queue=ml-staging" in failure(result)
     assert production_definition(staged) == before
+    assert records(staged)[0]["outcome"] == "blocked"
 
 
 def test_bad_config_fails_before_any_aws_write(world, instance):

@@ -102,3 +102,36 @@ def test_definitions_fail_to_load_naming_the_key(tmp_path):
                           env={"PLATFORM_OPS_SETTINGS": str(bad), "PATH": ""}, cwd=ROOT)
     assert proc.returncode != 0
     assert "reaper.max_cancels_per_run: expected an integer >= 0, got -1" in proc.stderr
+
+
+PROMOTION = {"audit_bucket": "audit", "queues": {"ml-staging": "ml-production"},
+             "rules": [{"name": "no_debug", "description": "no debug images", "forbid": ":debug"}]}
+
+
+def test_promotion_is_optional_and_parses_with_defaults():
+    assert parse_settings(CONTRACT).promotion is None
+    p = parse_settings({**CONTRACT, "promotion": PROMOTION}).promotion
+    assert (p.source, p.target, p.audit_prefix, p.max_staging_age_hours) == ("staging", "production", "promotions", 168)
+    assert p.queues == {"ml-staging": "ml-production"} and p.rules[0].forbid == ":debug"
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"audit_bucket": KeyError}, "promotion.audit_bucket: required key is missing"),
+    ({"from": "dev"}, "promotion.from: expected one of the environments (staging, production), got 'dev'"),
+    ({"to": "staging"}, "promotion.to: must differ from promotion.from ('staging')"),
+    ({"max_staging_age_hours": 0}, "promotion.max_staging_age_hours: expected an integer >= 1"),
+    ({"queues": ["ml-staging"]}, "promotion.queues: expected a mapping of staging queue to production queue"),
+    ({"rules": [{"name": "x", "description": "d", "forbid": "("}]}, "promotion.rules[0].forbid: expected a regular"),
+    ({"rules": [{"name": "X Y", "description": "d", "forbid": "a"}]}, "promotion.rules[0].name: expected a rule name"),
+    ({"bucket": "x"}, "promotion.bucket: unknown key"),
+])
+def test_a_bad_promotion_value_names_the_key(change, expected):
+    section = dict(PROMOTION)
+    for key, value in change.items():
+        if value is KeyError:
+            del section[key]
+        else:
+            section[key] = value
+    with pytest.raises(SettingsError) as err:
+        parse_settings({**CONTRACT, "promotion": section})
+    assert expected in str(err.value)

@@ -51,6 +51,7 @@ class IdentifierMap:
     queues: Mapping[str, str] = field(default_factory=dict)
     roles: Mapping[str, str] = field(default_factory=dict)
     buckets: Mapping[str, str] = field(default_factory=dict)
+    staging_queues: tuple[str, ...] = ()  # staging's own queues: never allowed in production, mapped or not
 
 
 def _walk(value: Any, fn: Callable[[str, str | None], str], key: str | None = None) -> Any:
@@ -132,10 +133,13 @@ def _no_staging_identifiers(definition: dict, mapping: IdentifierMap) -> list[st
                + [f'"{b}"' for b in mapping.buckets])
     for text in _strings(definition):
         found += [n for n in needles if n in text]
+    staging_queues = set(mapping.queues) | set(mapping.staging_queues)
     for name, task in _batch_tasks(definition.get("States", {})):
         queue = (task.get("Parameters") or {}).get("JobQueue")
-        if queue in mapping.queues:
+        if queue in staging_queues:
             found.append(f"{name}: JobQueue {queue}")
+    for text in _strings(definition):
+        found += [f"queue={q}" for q in staging_queues if f"queue={q}," in text]
     return sorted(set(found))
 
 

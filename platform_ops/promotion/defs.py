@@ -91,7 +91,7 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
     target_env = settings.environments[p.target]
     keys = {aws_resource_key(p.source), aws_resource_key(p.target)}
     mapping = core.IdentifierMap(accounts={source_env.account_id: target_env.account_id}, queues=p.queues,
-                                 roles=p.roles, buckets=p.buckets)
+                                 roles=p.roles, buckets=p.buckets, staging_queues=source_env.job_queues)
     rules = core.DEFAULT_RULES + tuple(core.forbid_rule(r.name, r.description, r.forbid) for r in p.rules)
 
     def aws(context: Any, env: EnvironmentSettings) -> AwsEnvironmentResource:

@@ -79,6 +79,7 @@ def definition_for(env: EnvironmentSettings, template: str, max_workers: int | N
     text = text.replace(f'\\"{FIXTURE_BUCKET}\\"', f'\\"{datastore_bucket(env)}\\"')
     text = text.replace(FIXTURE_JOB_DEFINITION, f"{JOB_DEFINITION}:1")
     text = text.replace(f'"JobQueue": "{FIXTURE_QUEUE}"', f'"JobQueue": "{env.job_queues[0]}"')
+    text = text.replace(f"queue={FIXTURE_QUEUE},", f"queue={env.job_queues[0]},")
     text = text.replace(FIXTURE_ACCOUNT, env.account_id).replace("us-east-1", env.region)
     return text
 

@@ -3,6 +3,7 @@ batch:submitJob.sync tasks really submits jobs, in the state machine's own accou
 task fails the execution with States.TaskFailed carrying the job JSON as cause."""
 
 import json
+import re
 import time
 
 import pytest
@@ -119,3 +120,20 @@ def test_published_versions_are_listed_newest_first_and_stay_describable(world):
     assert "Comment" not in json.loads(first["definition"])["States"]["A"]
     page = client.list_state_machine_versions(stateMachineArn=created["stateMachineArn"], maxResults=1)
     assert len(page["stateMachineVersions"]) == 1 and "nextToken" in page
+
+
+def test_an_unnamed_execution_gets_a_uuid_name_as_on_aws(world):
+    """`step-functions trigger` starts runs without a name; AWS names them with a UUID, which
+    becomes Metaflow's run id (`$$.Execution.Name`)."""
+    client = sfn(world, "production")
+    definition = {"StartAt": "A", "States": {"A": {"Type": "Pass", "Parameters": {"run.$": "$$.Execution.Name"},
+                                                   "End": True}}}
+    created = client.create_state_machine(name="mlplatform.prod.UnnamedFlow", definition=json.dumps(definition),
+                                          roleArn="arn:aws:iam::222222222222:role/mf-sfn")
+    arn = client.start_execution(stateMachineArn=created["stateMachineArn"], input="{}")["executionArn"]
+    name = arn.rsplit(":", 1)[-1]
+    assert re.fullmatch(r"[0-9a-f-]{36}", name), arn
+    deadline = time.monotonic() + 10
+    while (done := client.describe_execution(executionArn=arn))["status"] == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert json.loads(done["output"]) == {"run": name}
