@@ -19,6 +19,8 @@ def test_defs_are_loadable_and_complete(sandbox_settings):
     defs = build_defs(sandbox_settings)
     dg.Definitions.validate_loadable(defs)
     assert defs.resolve_job_def("reap_stuck_jobs")
+    for job in ("promotion_checks", "promote_flow", "rollback_flow"):  # CI launches set ops.<job>.config
+        assert [node.name for node in defs.resolve_job_def(job).nodes] == [job]
     assert set(defs.resources) >= {"aws_staging", "aws_production", "slack"}
 
 
@@ -75,4 +77,6 @@ def test_smoke_prints_one_json_line(sandbox):
     assert summary["dashboards"] == 2
     # pass 1: two reaps, one alert run, one freshness-check run (the summaries were never materialized);
     # pass 2: a reap of the protected job only (no report) + one alert run; then one metrics refresh
-    assert summary["runs"] == 7 and summary["runs_failed"] == 0 and summary["sensor_ticks_failed"] == 0
+    # and one promotion of the staging DemoFlow after its latest run succeeded
+    assert summary["promotions"] == 1
+    assert summary["runs"] == 8 and summary["runs_failed"] == 0 and summary["sensor_ticks_failed"] == 0

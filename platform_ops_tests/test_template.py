@@ -101,3 +101,50 @@ def test_cruft_update_applies_a_template_change(tmp_path):
     assert "class ChurnFlow(FlowSpec)" in (project / "flow.py").read_text()
     check = sh(BIN / "cruft", "check", cwd=project)
     assert "up to date" in check.stdout.lower()
+
+
+@pytest.mark.parametrize("target, job", [("promotion-checks", "promotion_checks"), ("promote", "promote_flow")])
+def test_the_promotion_targets_launch_what_platform_ops_accepts(project, tmp_path, sandbox_settings, target, job):
+    """The real curl call, caught by a local HTTP server: its run config validates against the
+    job's config schema, and it carries the tag that serializes promotions of this flow."""
+    import http.server
+    import threading
+
+    import dagster as dg
+
+    from platform_ops.code_location import build_defs
+    from platform_ops.promotion.defs import PROMOTION_TAG
+
+    bodies = []
+
+    class Catch(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            answer = json.dumps({"data": {"launchRun": {"__typename": "LaunchRunSuccess", "run": {"runId": "r1"}}}})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(answer.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Catch)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    work = tmp_path / "work"
+    shutil.copytree(project, work)
+    sh("git", "init", "-q", "-b", "feature/new-model", cwd=work)
+    try:
+        out = sh("make", "-s", target, f"DAGSTER_URL=http://127.0.0.1:{server.server_port}", "REASON=try it",
+                 "REQUESTED_BY=alice", cwd=work)
+    finally:
+        server.shutdown()
+    assert "LaunchRunSuccess" in out.stdout
+    [params] = [b["variables"]["p"] for b in bodies]
+    assert params["selector"]["jobName"] == job
+    job_def = build_defs(sandbox_settings).resolve_job_def(job)
+    dg.validate_run_config(job_def, params["runConfigData"])  # raises naming the bad key
+    config = params["runConfigData"]["ops"][job]["config"]
+    assert (config["flow"], config["project"], config["branch"], config["reason"]) == (
+        "ScoringFlow", "fraud_detection", "feature_new_model", "try it")
+    assert {"key": PROMOTION_TAG, "value": "fraud_detection.prod.ScoringFlow"} in params["executionMetadata"]["tags"]

@@ -51,6 +51,28 @@ def tick_and_run(defs: Any, instance: Any, cursors: dict[str, str | None] | None
     return summary
 
 
+def promote(sandbox: Any, settings: Any, defs: Any, instance: Any) -> bool:
+    """A data scientist's last staging run succeeded; they promote it, as CI would launch it."""
+    from platform_ops.promotion.defs import PROMOTION_TAG
+    from platform_ops.sandbox import flows
+
+    if settings.promotion is None:
+        return False
+    flows.run_to_end(sandbox.endpoint, settings.environments[settings.promotion.source], "smoke-release", width=2)
+    config = {"flow": "DemoFlow", "project": "mlplatform", "branch": "feature_x", "requested_by": "smoke",
+              "reason": "make smoke"}
+    run = defs.resolve_job_def("promote_flow").execute_in_process(
+        run_config={"ops": {"promote_flow": {"config": config}},
+                    "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        instance=instance, tags={PROMOTION_TAG: "mlplatform.prod.DemoFlow"}, raise_on_error=False)
+    if not run.success:
+        return False
+    outcome = run.output_for_node("promote_flow")["outcome"]
+    if outcome != "promoted":
+        print(f"promotion: {outcome}", file=sys.stderr)
+    return outcome == "promoted"
+
+
 def main(scenario_name: str = "smoke") -> int:
     import dagster as dg
 
@@ -95,6 +117,10 @@ def main(scenario_name: str = "smoke") -> int:
                                           for e in metrics.get_asset_materialization_events())}
             totals["metrics_published"] = materialized.get("cloudwatch_metrics", {}).get("metrics_published")
             totals["dashboards"] = materialized.get("cloudwatch_dashboards", {}).get("dashboards")
+            promoted = promote(sandbox, settings, defs, instance)
+            summary["runs"] += 1
+            summary["runs_failed"] += 0 if promoted else 1
+            totals["promotions"] = int(promoted)
             totals = {k: getattr(v, "value", v) or 0 for k, v in totals.items()}
         messages = sandbox.sink.state.messages
         line = {**totals, "slack_messages": len(messages), **summary}
