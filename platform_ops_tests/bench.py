@@ -6,6 +6,8 @@ against a naive reaper that describes every RUNNABLE job and cancels one by one.
 Alerts: (a) one failed execution with a 1000-task foreach and 300 tasks out of memory, against
 the seed's one message per failed Batch job; (b) 20 executions failing in one tick: one digest,
 replies in its thread, paced. Also the time to load the code location (import + Definitions).
+Promotion: a promotion, five relaunches of the same request, the history table; against a naive
+promoter that redeploys and triggers on every launch.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def bench_settings(tmp: Path) -> Path:
     data["environments"]["staging"]["job_queues"] = QUEUES
     data["reaper"]["max_cancels_per_run"] = STUCK
     data["alerts"]["silences"] = []
+    data["promotion"]["queues"] = {q: "ml-production" for q in QUEUES}
     path = tmp / "bench-settings.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -364,6 +367,84 @@ def bench_metrics() -> None:
          baseline_calls=len(datums))
 
 
+def bench_promotion(settings_path: Path, reruns: int = 5) -> None:
+    """One promotion, then `reruns` relaunches of the same request (a CI job retried, two people
+    clicking), then the history asset; against a naive promoter that redeploys and triggers on
+    every launch (the seed's productionize step, without a no-op check)."""
+    import dagster as dg
+
+    from platform_ops.adapters import stepfunctions
+    from platform_ops.adapters.aws import forget_sessions
+    from platform_ops.code_location import build_defs
+    from platform_ops.promotion.defs import PROMOTION_TAG
+    from platform_ops.resources import build_resources
+    from platform_ops.settings import load_settings
+
+    settings = load_settings(settings_path)
+    prod = settings.environments["production"]
+    sandbox = SandboxProcess(settings_path)
+    name = "mlplatform.prod.DemoFlow"
+    config = {"ops": {"promote_flow": {"config": {
+        "flow": "DemoFlow", "project": "mlplatform", "branch": "feature_x", "requested_by": "bench",
+        "reason": "bench"}}}, "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    try:
+        os.environ.update(sandbox.env)
+        sandbox.control("reset", {})
+        forget_sessions()
+        sfn_staging = build_resources(settings)["aws_staging"].client("stepfunctions")
+        sfn = build_resources(settings)["aws_production"].client("stepfunctions")
+        run = sandbox.control("start-flow", {"environment": "staging", "name": "bench-staging", "width": 2})["name"]
+        staging = settings.environments["staging"]
+        _wait_done(sfn_staging, [f"arn:aws:states:{staging.region}:{staging.account_id}:execution:"
+                                 f"mlplatform.test.feature_x.DemoFlow:{run}"])
+        defs = build_defs(settings)
+        job = defs.resolve_job_def("promote_flow")
+        arn = stepfunctions.state_machine_arn(prod.account_id, prod.region, name)
+        with tempfile.TemporaryDirectory() as home, dg.instance_for_test(temp_dir=home) as instance:
+            def launch():
+                result = job.execute_in_process(run_config=config, instance=instance, tags={PROMOTION_TAG: name})
+                return result.output_for_node("promote_flow")["outcome"]
+
+            outcome, first_seconds, first_calls = timed(launch)
+            versions_before = len(stepfunctions.versions(sfn, arn))
+            executions_before = len(sfn.list_executions(stateMachineArn=arn)["executions"])
+            rerun_samples, rerun_calls, outcomes = [], Counter(), []
+            for _ in range(reruns):
+                o, seconds, calls = timed(launch)
+                outcomes.append(o)
+                rerun_samples.append(seconds)
+                rerun_calls.update(calls)
+            versions_after = len(stepfunctions.versions(sfn, arn))
+            executions_after = len(sfn.list_executions(stateMachineArn=arn)["executions"])
+            history_job = defs.resolve_implicit_global_asset_job_def().get_subset(
+                asset_selection={dg.AssetKey("promotion_history")})
+            _, history_seconds, history_calls = timed(lambda: history_job.execute_in_process(instance=instance))
+
+        def naive():
+            """Redeploy and trigger, every launch."""
+            current = sfn.describe_state_machine(stateMachineArn=arn)
+            sfn.update_state_machine(stateMachineArn=arn, definition=current["definition"], publish=True)
+            sfn.start_execution(stateMachineArn=arn, input='{"Parameters": "{}"}')
+
+        naive_versions = len(stepfunctions.versions(sfn, arn))
+        _, naive_seconds, naive_calls = timed(lambda: [naive() for _ in range(reruns)])
+        writes = ("SFN.CreateStateMachine", "SFN.UpdateStateMachine", "SFN.StartExecution")
+        emit(bench="promotion", first_outcome=outcome, first_seconds=round(first_seconds, 3), first_calls=first_calls,
+             reruns=reruns, rerun_outcomes=sorted(set(outcomes)),
+             rerun_seconds_median=round(sorted(rerun_samples)[len(rerun_samples) // 2], 3),
+             rerun_calls_per_launch={k: v / reruns for k, v in sorted(rerun_calls.items())},
+             rerun_state_machine_writes=sum(rerun_calls[k] for k in writes),
+             versions_published_by_reruns=versions_after - versions_before,
+             production_runs_started_by_reruns=executions_after - executions_before,
+             history_records=1 + reruns, history_seconds=round(history_seconds, 3), history_calls=history_calls,
+             baseline={"variant": "redeploy + trigger on every launch", "seconds": round(naive_seconds, 3),
+                       "state_machine_writes": sum(naive_calls.get(k, 0) for k in writes),
+                       "versions_published": len(stepfunctions.versions(sfn, arn)) - naive_versions,
+                       "production_runs_started": reruns})
+    finally:
+        sandbox.stop()
+
+
 def bench_load() -> None:
     code = ("import time; t=time.perf_counter(); import platform_ops.definitions as d; "
             "d.defs.resolve_job_def('reap_stuck_jobs'); print(time.perf_counter()-t)")
@@ -386,6 +467,7 @@ def main() -> None:
         settings = bench_settings(Path(tmp))
         bench_reaper(settings)
         bench_alerts(settings)
+        bench_promotion(settings)
     bench_metrics()
     bench_load()
 

@@ -77,6 +77,7 @@ class Staging:
     package: bytes | None
     translated: str
     latest_run_arn: str | None
+    production: dict | None  # DescribeStateMachine of the production deployment, None before the first
 
 
 def _now() -> datetime:
@@ -156,7 +157,7 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
                                     production_token=core.production_token_of(production and production["definition"]))
         checks += core.check_definition(translated, mapping, rules)
         return Staging(arn, definition, described["roleArn"], deployment, package, translated,
-                       latest.arn if latest else None), checks
+                       latest.arn if latest else None, production), checks
 
     def target_arn(request: core.PromotionRequest) -> str:
         return stepfunctions.state_machine_arn(target_env.account_id, target_env.region, request.target_name)
@@ -236,7 +237,7 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
         version), then the trigger. True when production changed."""
         sfn = aws(context, target_env).client("stepfunctions")
         arn = target_arn(request)
-        current = stepfunctions.describe_state_machine(sfn, arn)
+        current = staging.production
         action = core.deploy_action(current and current["definition"], staging.translated)
         if current:
             record.target["previous_definition_digest"] = core.digest(current["definition"])
