@@ -149,6 +149,23 @@ def test_a_failed_check_leaves_production_untouched_and_still_writes_a_record(wo
     assert checks["latest staging run"] is False and checks["lint"] is True  # every check ran and is reported
 
 
+def test_a_failed_deploy_changes_nothing_and_is_recorded(staged, instance):
+    """Production's datastore bucket does not exist: the code package copy fails, the state
+    machine is never touched, the record says which step failed, and a fixed rerun promotes."""
+    broken = dataclasses.replace(staged.settings, promotion=dataclasses.replace(
+        staged.settings.promotion, buckets={"mf-staging": "mf-nowhere"}))
+    before = production_definition(staged)
+    result, calls = launch(staged, instance, "promote_flow", CONFIG, settings=broken)
+    assert not result.success and "promotion failed: code package: NoSuchBucket" in failure(result), failure(result)
+    assert production_definition(staged) == before and len(versions(staged)) == 1
+    assert calls["SFN.UpdateStateMachine"] == 0 and calls["SFN.StartExecution"] == 0
+    [record] = records(staged)
+    assert record["outcome"] == "failed" and all(c["passed"] for c in record["checks"])
+    assert [(s["name"], s["passed"]) for s in record["steps"]] == [("code package", False)]
+    rerun, _ = launch(staged, instance, "promote_flow", CONFIG)
+    assert rerun.success and rerun.output_for_node("promote_flow")["outcome"] == "promoted"
+
+
 def test_lint_catches_a_syntax_error_and_a_graph_error_in_the_staged_code(world, instance):
     env = world.settings.environments["staging"]
     broken = {

@@ -110,21 +110,26 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
             raise dg.Failure(f"launch with the run tag {PROMOTION_TAG}={target_name} (found {tag!r}): dagster.yaml "
                              "allows one run per value, so promotions of one flow never overlap")
 
-    def gather(context: Any, request: core.PromotionRequest) -> tuple[Staging, list[core.CheckResult]]:
-        """Every check, each reported even after another failed. Read-only."""
-        src = aws(context, source_env)
-        sfn = src.client("stepfunctions")
+    def resolve(context: Any, request: core.PromotionRequest) -> tuple[str, dict, core.Deployment]:
+        """The staging deployment asked for; bad config (it is not there, or not Metaflow's) when not."""
+        sfn = aws(context, source_env).client("stepfunctions")
         arn = stepfunctions.state_machine_arn(source_env.account_id, source_env.region, request.source_name)
         described = stepfunctions.describe_state_machine(sfn, arn)
         if described is None:
             raise dg.Failure(f"bad config: no staging deployment {request.source_name} in {source_env.name} "
                              f"({source_env.account_id}); deploy it with `python flow.py --branch {request.branch} "
                              "step-functions create`, or name it with staging_state_machine")
-        definition = described["definition"]
         try:
-            deployment = core.deployment_of(definition)
+            return arn, described, core.deployment_of(described["definition"])
         except ValueError as exc:
             raise dg.Failure(f"bad config: {request.source_name}: {exc}") from None
+
+    def gather(context: Any, request: core.PromotionRequest, arn: str, described: dict,
+               deployment: core.Deployment) -> tuple[Staging, list[core.CheckResult]]:
+        """Every check, each reported even after another failed. Read-only."""
+        src = aws(context, source_env)
+        sfn = src.client("stepfunctions")
+        definition = described["definition"]
         checks: list[core.CheckResult] = []
 
         package = None
@@ -177,7 +182,12 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
         record.finished_at = _now().isoformat()
         target = record.target.get("state_machine_arn", "").rsplit(":", 1)[-1]
         key = core.record_key(p.audit_prefix, record.flow, record.promotion_id)
-        s3.put_new_json(aws(context, target_env).client("s3"), p.audit_bucket, key, record.to_dict())
+        try:
+            s3.put_new_json(aws(context, target_env).client("s3"), p.audit_bucket, key, record.to_dict())
+        except AwsError as exc:
+            context.log.error("audit record not stored; here it is: " + json.dumps(record.to_dict(), sort_keys=True))
+            raise dg.Failure(f"{record.kind} {record.outcome}, but its audit record was not stored at "
+                             f"s3://{p.audit_bucket}/{key}: {exc}. The record is in this run's logs.") from exc
         metadata = {
             "outcome": record.outcome, "promotion_id": record.promotion_id, "requested_by": record.requested_by,
             "reason": record.reason, "record": dg.MetadataValue.path(f"s3://{p.audit_bucket}/{key}"),
@@ -200,7 +210,7 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
         request = config.request()
         valid(request, needs_reason=False)
         with count_calls() as calls:
-            _, checks = gather(context, request)
+            _, checks = gather(context, request, *resolve(context, request))
         rows = [c.__dict__ for c in checks]
         metadata = {"checks": metadata_table(rows, CHECK_COLUMNS), "aws_calls": dg.MetadataValue.json(dict(calls))}
         if not all(c.passed for c in checks):
@@ -220,15 +230,19 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
         record.branch = request.branch
         changed = False
         with count_calls() as calls:
-            staging, record.checks = gather(context, request)
-            record.source = {"environment": source_env.name, "account_id": source_env.account_id,
-                             "state_machine_arn": staging.arn, "definition_digest": core.digest(staging.definition),
-                             "latest_run_arn": staging.latest_run_arn}
-            record.code_package = {"url": staging.deployment.code_url, "sha": staging.deployment.code_sha}
-            record.target.update(state_machine_arn=target_arn(request),
-                                 definition_digest=core.digest(staging.translated))
-            if all(c.passed for c in record.checks):
-                changed = productionize(context, request, staging, record)
+            resolved = resolve(context, request)
+            record.target["state_machine_arn"] = target_arn(request)
+            try:
+                staging, record.checks = gather(context, request, *resolved)
+                record.source = {"environment": source_env.name, "account_id": source_env.account_id,
+                                 "state_machine_arn": staging.arn, "definition_digest": core.digest(staging.definition),
+                                 "latest_run_arn": staging.latest_run_arn}
+                record.code_package = {"url": staging.deployment.code_url, "sha": staging.deployment.code_sha}
+                record.target["definition_digest"] = core.digest(staging.translated)
+                if all(c.passed for c in record.checks):
+                    changed = productionize(context, request, staging, record)
+            except AwsError as exc:  # AWS failed us mid-way: still an attempt, still recorded
+                record.steps.append(core.CheckResult("aws", False, str(exc)))
         return finish(context, record, changed, calls)
 
     def productionize(context: Any, request: core.PromotionRequest, staging: Staging,
@@ -293,24 +307,26 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
                 target = core.rollback_target(published, newest, config.to_version)
             except ValueError as exc:
                 raise dg.Failure(f"bad config: {exc}") from None
-            definition = stepfunctions.describe_state_machine(sfn, target.arn)["definition"]
-            record.target.update(previous_version_arn=newest, previous_definition_digest=core.digest(current["definition"]),
-                                 restored_version_arn=target.arn, definition_digest=core.digest(definition))
+            record.target.update(previous_version_arn=newest, restored_version_arn=target.arn,
+                                 previous_definition_digest=core.digest(current["definition"]))
             record.checks.append(core.CheckResult("version", True, f"restore version {target.number}"))
-            if core.digest(definition) == core.digest(current["definition"]):
-                record.steps.append(core.CheckResult("deploy", True, f"{name} already runs version {target.number}'s "
-                                                                     "definition"))
-            else:
-                try:
+            step = "read version"
+            try:
+                definition = stepfunctions.describe_state_machine(sfn, target.arn)["definition"]
+                record.target["definition_digest"] = core.digest(definition)
+                if record.target["definition_digest"] == record.target["previous_definition_digest"]:
+                    record.steps.append(core.CheckResult("deploy", True, f"{name} already runs version "
+                                                                         f"{target.number}'s definition"))
+                else:
+                    step = "deploy"
                     record.target["version_arn"] = stepfunctions.publish(
                         sfn, arn=arn, name=name, definition=definition, role_arn=current["roleArn"], exists=True,
                         description=f"rollback {record.promotion_id} to version {target.number} by {config.requested_by}")
-                    record.steps.append(core.CheckResult("deploy", True, f"published version {target.number}'s "
-                                                                         "definition as "
-                                                                         f"{record.target['version_arn'].rsplit(':', 1)[-1]}"))
+                    record.steps.append(core.CheckResult(step, True, f"published version {target.number}'s definition "
+                                                                     f"as {record.target['version_arn'].rsplit(':', 1)[-1]}"))
                     changed = True
-                except AwsError as exc:
-                    record.steps.append(core.CheckResult("deploy", False, str(exc)))
+            except AwsError as exc:
+                record.steps.append(core.CheckResult(step, False, str(exc)))
         return finish(context, record, changed, calls)
 
     audit_log = dg.AssetSpec(
@@ -334,14 +350,14 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
 
     return dg.Definitions(
         jobs=[
-            dg.JobDefinition(graph_def=dg.GraphDefinition("promotion_checks", node_defs=[promotion_checks]),
+            dg.JobDefinition(name="promotion_checks", graph_def=dg.GraphDefinition("promotion_checks_graph", node_defs=[promotion_checks]),
                              description="The promotion sanity checks alone (read-only).",
                              tags={"platform_ops/capability": "promotion"}),
-            dg.JobDefinition(graph_def=dg.GraphDefinition("promote_flow", node_defs=[promote_flow]),
+            dg.JobDefinition(name="promote_flow", graph_def=dg.GraphDefinition("promote_flow_graph", node_defs=[promote_flow]),
                              description="Checks, productionize, audit record. Needs the run tag "
                                          f"{PROMOTION_TAG}=<project>.prod.<Flow>.",
                              tags={"platform_ops/capability": "promotion"}),
-            dg.JobDefinition(graph_def=dg.GraphDefinition("rollback_flow", node_defs=[rollback_flow]),
+            dg.JobDefinition(name="rollback_flow", graph_def=dg.GraphDefinition("rollback_flow_graph", node_defs=[rollback_flow]),
                              description="Production back on an earlier version, audited. Needs the run tag "
                                          f"{PROMOTION_TAG}=<project>.prod.<Flow>.",
                              tags={"platform_ops/capability": "promotion"}),
