@@ -1,6 +1,7 @@
 """The production deployment files are what Dagster and AWS accept: deploy/dagster.yaml against
 Dagster's own instance schema and each configurable class's schema."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,56 @@ def test_a_broken_instance_config_is_refused(tmp_path):
     (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(DagsterInvalidConfigError, match="start_timout_seconds"):
         dagster_instance_config(str(tmp_path))
+
+
+TEMPLATE = DEPLOY / "cloudformation" / "platform-ops-account.yaml"
+
+
+def test_the_account_template_passes_cfn_lint():
+    """cfn-lint checks resource schemas, intrinsic functions and every IAM action name."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(TEMPLATE)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def stack_parameters(env, promotion) -> list[dict]:
+    target = env.name == promotion.target
+    values = {"PlatformOpsPrincipalArn": "arn:aws:iam::111111111111:role/platform-ops-runner",
+              "ExternalId": "sandbox-external-id", "JobQueuePrefix": "ml-",
+              "MetaflowDatastoreBucket": f"mf-{env.name}",
+              "MetaflowStepFunctionsRoleArn": f"arn:aws:iam::{env.account_id}:role/mf-sfn" if target else "",
+              "AuditBucketName": "platform-ops-audit-stack" if target else ""}
+    return [{"ParameterKey": k, "ParameterValue": v} for k, v in values.items()]
+
+
+def test_the_sandbox_deploys_the_template_into_both_accounts(world):
+    """CloudFormation in moto: the same template creates the queue, both rules targeting it,
+    the role, and (production only) the audit bucket. moto's CloudFormation skips
+    AWS::SQS::QueuePolicy and the bucket's versioning/Object Lock properties (cfn-lint checks them)."""
+    from platform_ops.sandbox.world import account_client
+
+    for env in world.settings.environments.values():
+        client = lambda service: account_client(world.sandbox.endpoint, service, env.account_id, env.region)  # noqa: E731
+        client("cloudformation").create_stack(StackName="platform-ops", TemplateBody=TEMPLATE.read_text(),
+                                              Capabilities=["CAPABILITY_NAMED_IAM"],
+                                              Parameters=stack_parameters(env, world.settings.promotion))
+        stack = client("cloudformation").describe_stacks(StackName="platform-ops")["Stacks"][0]
+        assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+        assert outputs["RoleArn"] == f"arn:aws:iam::{env.account_id}:role/platform-ops"
+        queue_arn = f"arn:aws:sqs:{env.region}:{env.account_id}:platform-ops-events"
+        rules = client("events").list_rules()["Rules"]
+        patterns = sorted(json.loads(r["EventPattern"])["detail-type"][0] for r in rules)
+        assert patterns == ["Batch Job State Change", "Step Functions Execution Status Change"]
+        for rule in rules:
+            assert [t["Arn"] for t in client("events").list_targets_by_rule(Rule=rule["Name"])["Targets"]] == [queue_arn]
+        trust = client("iam").get_role(RoleName="platform-ops")["Role"]["AssumeRolePolicyDocument"]
+        assert "sandbox-external-id" in json.dumps(trust)
+        buckets = {b["Name"] for b in client("s3").list_buckets()["Buckets"]}
+        if env.name == world.settings.promotion.target:
+            assert outputs["AuditBucket"] == "platform-ops-audit-stack" and "platform-ops-audit-stack" in buckets
+        else:
+            assert "AuditBucket" not in outputs and "platform-ops-audit-stack" not in buckets
