@@ -28,6 +28,16 @@ def test_the_production_instance_config_passes_dagsters_schema():
     assert result.success, [e.message for e in result.errors]
 
 
+def test_the_production_storage_uses_the_driver_dagster_postgres_ships():
+    """SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which dagster-postgres does not
+    install: the scheme must name psycopg2, or the instance cannot connect."""
+    import importlib.util
+
+    config, _ = dagster_instance_config(str(DEPLOY))
+    assert config["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
+    assert importlib.util.find_spec("psycopg2") is not None
+
+
 def test_production_keeps_every_local_concurrency_limit():
     """One reap per queue, one promotion per flow: in production too."""
     local = yaml.safe_load((ROOT / "dagster.yaml").read_text())["concurrency"]["runs"]["tag_concurrency_limits"]
@@ -97,3 +107,30 @@ def test_the_sandbox_deploys_the_template_into_both_accounts(world):
             assert outputs["AuditBucket"] == "platform-ops-audit-stack" and "platform-ops-audit-stack" in buckets
         else:
             assert "AuditBucket" not in outputs and "platform-ops-audit-stack" not in buckets
+
+
+def test_smoke_runs_on_a_postgres_backed_instance():
+    """Production's storage exercised, not only parsed: `make smoke` on dagster-postgres against
+    a real PostgreSQL, and its runs are there afterwards."""
+    import subprocess
+    import sys
+
+    import psycopg2
+
+    from platform_ops_tests import postgres
+
+    if postgres.binaries() is None:
+        pytest.skip("PostgreSQL is not installed here (.ci/run installs it)")
+    with postgres.server() as url:
+        # the driver dagster-postgres ships (SQLAlchemy 2.1 would pick psycopg 3 for postgresql://)
+        storage_url = url.replace("postgresql://", "postgresql+psycopg2://")
+        proc = subprocess.run([sys.executable, "-m", "platform_ops.sandbox", "smoke", "--postgres-url", storage_url],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert summary["runs_failed"] == 0 and summary["promotions"] == 1
+        with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            cur.execute("select status, count(*) from runs group by status")
+            assert dict(cur.fetchall()) == {"SUCCESS": summary["runs"]}
+            cur.execute("select count(*) from kvs where key like 'platform_ops/alerts/%'")
+            assert cur.fetchone()[0] >= summary["failed_executions_alerted"]  # the alert ledger lives there too

@@ -2,7 +2,8 @@
 
   python -m platform_ops.sandbox serve [--scenario default]   sandbox AWS + Slack sink + scenario driver
   python -m platform_ops.sandbox demo  [--scenario default]   the same, plus `dagster dev` on 127.0.0.1:3000
-  python -m platform_ops.sandbox smoke [scenario]             one headless end-to-end pass, one JSON line
+  python -m platform_ops.sandbox smoke [scenario] [--postgres-url URL]
+                                                              one headless end-to-end pass, one JSON line
 """
 
 from __future__ import annotations
@@ -90,11 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--port", type=int, default=3000, help="Dagster UI port")
     p = sub.add_parser("smoke")
     p.add_argument("scenario", nargs="?", default="smoke")
+    p.add_argument("--postgres-url", help="run on a Postgres-backed Dagster instance (postgresql://...)")
     args = parser.parse_args(argv)
     if args.command == "smoke":
         from platform_ops.sandbox.smoke import main as smoke
 
-        return smoke(args.scenario)
+        return smoke(args.scenario, args.postgres_url)
     return {"serve": serve, "demo": demo}[args.command](args)
 
 

@@ -73,7 +73,9 @@ def promote(sandbox: Any, settings: Any, defs: Any, instance: Any) -> bool:
     return outcome == "promoted"
 
 
-def main(scenario_name: str = "smoke") -> int:
+def main(scenario_name: str = "smoke", postgres_url: str | None = None) -> int:
+    """`postgres_url`: run on a Postgres-backed Dagster instance (production's storage) instead of
+    a temporary SQLite one."""
     import dagster as dg
 
     from platform_ops.sandbox.scenario import load_scenario, play_round, wait_until_quiet
@@ -94,7 +96,8 @@ def main(scenario_name: str = "smoke") -> int:
         defs = build_defs(settings)
         totals = {"stuck_jobs_cancelled": 0, "failed_executions_alerted": 0}
         summary: dict[str, Any] = {}
-        with tempfile.TemporaryDirectory() as home, dg.instance_for_test(temp_dir=home) as instance:
+        storage = {"storage": {"postgres": {"postgres_url": postgres_url}}} if postgres_url else None
+        with tempfile.TemporaryDirectory() as home, dg.instance_for_test(temp_dir=home, overrides=storage) as instance:
             # two passes: executions failed by the first pass's reaping are alerted by the second
             cursors: dict[str, str | None] = {}
             for _ in range(2):
