@@ -69,31 +69,22 @@ def test_the_account_template_passes_cfn_lint():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def stack_parameters(env, promotion) -> list[dict]:
-    target = env.name == promotion.target
-    values = {"PlatformOpsPrincipalArn": "arn:aws:iam::111111111111:role/platform-ops-runner",
-              "ExternalId": "sandbox-external-id", "JobQueuePrefix": "ml-",
-              "MetaflowDatastoreBucket": f"mf-{env.name}",
-              "MetaflowStepFunctionsRoleArn": f"arn:aws:iam::{env.account_id}:role/mf-sfn" if target else "",
-              "AuditBucketName": "platform-ops-audit-stack" if target else ""}
-    return [{"ParameterKey": k, "ParameterValue": v} for k, v in values.items()]
+def test_the_sandbox_runs_on_the_template_in_both_accounts(world):
+    """The sandbox deploys the same template through CloudFormation in moto, and runs on what it
+    creates: the queue, both rules targeting it, the role production is reached through (with its
+    external id), and in the promotion target the audit bucket. moto's CloudFormation skips
+    AWS::SQS::QueuePolicy and the bucket's versioning/Object Lock (cfn-lint checks those)."""
+    from platform_ops.sandbox.world import STACK_NAME, account_client
 
-
-def test_the_sandbox_deploys_the_template_into_both_accounts(world):
-    """CloudFormation in moto: the same template creates the queue, both rules targeting it,
-    the role, and (production only) the audit bucket. moto's CloudFormation skips
-    AWS::SQS::QueuePolicy and the bucket's versioning/Object Lock properties (cfn-lint checks them)."""
-    from platform_ops.sandbox.world import account_client
-
+    promotion = world.settings.promotion
     for env in world.settings.environments.values():
         client = lambda service: account_client(world.sandbox.endpoint, service, env.account_id, env.region)  # noqa: E731
-        client("cloudformation").create_stack(StackName="platform-ops", TemplateBody=TEMPLATE.read_text(),
-                                              Capabilities=["CAPABILITY_NAMED_IAM"],
-                                              Parameters=stack_parameters(env, world.settings.promotion))
-        stack = client("cloudformation").describe_stacks(StackName="platform-ops")["Stacks"][0]
+        [stack] = client("cloudformation").describe_stacks(StackName=STACK_NAME)["Stacks"]
         assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
         assert outputs["RoleArn"] == f"arn:aws:iam::{env.account_id}:role/platform-ops"
+        if env.role_arn:
+            assert env.role_arn == outputs["RoleArn"]  # settings point at what the stack made
         queue_arn = f"arn:aws:sqs:{env.region}:{env.account_id}:platform-ops-events"
         rules = client("events").list_rules()["Rules"]
         patterns = sorted(json.loads(r["EventPattern"])["detail-type"][0] for r in rules)
@@ -101,12 +92,12 @@ def test_the_sandbox_deploys_the_template_into_both_accounts(world):
         for rule in rules:
             assert [t["Arn"] for t in client("events").list_targets_by_rule(Rule=rule["Name"])["Targets"]] == [queue_arn]
         trust = client("iam").get_role(RoleName="platform-ops")["Role"]["AssumeRolePolicyDocument"]
-        assert "sandbox-external-id" in json.dumps(trust)
+        assert (env.role_external_id or "sandbox-external-id") in json.dumps(trust)
         buckets = {b["Name"] for b in client("s3").list_buckets()["Buckets"]}
-        if env.name == world.settings.promotion.target:
-            assert outputs["AuditBucket"] == "platform-ops-audit-stack" and "platform-ops-audit-stack" in buckets
+        if env.name == promotion.target:
+            assert outputs["AuditBucket"] == promotion.audit_bucket and promotion.audit_bucket in buckets
         else:
-            assert "AuditBucket" not in outputs and "platform-ops-audit-stack" not in buckets
+            assert "AuditBucket" not in outputs
 
 
 def test_smoke_runs_on_a_postgres_backed_instance():

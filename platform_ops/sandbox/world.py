@@ -1,13 +1,17 @@
 """The sandbox's AWS estate, created through the AWS API like a platform team's IaC would.
 
 Per environment of the settings: IAM roles, a MANAGED EC2 compute environment (m5 instances up
-to 8 vCPU / 32 GiB, maxvCpus 256), the watched job queues, and a Metaflow-style job definition.
+to 8 vCPU / 32 GiB, maxvCpus 256), the watched job queues, a Metaflow-style job definition and
+datastore bucket, and platform-ops' own stack from deploy/cloudformation (its role, events queue
+and rules, and in the promotion target the audit bucket), deployed through CloudFormation as in
+production.
 """
 
 from __future__ import annotations
 
 import json
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -16,6 +20,9 @@ from platform_ops.settings import EnvironmentSettings, Settings
 
 INSTANCE_TYPES = ["m5.large", "m5.xlarge", "m5.2xlarge"]
 JOB_DEFINITION = "metaflow_sandbox"
+STACK_TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "cloudformation" / "platform-ops-account.yaml"
+STACK_NAME = "platform-ops"
+SANDBOX_PRINCIPAL = "arn:aws:iam::{account}:user/sandbox"  # who the base (staging) credentials are
 SANDBOX_CREDENTIALS = {"aws_access_key_id": "sandbox", "aws_secret_access_key": "sandbox"}
 
 
@@ -69,18 +76,47 @@ def create_environment(endpoint: str, env: EnvironmentSettings) -> None:
     )
 
 
+def stack_parameters(env: EnvironmentSettings, settings: Settings) -> dict[str, str]:
+    """deploy/cloudformation's parameters for one account, from the settings."""
+    from platform_ops.sandbox.flows import datastore_bucket
+
+    home = next(e for e in settings.environments.values() if not e.role_arn)
+    target = settings.promotion is not None and env.name == settings.promotion.target
+    return {
+        "PlatformOpsPrincipalArn": SANDBOX_PRINCIPAL.format(account=home.account_id),
+        "ExternalId": env.role_external_id or "sandbox-external-id",
+        "JobQueuePrefix": "ml-",
+        "MetaflowDatastoreBucket": datastore_bucket(env),
+        "MetaflowStepFunctionsRoleArn": f"arn:aws:iam::{env.account_id}:role/mf-sfn" if target else "",
+        "AuditBucketName": settings.promotion.audit_bucket if target else "",
+        "AuditPrefix": settings.promotion.audit_prefix if settings.promotion else "promotions",
+    }
+
+
+def deploy_stack(endpoint: str, env: EnvironmentSettings, settings: Settings) -> dict[str, str]:
+    """platform-ops' CloudFormation stack in one account; its outputs."""
+    cfn = account_client(endpoint, "cloudformation", env.account_id, env.region)
+    cfn.create_stack(StackName=STACK_NAME, TemplateBody=STACK_TEMPLATE.read_text(), Capabilities=["CAPABILITY_NAMED_IAM"],
+                     Parameters=[{"ParameterKey": k, "ParameterValue": v}
+                                 for k, v in stack_parameters(env, settings).items()])
+    [stack] = cfn.describe_stacks(StackName=STACK_NAME)["Stacks"]
+    if stack["StackStatus"] != "CREATE_COMPLETE":
+        raise RuntimeError(f"stack {STACK_NAME} in {env.name}: {stack['StackStatus']} {stack.get('StackStatusReason')}")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    if "AuditBucket" in outputs:  # moto's CloudFormation ignores VersioningConfiguration
+        account_client(endpoint, "s3", env.account_id, env.region).put_bucket_versioning(
+            Bucket=outputs["AuditBucket"], VersioningConfiguration={"Status": "Enabled"})
+    return outputs
+
+
 def create_world(endpoint: str, settings: Settings) -> None:
     from platform_ops.sandbox.flows import datastore_bucket, deploy
 
     for env in settings.environments.values():
         create_environment(endpoint, env)
         account_client(endpoint, "s3", env.account_id, env.region).create_bucket(Bucket=datastore_bucket(env))
+        deploy_stack(endpoint, env, settings)
         deploy(endpoint, env)
-    if settings.promotion:
-        target = settings.environments[settings.promotion.target]
-        s3 = account_client(endpoint, "s3", target.account_id, target.region)
-        s3.create_bucket(Bucket=settings.promotion.audit_bucket)
-        s3.put_bucket_versioning(Bucket=settings.promotion.audit_bucket, VersioningConfiguration={"Status": "Enabled"})
 
 
 def _cluster(endpoint: str, env: EnvironmentSettings) -> str:
