@@ -32,6 +32,11 @@ class EnvironmentSettings:
     job_queues: tuple[str, ...]
     state_machine_prefixes: tuple[str, ...]
     role_external_id: str | None = None
+    events_queue: str | None = None  # None: polling only; else events from this SQS queue + reconciliation
+
+    @property
+    def event_driven(self) -> bool:
+        return self.events_queue is not None
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,8 @@ class AlertSettings:
     retries: int = 3
     retry_delay_seconds: float = 10.0
     silences: tuple[Silence, ...] = ()
+    events_interval_seconds: int = 10
+    reconcile_interval_seconds: int = 600
 
 
 @dataclass(frozen=True)
@@ -211,6 +218,8 @@ def _environment(name: str, r: _Reader) -> EnvironmentSettings:
                                            expect="a list of state machine name prefixes")),
         role_external_id=r.get("role_external_id", None, check=lambda v: v is None or _is_str(v),
                                expect="null or a string"),
+        events_queue=r.get("events_queue", None, check=lambda v: v is None or _is_str(v),
+                           expect="null (polling only) or the SQS queue name of the events stack"),
     )
     r.done()
     return env
@@ -316,6 +325,9 @@ def parse_settings(data: Any) -> Settings:
         retries=a.get("retries", 3, check=_is_int(0), expect="an integer >= 0"),
         retry_delay_seconds=float(a.get("retry_delay_seconds", 10.0, check=_is_number(0), expect="a number >= 0")),
         silences=tuple(silences),
+        events_interval_seconds=a.get("events_interval_seconds", 10, check=_is_int(1), expect="an integer >= 1"),
+        reconcile_interval_seconds=a.get("reconcile_interval_seconds", 600, check=_is_int(5),
+                                         expect="an integer >= 5"),
     )
     a.done()
 

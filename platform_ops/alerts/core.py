@@ -38,6 +38,39 @@ def scan(executions: Iterable[Execution], since: datetime) -> tuple[list[Executi
     return sorted(failed, key=lambda e: e.stopped_at), sorted(succeeded, key=lambda e: e.stopped_at), newest
 
 
+EXECUTION_EVENT = "Step Functions Execution Status Change"
+
+
+def executions_from_events(bodies: Iterable[str]) -> tuple[list[Execution], int]:
+    """The stopped executions that "Step Functions Execution Status Change" events (EventBridge
+    envelopes, as SQS delivers them) announce, one per execution however often it was delivered;
+    and how many bodies were anything else (other events, malformed)."""
+    by_arn: dict[str, Execution] = {}
+    other = 0
+    for body in bodies:
+        try:
+            event = json.loads(body)
+            detail = event["detail"]
+            if event.get("detail-type") != EXECUTION_EVENT or detail.get("stopDate") is None:
+                raise ValueError("not a stopped execution")
+            ex = Execution(
+                arn=detail["executionArn"], name=detail.get("name") or detail["executionArn"].rsplit(":", 1)[-1],
+                state_machine_arn=detail["stateMachineArn"], status=detail["status"],
+                started_at=_from_epoch_ms(detail["startDate"]), stopped_at=_from_epoch_ms(detail["stopDate"]),
+                error=detail.get("error") or "", cause=detail.get("cause") or "")
+        except (ValueError, KeyError, TypeError):
+            other += 1
+            continue
+        by_arn[ex.arn] = ex
+    return list(by_arn.values()), other
+
+
+def _from_epoch_ms(value: Any) -> datetime:
+    from datetime import timezone
+
+    return datetime.fromtimestamp(int(value) / 1000, tz=timezone.utc)
+
+
 # ---- classification ----
 
 REAPED, OOM, SPOT, EXIT, TIMEOUT, SUBMIT, UNKNOWN = (

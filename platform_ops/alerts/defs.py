@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from platform_ops.adapters import logs, stepfunctions
+from platform_ops.adapters import logs, sqs, stepfunctions
 from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError, count_calls
 from platform_ops.adapters.ledger import Ledger
 from platform_ops.adapters.slack import Pacer, PlatformSlackResource, SlackError
@@ -17,6 +17,9 @@ from platform_ops.alerts import core
 from platform_ops.metadata import table as metadata_table
 from platform_ops.resources import aws_resource_key, dagster_run_url
 from platform_ops.settings import Settings
+
+
+MAX_EVENTS_PER_TICK = 500  # the rest waits for the next tick (10 s): a tick stays short
 
 
 class ExecutionRef(dg.Config):
@@ -180,9 +183,35 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
 
     status = dg.DefaultSensorStatus.RUNNING if settings.sensors_running else dg.DefaultSensorStatus.STOPPED
 
+    def refs(env_name: str, machine_arn: str, failed: list, succeeded: list) -> tuple[list, list]:
+        """Failures to announce, and the state machine's latest success if it came after them."""
+        failures = [ExecutionRef(environment=env_name, execution_arn=e.arn, state_machine_arn=machine_arn)
+                    for e in failed]
+        successes = []
+        if succeeded and (not failed or succeeded[-1].stopped_at > failed[-1].stopped_at):
+            successes.append(ExecutionRef(environment=env_name, execution_arn=succeeded[-1].arn,
+                                          state_machine_arn=machine_arn))
+        return failures, successes
+
+    def alert_request(context, failures: list, successes: list) -> dg.RunRequest | None:
+        """One alert run for what is new; its key is the set of executions, so the polling and the
+        event sensor asking for the same set make one run (and the ledger skips what went out)."""
+        failing = {f.state_machine_arn for f in failures}
+        opened = Ledger(context.instance).open_failures({s.state_machine_arn for s in successes})
+        recoveries = [s for s in successes if s.state_machine_arn in opened or s.state_machine_arn in failing]
+        if not failures and not recoveries:
+            return None
+        key = _digest([f.execution_arn for f in failures] + [f"ok:{r.execution_arn}" for r in recoveries])
+        return dg.RunRequest(
+            run_key=f"alert:{key}",
+            run_config=dg.RunConfig(ops={"alert": AlertConfig(failures=failures, recoveries=recoveries)}),
+            tags={"platform_ops/failed_executions": str(len(failures))},
+        )
+
     @dg.sensor(name="failed_executions_sensor", job=alert_failed_executions,
                minimum_interval_seconds=a.interval_seconds, default_status=status, required_resource_keys=aws_keys,
-               description="Finds executions that failed (or recovered) since the last tick; requests one alert run.")
+               description="Finds executions that failed (or recovered) since the last tick; requests one alert run. "
+                           "For event-driven environments it reconciles every reconcile_interval_seconds.")
     def failed_executions_sensor(context: dg.SensorEvaluationContext):
         cursor: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
         now = datetime.now(timezone.utc)
@@ -193,6 +222,12 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
         successes: list[ExecutionRef] = []
         problems: list[str] = []
         for env in settings.environments.values():
+            mark = f"reconciled:{env.name}"
+            if env.event_driven and _ms(now) - cursor.get(mark, 0) < a.reconcile_interval_seconds * 1000:
+                new_cursor.update({k: v for k, v in cursor.items() if f":{env.account_id}:" in k or k == mark})
+                continue  # events carry this environment; polling only reconciles now and then
+            if env.event_driven:
+                new_cursor[mark] = _ms(now)
             aws: AwsEnvironmentResource = getattr(context.resources, aws_resource_key(env.name))
             try:
                 machines = stepfunctions.list_state_machines(aws.client("stepfunctions"), env.state_machine_prefixes)
@@ -212,29 +247,72 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                     continue
                 failed, succeeded, newest = core.scan(executions, since)
                 new_cursor[machine.arn] = _ms(newest)
-                failures += [ExecutionRef(environment=env.name, execution_arn=e.arn, state_machine_arn=machine.arn)
-                             for e in failed]
-                # a recovery is the latest success after every failure seen so far
-                if succeeded and (not failed or succeeded[-1].stopped_at > failed[-1].stopped_at):
-                    e = succeeded[-1]
-                    successes.append(ExecutionRef(environment=env.name, execution_arn=e.arn, state_machine_arn=machine.arn))
-        failing = {f.state_machine_arn for f in failures}
-        opened = Ledger(context.instance).open_failures({s.state_machine_arn for s in successes})
-        recoveries = [s for s in successes if s.state_machine_arn in opened or s.state_machine_arn in failing]
+                new_failures, new_successes = refs(env.name, machine.arn, failed, succeeded)
+                failures += new_failures
+                successes += new_successes
         for problem in problems:
             context.log.error(problem)
         cursor_json = json.dumps(new_cursor, sort_keys=True)
-        if failures or recoveries:
-            key = _digest([f.execution_arn for f in failures] + [f"ok:{r.execution_arn}" for r in recoveries])
-            return dg.SensorResult(run_requests=[dg.RunRequest(
-                run_key=f"alert:{key}",
-                run_config=dg.RunConfig(ops={"alert": AlertConfig(failures=failures, recoveries=recoveries)}),
-                tags={"platform_ops/failed_executions": str(len(failures))},
-            )], cursor=cursor_json)
+        request = alert_request(context, failures, successes)
+        if request:
+            return dg.SensorResult(run_requests=[request], cursor=cursor_json)
         if problems:
             raise RuntimeError("failed_executions_sensor could not read: " + "; ".join(problems))
         return dg.SensorResult(skip_reason=f"no newly failed executions in {len(new_cursor)} state machines",
                                cursor=cursor_json)
+
+    event_envs = [env for env in settings.environments.values() if env.event_driven]
+
+    @dg.sensor(name="execution_events_sensor", job=alert_failed_executions,
+               minimum_interval_seconds=a.events_interval_seconds, default_status=status,
+               required_resource_keys={aws_resource_key(env.name) for env in event_envs} or aws_keys,
+               description="Drains each event-driven environment's SQS queue of Step Functions status changes "
+                           "(10 at a time, no waiting); requests one alert run; deletes messages on the next tick, "
+                           "once their run was requested.")
+    def execution_events_sensor(context: dg.SensorEvaluationContext):
+        state = json.loads(context.cursor) if context.cursor else {}
+        pending: dict[str, list[str]] = state.get("pending", {})
+        urls: dict[str, str] = state.get("urls", {})
+        new_pending: dict[str, list[str]] = {}
+        failures: list[ExecutionRef] = []
+        successes: list[ExecutionRef] = []
+        problems: list[str] = []
+        received = other = 0
+        for env in event_envs:
+            client = getattr(context.resources, aws_resource_key(env.name)).client("sqs")
+            try:
+                url = urls.get(env.name) or sqs.queue_url(client, env.events_queue)
+                urls[env.name] = url
+                # the previous tick returned its run request: its messages are handled
+                sqs.delete(client, url, pending.get(env.name, []))
+                messages = sqs.receive(client, url, MAX_EVENTS_PER_TICK)
+            except AwsError as exc:
+                problems.append(f"{env.name}: {exc}")
+                new_pending[env.name] = pending.get(env.name, [])
+                continue
+            new_pending[env.name] = [m.receipt for m in messages]
+            received += len(messages)
+            executions, skipped = core.executions_from_events(m.body for m in messages)
+            other += skipped
+            by_machine: dict[str, list] = {}
+            for ex in executions:
+                if ex.state_machine_name.startswith(tuple(env.state_machine_prefixes)):
+                    by_machine.setdefault(ex.state_machine_arn, []).append(ex)
+            for machine_arn, found in by_machine.items():
+                failed, succeeded, _ = core.scan(found, datetime.min.replace(tzinfo=timezone.utc))
+                new_failures, new_successes = refs(env.name, machine_arn, failed, succeeded)
+                failures += new_failures
+                successes += new_successes
+        for problem in problems:
+            context.log.error(problem)
+        cursor_json = json.dumps({"pending": new_pending, "urls": urls}, sort_keys=True)
+        request = alert_request(context, failures, successes)
+        if request:
+            return dg.SensorResult(run_requests=[request], cursor=cursor_json)
+        if problems:
+            raise RuntimeError("execution_events_sensor could not read: " + "; ".join(problems))
+        return dg.SensorResult(skip_reason=f"{received} events, none new to announce ({other} not execution "
+                                           "stops)", cursor=cursor_json)
 
     @dg.run_failure_sensor(name="platform_ops_run_failure_sensor", default_status=status,
                            description="Reports this code location's own failed runs to Slack.")
@@ -246,5 +324,6 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
         slack.post(channel, core.render_run_failure(run.job_name, run.run_id, error,
                                                     dagster_run_url(settings, run.run_id)))
 
+    sensors = [failed_executions_sensor, platform_ops_run_failure_sensor]
     return dg.Definitions(jobs=[alert_failed_executions],
-                          sensors=[failed_executions_sensor, platform_ops_run_failure_sensor])
+                          sensors=sensors + ([execution_events_sensor] if event_envs else []))

@@ -558,6 +558,10 @@ def _apply_stepfunctions() -> None:
     core_config.default_user_config["stepfunctions"] = {"execute_state_machine": True}
     sfn_response_cls.get_execution_history = _paged_history
     sfn_response_cls.list_state_machine_versions = _list_state_machine_versions
+    from moto.stepfunctions.parser.backend import execution as execution_mod
+
+    communication = _require(execution_mod, "BaseExecutionWorkerCommunication")
+    communication.terminated = _execution_events(_require(communication, "terminated"))
     parser_backend = _require(parser_models, "StepFunctionsParserBackend")
     parser_backend.start_execution = _named_execution(_require(parser_backend, "start_execution"))
     batch_cls._normalise_parameters = _normalise_parameters
@@ -579,6 +583,54 @@ def _apply_stepfunctions() -> None:
     batch_cls._build_sync_resolver = _in_execution_account(batch_cls._build_sync_resolver)
     for mod in (batch_mod, dynamodb_mod):
         mod.boto_client_for = _account_aware(_require(mod, "boto_client_for"))
+
+
+def put_service_event(account: str, region: str, source: str, detail_type: str, detail: dict,
+                      resources: list[str]) -> None:
+    """What AWS services do and moto's do not (gap 8): publish their state changes on the
+    account's default event bus, where EventBridge rules route them (to SQS here)."""
+    from moto.events.models import events_backends
+
+    events_backends[account][region].put_events([{
+        "Source": source, "DetailType": detail_type, "Detail": json.dumps(detail, default=str),
+        "Resources": resources, "EventBusName": "default"}])
+
+
+def _ms(value: Any) -> int | None:
+    return int(value.timestamp() * 1000) if value is not None else None
+
+
+def _execution_events(original: Callable[..., None]) -> Callable[..., None]:
+    """Gap 8, Step Functions: "Step Functions Execution Status Change" when an execution stops."""
+
+    def terminated(self: Any) -> None:
+        original(self)
+        ex = self.execution
+        machine = ex.exec_arn.replace(":execution:", ":stateMachine:").rsplit(":", 1)[0]
+        put_service_event(ex.account_id, ex.region_name, "aws.states", "Step Functions Execution Status Change", {
+            "executionArn": ex.exec_arn, "stateMachineArn": machine, "name": ex.name,
+            "status": ex.exec_status.value, "startDate": _ms(ex.start_date), "stopDate": _ms(ex.stop_date),
+            "error": getattr(ex, "error", None), "cause": getattr(ex, "cause", None),
+        }, [ex.exec_arn])
+
+    return terminated
+
+
+def _job_events(original: Callable[..., None]) -> Callable[..., None]:
+    """Gap 8, Batch: "Batch Job State Change" when a job stops (SUCCEEDED or FAILED, cancels too)."""
+
+    def mark_stopped(self: Any, success: bool = True) -> None:
+        already = self.job_stopped
+        original(self, success=success)
+        if already:
+            return
+        _, _, _, region, account, _ = self.arn.split(":", 5)
+        put_service_event(account, region, "aws.batch", "Batch Job State Change", {
+            "jobName": self.job_name, "jobId": self.job_id, "jobQueue": self.job_queue.arn,
+            "status": self.status, "statusReason": self.job_stopped_reason or "",
+        }, [self.arn])
+
+    return mark_stopped
 
 
 _applied = False
@@ -614,6 +666,7 @@ def apply() -> None:
     core_config.default_user_config["batch"] = {"use_docker": False}
     simple_cls._mark_job_as_finished = _finish
     job_cls.terminate = _terminate(job_cls.terminate)
+    job_cls._mark_stopped = _job_events(job_cls._mark_stopped)
     job_cls.describe = _describe(job_cls.describe)
     backend_cls.describe_jobs = _describe_jobs
     response_cls.listjobs = _list_jobs_response

@@ -1,0 +1,108 @@
+"""Event-driven alerting in the sandbox: Step Functions status changes reach the stack's SQS queue
+through EventBridge, execution_events_sensor drains it and requests the same alert run; polling
+reconciles later and nothing is announced twice."""
+
+import dataclasses
+import json
+
+import dagster as dg
+import pytest
+
+from platform_ops.adapters.aws import count_calls
+from platform_ops.alerts import core
+from platform_ops.code_location import build_defs
+
+OOM = {"fault": "oom", "step": "train", "index": 0}
+
+
+def event_settings(world):
+    envs = dict(world.settings.environments)
+    envs["production"] = dataclasses.replace(envs["production"], events_queue="platform-ops-events")
+    alerts = dataclasses.replace(world.settings.alerts, post_interval_seconds=0, retries=0, retry_delay_seconds=0,
+                                 silences=())
+    return dataclasses.replace(world.settings, environments=envs, alerts=alerts)
+
+
+def tick(defs, instance, name, cursor=None):
+    with dg.build_sensor_context(instance=instance, resources=defs.resources, cursor=cursor) as ctx:
+        return defs.resolve_sensor_def(name).evaluate_tick(ctx)
+
+
+def run(defs, request, instance):
+    return defs.resolve_job_def("alert_failed_executions").execute_in_process(
+        run_config=request.run_config, instance=instance, tags=request.tags)
+
+
+def queue_depth(world):
+    sqs = world.resources()["aws_production"].client("sqs")
+    url = sqs.get_queue_url(QueueName="platform-ops-events")["QueueUrl"]
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
+                                                                   "ApproximateNumberOfMessagesNotVisible"])
+    return sum(int(v) for v in attrs["Attributes"].values())
+
+
+def test_a_failure_arrives_by_event_and_reconciliation_announces_nothing_twice(world):
+    world.run_flow("production", "ev-oom", width=2, faults=[OOM])
+    defs = build_defs(event_settings(world))
+    assert "execution_events_sensor" in {s.name for s in defs.get_repository_def().sensor_defs}
+    with dg.instance_for_test() as instance:
+        with count_calls() as calls:
+            first = tick(defs, instance, "execution_events_sensor")
+        assert set(calls) <= {"SQS.GetQueueUrl", "SQS.ReceiveMessage", "STS.AssumeRole"}  # no Step Functions polling
+        [request] = first.run_requests
+        failures = request.run_config["ops"]["alert"]["config"]["failures"]
+        assert [f["execution_arn"].rsplit(":", 1)[-1] for f in failures] == ["ev-oom"]
+        pending = json.loads(first.cursor)["pending"]["production"]
+        assert pending and queue_depth(world) == len(pending)  # received, not deleted yet
+        assert run(defs, request, instance).success
+        assert len(world.messages) == 1 and "ev-oom" in world.messages[0]["text"]
+
+        second = tick(defs, instance, "execution_events_sensor", first.cursor)
+        assert not second.run_requests and queue_depth(world) == 0  # the first tick's messages are gone
+
+        reconcile = tick(defs, instance, "failed_executions_sensor")  # polling sees the same failure
+        [again] = reconcile.run_requests
+        assert run(defs, again, instance).success
+        assert len(world.messages) == 1  # the ledger: announced once
+        later = tick(defs, instance, "failed_executions_sensor", reconcile.cursor)
+        with count_calls() as calls:
+            tick(defs, instance, "failed_executions_sensor", later.cursor)
+        assert not any(k.startswith("SFN.") and "222222222222" in k for k in calls)
+        assert calls["SFN.ListStateMachines"] == 1  # staging only: production waits for its reconcile interval
+
+
+def test_a_tick_that_fails_before_returning_loses_nothing(world):
+    """Messages are deleted only on the tick after the one that requested their run: a lost
+    cursor (the tick's result never stored) means they come back, and the run key is the same."""
+    world.run_flow("production", "ev-lost", width=1, faults=[OOM])
+    defs = build_defs(event_settings(world))
+    with dg.instance_for_test() as instance:
+        first = tick(defs, instance, "execution_events_sensor")
+        assert queue_depth(world) > 0
+        sqs = world.resources()["aws_production"].client("sqs")
+        url = sqs.get_queue_url(QueueName="platform-ops-events")["QueueUrl"]
+        for receipt in json.loads(first.cursor)["pending"]["production"]:  # visibility timeout runs out
+            sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=0)
+        retried = tick(defs, instance, "execution_events_sensor")  # cursor lost
+        assert [r.run_key for r in retried.run_requests] == [r.run_key for r in first.run_requests]
+
+
+@pytest.mark.parametrize("bodies, announced, other", [
+    ([], 0, 0),
+    (["not json", json.dumps({"detail-type": "Batch Job State Change", "detail": {"jobId": "j"}})], 0, 2),
+])
+def test_events_that_are_not_execution_stops_are_counted_not_used(bodies, announced, other):
+    executions, skipped = core.executions_from_events(bodies)
+    assert (len(executions), skipped) == (announced, other)
+
+
+def test_a_redelivered_event_is_one_execution():
+    detail = {"executionArn": "arn:aws:states:us-east-1:2:execution:sm:e1", "stateMachineArn":
+              "arn:aws:states:us-east-1:2:stateMachine:sm", "name": "e1", "status": "FAILED",
+              "startDate": 1_795_850_000_000, "stopDate": 1_795_850_060_000, "error": "States.TaskFailed"}
+    body = json.dumps({"id": "a", "detail-type": core.EXECUTION_EVENT, "detail": detail})
+    running = json.dumps({"id": "b", "detail-type": core.EXECUTION_EVENT, "detail": {**detail, "stopDate": None,
+                                                                                     "status": "RUNNING"}})
+    executions, skipped = core.executions_from_events([body, body, running])
+    assert skipped == 1 and [(e.name, e.status, e.error) for e in executions] == [("e1", "FAILED", "States.TaskFailed")]
+    assert executions[0].stopped_at.isoformat() == "2026-11-28T07:14:20+00:00"
