@@ -4,6 +4,7 @@ collected with botocore's before-call hook, and the role policy in
 deploy/cloudformation/platform-ops-account.yaml must grant exactly those actions: one missing
 fails, one granted but never called fails."""
 
+import dataclasses
 from pathlib import Path
 
 import dagster as dg
@@ -18,10 +19,11 @@ from platform_ops.sandbox.world import account_client
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "cloudformation" / "platform-ops-account.yaml"
 IAM_PREFIX = {"Batch": "batch", "SFN": "states", "CloudWatchLogs": "logs", "CloudWatch": "cloudwatch", "ECS": "ecs",
-              "S3": "s3", "STS": "sts"}
+              "S3": "s3", "STS": "sts", "SQS": "sqs"}
 # Operations whose IAM action is not "<prefix>:<Operation>", or that need more than one action
 ACTIONS_FOR = {"S3.ListObjectsV2": {"s3:ListBucket"}, "Batch.CancelJobs": {"batch:CancelJob"},
-               "S3.HeadObject": {"s3:GetObject"}, "SFN.CreateStateMachine": {"states:CreateStateMachine", "iam:PassRole"}}
+               "S3.HeadObject": {"s3:GetObject"},
+               "SQS.DeleteMessageBatch": {"sqs:DeleteMessage"}, "SFN.CreateStateMachine": {"states:CreateStateMachine", "iam:PassRole"}}
 CALLER_SIDE = {"sts:AssumeRole"}  # the principal's own permission (trust policy), not the role's
 # Actions AWS authorises on "*" only (no resource-level permissions); everything else must be scoped
 ONLY_ON_ANY_RESOURCE = {"batch:DescribeJobs", "batch:DescribeJobQueues", "batch:DescribeComputeEnvironments",
@@ -64,7 +66,9 @@ def promote(defs, instance, job="promote_flow", **config):
 
 
 def test_the_role_policy_grants_exactly_what_platform_ops_calls(world):
-    settings = world.settings
+    envs = dict(world.settings.environments)  # production event-driven, staging polled: both paths
+    envs["production"] = dataclasses.replace(envs["production"], events_queue="platform-ops-events")
+    settings = dataclasses.replace(world.settings, environments=envs)
     staging, production = settings.environments["staging"], settings.environments["production"]
     endpoint = world.sandbox.endpoint
     world.stuck("staging", count=2)
@@ -73,8 +77,10 @@ def test_the_role_policy_grants_exactly_what_platform_ops_calls(world):
     estate.register_instances(endpoint, production, 1)
     defs = build_defs(settings)
     with dg.instance_for_test() as instance, count_calls() as calls:
-        ticked = tick_and_run(defs, instance)
-        assert ticked["runs_failed"] == 0 and ticked["sensor_ticks_failed"] == 0 and ticked["runs"] == 4  # 2 reaps, 1 alert, 1 freshness check
+        cursors: dict = {}
+        ticked = [tick_and_run(defs, instance, cursors) for _ in range(2)]  # the 2nd deletes the 1st's events
+        assert all(t["runs_failed"] == 0 and t["sensor_ticks_failed"] == 0 for t in ticked)
+        assert ticked[0]["runs"] >= 4  # 2 reaps, the alert (from the event and from polling), 1 freshness check
         assert defs.resolve_job_def("refresh_platform_metrics").execute_in_process(instance=instance).success
         # production has never run DemoFlow: the first promotion creates it
         account_client(endpoint, "stepfunctions", production.account_id, production.region).delete_state_machine(
