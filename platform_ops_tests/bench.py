@@ -468,9 +468,69 @@ def main() -> None:
         bench_reaper(settings)
         bench_alerts(settings)
         bench_promotion(settings)
+        bench_sensor_calls(settings)
     bench_metrics()
     bench_load()
 
 
 if __name__ == "__main__":
     main()
+
+
+def bench_sensor_calls(settings_path: Path, machines: int = 200) -> None:
+    """AWS calls per hour of failure detection at `machines` state machines, both modes: one
+    polling tick and one event tick measured (an idle queue, the common case), scaled by the
+    sensors' intervals; the event mode adds its reconciliation polls."""
+    import dataclasses
+
+    import dagster as dg
+
+    from platform_ops.adapters.aws import forget_sessions
+    from platform_ops.code_location import build_defs
+    from platform_ops.settings import load_settings
+
+    settings = load_settings(settings_path)
+    prod = settings.environments["production"]
+    sandbox = SandboxProcess(settings_path)
+    try:
+        os.environ.update(sandbox.env)
+        sandbox.control("reset", {})
+        forget_sessions()
+        from platform_ops.sandbox.world import account_client
+
+        sfn = account_client(sandbox.env["AWS_ENDPOINT_URL"], "stepfunctions", prod.account_id, prod.region)
+        definition = json.dumps({"StartAt": "A", "States": {"A": {"Type": "Pass", "End": True}}})
+        for i in range(machines - 1):  # + DemoFlow, already deployed
+            sfn.create_state_machine(name=f"mlplatform.prod.Flow{i}Flow", definition=definition,
+                                     roleArn=f"arn:aws:iam::{prod.account_id}:role/mf-sfn")
+        polled = dataclasses.replace(settings, environments={"production": prod}, promotion=None)
+        evented = dataclasses.replace(polled, environments={
+            "production": dataclasses.replace(prod, events_queue="platform-ops-events")})
+        per_hour = {}
+        for mode, s in (("polling", polled), ("events", evented)):
+            defs = build_defs(s)
+            with tempfile.TemporaryDirectory() as home, dg.instance_for_test(temp_dir=home) as instance:
+                def tick(name, cursor=None):
+                    with dg.build_sensor_context(instance=instance, resources=defs.resources, cursor=cursor) as ctx:
+                        return defs.resolve_sensor_def(name).evaluate_tick(ctx).cursor
+
+                tick("failed_executions_sensor")  # warm: the assumed role
+                # without a cursor every environment is due: a full poll (in events mode, a reconcile)
+                _, _, poll_calls = timed(lambda: tick("failed_executions_sensor"))
+                if mode == "polling":
+                    per_hour[mode] = {"calls_per_tick": sum(poll_calls.values()),
+                                      "ticks_per_hour": 3600 // s.alerts.interval_seconds}
+                    per_hour[mode]["calls_per_hour"] = per_hour[mode]["calls_per_tick"] * per_hour[mode]["ticks_per_hour"]
+                    continue
+                cursor = tick("execution_events_sensor")
+                _, _, event_calls = timed(lambda: tick("execution_events_sensor", cursor))
+                reconcile_calls = sum(poll_calls.values())
+                ticks = 3600 // s.alerts.events_interval_seconds
+                reconciles = 3600 // s.alerts.reconcile_interval_seconds
+                per_hour[mode] = {"calls_per_event_tick": sum(event_calls.values()), "event_ticks_per_hour": ticks,
+                                  "calls_per_reconcile": reconcile_calls, "reconciles_per_hour": reconciles,
+                                  "calls_per_hour": sum(event_calls.values()) * ticks + reconcile_calls * reconciles}
+        emit(bench="alerts_calls_per_hour", state_machines=machines, **per_hour,
+             baseline="polling every alerts.interval_seconds")
+    finally:
+        sandbox.stop()
