@@ -469,6 +469,7 @@ def main() -> None:
         bench_alerts(settings)
         bench_promotion(settings)
         bench_sensor_calls(settings)
+        bench_alert_latency(Path(tmp))
     bench_metrics()
     bench_load()
 
@@ -533,4 +534,77 @@ def bench_sensor_calls(settings_path: Path, machines: int = 200) -> None:
         emit(bench="alerts_calls_per_hour", state_machines=machines, **per_hour,
              baseline="polling every alerts.interval_seconds")
     finally:
+        sandbox.stop()
+
+
+def bench_alert_latency(tmp: Path, failures: int = 4) -> None:
+    """Failure → Slack latency with the Dagster daemon running, both modes at once: production
+    event-driven, staging polled (alerts.interval_seconds). Each failure is a Metaflow run whose
+    train task runs out of memory; latency = Slack message ts - the execution's stopDate."""
+    import statistics
+
+    import boto3
+
+    data = yaml.safe_load(SANDBOX_SETTINGS.read_text())
+    data["environments"]["production"]["events_queue"] = "platform-ops-events"
+    data["dagster"]["sensors_running"] = True
+    data["alerts"].update(silences=[], post_interval_seconds=0)
+    settings_path = tmp / "latency-settings.yaml"
+    settings_path.write_text(yaml.safe_dump(data))
+    home = tmp / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    sandbox = SandboxProcess(settings_path)
+    daemon = None
+    try:
+        sandbox.control("reset", {})
+        env = {**os.environ, **sandbox.env, "PLATFORM_OPS_SETTINGS": str(settings_path), "DAGSTER_HOME": str(home),
+               "PYTHONWARNINGS": "ignore"}
+        daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w",
+                                   str(ROOT / "workspace.yaml")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(20)  # the daemon loads the code location and starts its sensor loop
+        clients = {}
+        for name, e in data["environments"].items():
+            c = boto3.client("stepfunctions", endpoint_url=sandbox.env["AWS_ENDPOINT_URL"], region_name=e["region"],
+                             aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
+            c.meta.events.register("before-sign", lambda request, a=e["account_id"], **_: request.headers.__setitem__(
+                "x-moto-account-id", a))
+            clients[name] = c
+        machines = {"production": "mlplatform.prod.DemoFlow", "staging": "mlplatform.test.feature_x.DemoFlow"}
+        stopped: dict[str, tuple[str, float]] = {}
+        for i in range(failures):
+            for mode, environment in (("events", "production"), ("polling", "staging")):
+                name = f"lat-{environment}-{i}"
+                e = data["environments"][environment]
+                sandbox.control("faults", {"fault": "oom", "account": e["account_id"], "run_id": name, "step": "train",
+                                           "index": 0})
+                sandbox.control("start-flow", {"environment": environment, "name": name, "width": 1})
+                arn = f"arn:aws:states:{e['region']}:{e['account_id']}:execution:{machines[environment]}:{name}"
+                [done] = _wait_done(clients[environment], [arn], timeout=120)
+                stopped[name] = (mode, done["stopDate"].timestamp())
+            time.sleep(7)  # spread the failures over the polling interval
+        deadline = time.monotonic() + 180
+        seen: dict[str, float] = {}
+        while len(seen) < len(stopped) and time.monotonic() < deadline:
+            for m in _sink(sandbox, "/_sink/messages")["messages"]:
+                for name in stopped:
+                    if f"sfn-{name})" in m["text"] and name not in seen:
+                        seen[name] = float(m["ts"])
+            time.sleep(1)
+        latency: dict[str, list[float]] = {"events": [], "polling": []}
+        for name, (mode, stop) in stopped.items():
+            if name in seen:
+                latency[mode].append(round(seen[name] - stop, 1))
+        result = {mode: {"p50_seconds": statistics.median(v) if v else None, "samples": sorted(v),
+                         "alerted": len(v), "failures": failures} for mode, v in latency.items()}
+        result["events"]["target_p50_seconds"] = 15
+        result["polling"]["target_p50_seconds"] = data["alerts"]["interval_seconds"] + 15
+        emit(bench="alert_latency", daemon="dagster-daemon run (runs launched as subprocesses)",
+             events_interval_seconds=data["alerts"].get("events_interval_seconds", 10),
+             polling_interval_seconds=data["alerts"]["interval_seconds"], **result)
+    finally:
+        if daemon is not None:
+            os.killpg(daemon.pid, 15)
+            daemon.wait(timeout=60)
         sandbox.stop()
