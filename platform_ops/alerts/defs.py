@@ -176,7 +176,7 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
             raise dg.Failure(f"{len(errors)} Slack post(s) failed; what went out is recorded and will not be "
                              f"sent again on retry: " + "; ".join(errors)[:2000])
 
-    @dg.job(name="alert_failed_executions", tags={"platform_ops/kind": "alerts"},
+    @dg.job(name="alert_failed_executions", executor_def=dg.in_process_executor, tags={"platform_ops/kind": "alerts"},
             description="One Slack message per failed Step Functions execution, with what failed, why, whose.")
     def alert_failed_executions():
         alert()

@@ -348,19 +348,19 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
         })
         return frame
 
+    def one_op_job(op: dg.OpDefinition, description: str) -> dg.JobDefinition:
+        """A job named like its one op (CI's run config is `ops.<job>.config`), run in process."""
+        return dg.JobDefinition(name=op.name, graph_def=dg.GraphDefinition(f"{op.name}_graph", node_defs=[op]),
+                                executor_def=dg.in_process_executor, description=description,
+                                tags={"platform_ops/kind": "promotion"})
+
     return dg.Definitions(
         jobs=[
-            dg.JobDefinition(name="promotion_checks", graph_def=dg.GraphDefinition("promotion_checks_graph", node_defs=[promotion_checks]),
-                             description="The promotion sanity checks alone (read-only).",
-                             tags={"platform_ops/capability": "promotion"}),
-            dg.JobDefinition(name="promote_flow", graph_def=dg.GraphDefinition("promote_flow_graph", node_defs=[promote_flow]),
-                             description="Checks, productionize, audit record. Needs the run tag "
-                                         f"{PROMOTION_TAG}=<project>.prod.<Flow>.",
-                             tags={"platform_ops/capability": "promotion"}),
-            dg.JobDefinition(name="rollback_flow", graph_def=dg.GraphDefinition("rollback_flow_graph", node_defs=[rollback_flow]),
-                             description="Production back on an earlier version, audited. Needs the run tag "
-                                         f"{PROMOTION_TAG}=<project>.prod.<Flow>.",
-                             tags={"platform_ops/capability": "promotion"}),
+            one_op_job(promotion_checks, "The promotion sanity checks alone (read-only)."),
+            one_op_job(promote_flow, f"Checks, productionize, audit record. Needs the run tag "
+                                     f"{PROMOTION_TAG}=<project>.prod.<Flow>."),
+            one_op_job(rollback_flow, f"Production back on an earlier version, audited. Needs the run tag "
+                                      f"{PROMOTION_TAG}=<project>.prod.<Flow>."),
         ],
         assets=[audit_log, promotion_history],
     )

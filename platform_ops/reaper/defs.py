@@ -110,7 +110,7 @@ def reaper_defs(settings: Settings) -> dg.Definitions:
             raise dg.Failure(f"the reaper's Slack report was not sent ({slack_error}); "
                              "what was cancelled is in this run's metadata")
 
-    @dg.job(name="reap_stuck_jobs", tags={"platform_ops/kind": "reaper"},
+    @dg.job(name="reap_stuck_jobs", executor_def=dg.in_process_executor, tags={"platform_ops/kind": "reaper"},
             description="Cancel Batch jobs stuck in RUNNABLE past the threshold (never RUNNING ones).")
     def reap_stuck_jobs():
         reap()
