@@ -18,8 +18,11 @@ OOM = {"fault": "oom", "step": "train", "index": 1}
 
 
 def alert_settings(world, **alerts):
+    """The polling path in every environment (test_alerts_events.py covers the events path)."""
     base = dict(post_interval_seconds=0, retries=0, retry_delay_seconds=0, silences=())
-    return dataclasses.replace(world.settings, alerts=dataclasses.replace(world.settings.alerts, **{**base, **alerts}))
+    polled = {name: dataclasses.replace(env, events_queue=None) for name, env in world.settings.environments.items()}
+    return dataclasses.replace(world.settings, environments=polled,
+                               alerts=dataclasses.replace(world.settings.alerts, **{**base, **alerts}))
 
 
 @pytest.fixture
