@@ -504,7 +504,8 @@ def bench_sensor_calls(settings_path: Path, machines: int = 200) -> None:
         for i in range(machines - 1):  # + DemoFlow, already deployed
             sfn.create_state_machine(name=f"mlplatform.prod.Flow{i}Flow", definition=definition,
                                      roleArn=f"arn:aws:iam::{prod.account_id}:role/mf-sfn")
-        polled = dataclasses.replace(settings, environments={"production": prod}, promotion=None)
+        polled = dataclasses.replace(settings, environments={"production": dataclasses.replace(prod, events_queue=None)},
+                                     promotion=None)
         evented = dataclasses.replace(polled, environments={
             "production": dataclasses.replace(prod, events_queue="platform-ops-events")})
         per_hour = {}
