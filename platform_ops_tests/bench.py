@@ -474,9 +474,6 @@ def main() -> None:
     bench_load()
 
 
-if __name__ == "__main__":
-    main()
-
 
 def bench_sensor_calls(settings_path: Path, machines: int = 200) -> None:
     """AWS calls per hour of failure detection at `machines` state machines, both modes: one
@@ -630,3 +627,7 @@ def bench_alert_latency(tmp: Path, failures: int = 4) -> None:
             os.killpg(daemon.pid, 15)
             daemon.wait(timeout=60)
         sandbox.stop()
+
+
+if __name__ == "__main__":
+    main()
