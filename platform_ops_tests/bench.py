@@ -556,8 +556,6 @@ def bench_alert_latency(tmp: Path, failures: int = 4) -> None:
     train task runs out of memory; latency = Slack message ts - the execution's stopDate."""
     import statistics
 
-    import boto3
-
     data = yaml.safe_load(SANDBOX_SETTINGS.read_text())
     data["environments"]["production"]["events_queue"] = "platform-ops-events"
     data["dagster"]["sensors_running"] = True
@@ -577,13 +575,10 @@ def bench_alert_latency(tmp: Path, failures: int = 4) -> None:
                                    str(ROOT / "workspace.yaml")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(20)  # the daemon loads the code location and starts its sensor loop
-        clients = {}
-        for name, e in data["environments"].items():
-            c = boto3.client("stepfunctions", endpoint_url=sandbox.env["AWS_ENDPOINT_URL"], region_name=e["region"],
-                             aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
-            c.meta.events.register("before-sign", lambda request, a=e["account_id"], **_: request.headers.__setitem__(
-                "x-moto-account-id", a))
-            clients[name] = c
+        from platform_ops.sandbox.world import account_client
+
+        clients = {name: account_client(sandbox.env["AWS_ENDPOINT_URL"], "stepfunctions", e["account_id"], e["region"])
+                   for name, e in data["environments"].items()}
         machines = {"production": "mlplatform.prod.DemoFlow", "staging": "mlplatform.test.feature_x.DemoFlow"}
         stopped: dict[str, tuple[str, float]] = {}
         for i in range(failures):

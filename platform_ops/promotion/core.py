@@ -312,15 +312,19 @@ def check_names(request: PromotionRequest, deployment: Deployment) -> CheckResul
                        f"{len(deployment.tags)} tags follow the conventions")
 
 
+def latest_finished(executions: list[Any]) -> Any | None:
+    """The newest execution that stopped (`executions` newest first); a running one proves nothing yet."""
+    return next((e for e in executions if e.status != "RUNNING"), None)
+
+
 def check_latest_run(executions: list[Any], now: Any, max_age_hours: int, promoted_digest: str,
                      run_digest: Callable[[Any], str]) -> CheckResult:
     """The most recent finished staging execution succeeded, recently, on the definition being
     promoted. `executions` newest first (ListExecutions); a running one proves nothing yet."""
-    finished = [e for e in executions if e.status != "RUNNING"]
-    if not finished:
+    latest = latest_finished(executions)
+    if latest is None:
         return CheckResult("latest staging run", False,
                            f"no finished execution in staging in the last {max_age_hours} h: run it there first")
-    latest = finished[0]
     age_hours = (now - (latest.stopped_at or latest.started_at)).total_seconds() / 3600
     problems = []
     if latest.status != "SUCCEEDED":

@@ -153,7 +153,7 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
         checks.append(core.check_latest_run(
             executions, now, p.max_staging_age_hours, promoted_digest,
             lambda e: core.digest(stepfunctions.definition_for_execution(sfn, e.arn))))
-        latest = next((e for e in executions if e.status != "RUNNING"), None)
+        latest = core.latest_finished(executions)
 
         production = stepfunctions.describe_state_machine(aws(context, target_env).client("stepfunctions"),
                                                           target_arn(request))
