@@ -47,6 +47,7 @@ class ReaperSettings:
     max_cancels_per_run: int = 50
     protect_tag: str = "platform-ops:protect"
     interval_seconds: int = 60
+    reconcile_interval_seconds: int = 600
 
     def threshold_minutes(self, queue: str) -> int:
         return self.queue_thresholds_minutes.get(queue, self.runnable_threshold_minutes)
@@ -298,6 +299,8 @@ def parse_settings(data: Any) -> Settings:
         max_cancels_per_run=r.get("max_cancels_per_run", 50, check=_is_int(0), expect="an integer >= 0"),
         protect_tag=r.get("protect_tag", "platform-ops:protect", check=_is_str, expect="a tag key"),
         interval_seconds=r.get("interval_seconds", 60, check=_is_int(5), expect="an integer >= 5"),
+        reconcile_interval_seconds=r.get("reconcile_interval_seconds", 600, check=_is_int(5),
+                                         expect="an integer >= 5"),
     )
     r.done()
 

@@ -521,8 +521,8 @@ def bench_sensor_calls(settings_path: Path, machines: int = 200) -> None:
                                       "ticks_per_hour": 3600 // s.alerts.interval_seconds}
                     per_hour[mode]["calls_per_hour"] = per_hour[mode]["calls_per_tick"] * per_hour[mode]["ticks_per_hour"]
                     continue
-                cursor = tick("execution_events_sensor")
-                _, _, event_calls = timed(lambda: tick("execution_events_sensor", cursor))
+                cursor = tick("aws_events_sensor")
+                _, _, event_calls = timed(lambda: tick("aws_events_sensor", cursor))
                 reconcile_calls = sum(poll_calls.values())
                 ticks = 3600 // s.alerts.events_interval_seconds
                 reconciles = 3600 // s.alerts.reconcile_interval_seconds

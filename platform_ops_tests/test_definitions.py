@@ -78,7 +78,7 @@ def test_smoke_prints_one_json_line(sandbox):
     # pass 1: two reaps, one alert run, one freshness-check run (the summaries were never materialized);
     # pass 2: a reap of the protected job only (no report) + one alert run; then one metrics refresh
     # and one promotion of the staging DemoFlow after its latest run succeeded. Production is
-    # event-driven: its failure is requested by execution_events_sensor and again by the first
+    # event-driven: its failure is requested by aws_events_sensor and again by the first
     # reconciling poll, one more alert run that announces nothing (the ledger; 4 messages above).
     assert summary["promotions"] == 1
     assert summary["runs"] == 9 and summary["runs_failed"] == 0 and summary["sensor_ticks_failed"] == 0

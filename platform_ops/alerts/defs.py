@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from platform_ops.adapters import logs, sqs, stepfunctions
+from platform_ops.adapters import logs, stepfunctions
 from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError, count_calls
 from platform_ops.adapters.ledger import Ledger
 from platform_ops.adapters.slack import Pacer, PlatformSlackResource, SlackError
@@ -19,7 +19,7 @@ from platform_ops.resources import aws_resource_key, dagster_run_url
 from platform_ops.settings import Settings
 
 
-MAX_EVENTS_PER_TICK = 500  # the rest waits for the next tick (10 s): a tick stays short
+ALERT_JOB = "alert_failed_executions"
 
 
 class ExecutionRef(dg.Config):
@@ -45,6 +45,34 @@ def _from_ms(ms: int) -> datetime:
 
 def _digest(arns: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(arns)).encode()).hexdigest()[:20]
+
+
+def refs(env_name: str, machine_arn: str, failed: list, succeeded: list) -> tuple[list, list]:
+    """Failures to announce, and the state machine's latest success if it came after them."""
+    failures = [ExecutionRef(environment=env_name, execution_arn=e.arn, state_machine_arn=machine_arn)
+                for e in failed]
+    successes = []
+    if succeeded and (not failed or succeeded[-1].stopped_at > failed[-1].stopped_at):
+        successes.append(ExecutionRef(environment=env_name, execution_arn=succeeded[-1].arn,
+                                      state_machine_arn=machine_arn))
+    return failures, successes
+
+
+def alert_request(instance: dg.DagsterInstance, failures: list, successes: list) -> dg.RunRequest | None:
+    """One alert run for what is new; its key is the set of executions, so the polling and the
+    event sensor asking for the same set make one run (and the ledger skips what went out)."""
+    failing = {f.state_machine_arn for f in failures}
+    opened = Ledger(instance).open_failures({s.state_machine_arn for s in successes})
+    recoveries = [s for s in successes if s.state_machine_arn in opened or s.state_machine_arn in failing]
+    if not failures and not recoveries:
+        return None
+    key = _digest([f.execution_arn for f in failures] + [f"ok:{r.execution_arn}" for r in recoveries])
+    return dg.RunRequest(
+        run_key=f"alert:{key}",
+        job_name=ALERT_JOB,
+        run_config=dg.RunConfig(ops={"alert": AlertConfig(failures=failures, recoveries=recoveries)}),
+        tags={"platform_ops/failed_executions": str(len(failures))},
+    )
 
 
 def alerts_defs(settings: Settings) -> dg.Definitions:
@@ -176,37 +204,12 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
             raise dg.Failure(f"{len(errors)} Slack post(s) failed; what went out is recorded and will not be "
                              f"sent again on retry: " + "; ".join(errors)[:2000])
 
-    @dg.job(name="alert_failed_executions", executor_def=dg.in_process_executor, tags={"platform_ops/kind": "alerts"},
+    @dg.job(name=ALERT_JOB, executor_def=dg.in_process_executor, tags={"platform_ops/kind": "alerts"},
             description="One Slack message per failed Step Functions execution, with what failed, why, whose.")
     def alert_failed_executions():
         alert()
 
     status = dg.DefaultSensorStatus.RUNNING if settings.sensors_running else dg.DefaultSensorStatus.STOPPED
-
-    def refs(env_name: str, machine_arn: str, failed: list, succeeded: list) -> tuple[list, list]:
-        """Failures to announce, and the state machine's latest success if it came after them."""
-        failures = [ExecutionRef(environment=env_name, execution_arn=e.arn, state_machine_arn=machine_arn)
-                    for e in failed]
-        successes = []
-        if succeeded and (not failed or succeeded[-1].stopped_at > failed[-1].stopped_at):
-            successes.append(ExecutionRef(environment=env_name, execution_arn=succeeded[-1].arn,
-                                          state_machine_arn=machine_arn))
-        return failures, successes
-
-    def alert_request(context, failures: list, successes: list) -> dg.RunRequest | None:
-        """One alert run for what is new; its key is the set of executions, so the polling and the
-        event sensor asking for the same set make one run (and the ledger skips what went out)."""
-        failing = {f.state_machine_arn for f in failures}
-        opened = Ledger(context.instance).open_failures({s.state_machine_arn for s in successes})
-        recoveries = [s for s in successes if s.state_machine_arn in opened or s.state_machine_arn in failing]
-        if not failures and not recoveries:
-            return None
-        key = _digest([f.execution_arn for f in failures] + [f"ok:{r.execution_arn}" for r in recoveries])
-        return dg.RunRequest(
-            run_key=f"alert:{key}",
-            run_config=dg.RunConfig(ops={"alert": AlertConfig(failures=failures, recoveries=recoveries)}),
-            tags={"platform_ops/failed_executions": str(len(failures))},
-        )
 
     @dg.sensor(name="failed_executions_sensor", job=alert_failed_executions,
                minimum_interval_seconds=a.interval_seconds, default_status=status, required_resource_keys=aws_keys,
@@ -253,66 +256,13 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
         for problem in problems:
             context.log.error(problem)
         cursor_json = json.dumps(new_cursor, sort_keys=True)
-        request = alert_request(context, failures, successes)
+        request = alert_request(context.instance, failures, successes)
         if request:
             return dg.SensorResult(run_requests=[request], cursor=cursor_json)
         if problems:
             raise RuntimeError("failed_executions_sensor could not read: " + "; ".join(problems))
         return dg.SensorResult(skip_reason=f"no newly failed executions in {len(new_cursor)} state machines",
                                cursor=cursor_json)
-
-    event_envs = [env for env in settings.environments.values() if env.event_driven]
-
-    @dg.sensor(name="execution_events_sensor", job=alert_failed_executions,
-               minimum_interval_seconds=a.events_interval_seconds, default_status=status,
-               required_resource_keys={aws_resource_key(env.name) for env in event_envs} or aws_keys,
-               description="Drains each event-driven environment's SQS queue of Step Functions status changes "
-                           "(10 at a time, no waiting); requests one alert run; deletes messages on the next tick, "
-                           "once their run was requested.")
-    def execution_events_sensor(context: dg.SensorEvaluationContext):
-        state = json.loads(context.cursor) if context.cursor else {}
-        pending: dict[str, list[str]] = state.get("pending", {})
-        urls: dict[str, str] = state.get("urls", {})
-        new_pending: dict[str, list[str]] = {}
-        failures: list[ExecutionRef] = []
-        successes: list[ExecutionRef] = []
-        problems: list[str] = []
-        received = other = 0
-        for env in event_envs:
-            client = getattr(context.resources, aws_resource_key(env.name)).client("sqs")
-            try:
-                url = urls.get(env.name) or sqs.queue_url(client, env.events_queue)
-                urls[env.name] = url
-                # the previous tick returned its run request: its messages are handled
-                sqs.delete(client, url, pending.get(env.name, []))
-                messages = sqs.receive(client, url, MAX_EVENTS_PER_TICK)
-            except AwsError as exc:
-                problems.append(f"{env.name}: {exc}")
-                new_pending[env.name] = pending.get(env.name, [])
-                continue
-            new_pending[env.name] = [m.receipt for m in messages]
-            received += len(messages)
-            executions, skipped = core.executions_from_events(m.body for m in messages)
-            other += skipped
-            by_machine: dict[str, list] = {}
-            for ex in executions:
-                if ex.state_machine_name.startswith(tuple(env.state_machine_prefixes)):
-                    by_machine.setdefault(ex.state_machine_arn, []).append(ex)
-            for machine_arn, found in by_machine.items():
-                failed, succeeded, _ = core.scan(found, datetime.min.replace(tzinfo=timezone.utc))
-                new_failures, new_successes = refs(env.name, machine_arn, failed, succeeded)
-                failures += new_failures
-                successes += new_successes
-        for problem in problems:
-            context.log.error(problem)
-        cursor_json = json.dumps({"pending": new_pending, "urls": urls}, sort_keys=True)
-        request = alert_request(context, failures, successes)
-        if request:
-            return dg.SensorResult(run_requests=[request], cursor=cursor_json)
-        if problems:
-            raise RuntimeError("execution_events_sensor could not read: " + "; ".join(problems))
-        return dg.SensorResult(skip_reason=f"{received} events, none new to announce ({other} not execution "
-                                           "stops)", cursor=cursor_json)
 
     @dg.run_failure_sensor(name="platform_ops_run_failure_sensor", default_status=status,
                            description="Reports this code location's own failed runs to Slack.")
@@ -325,5 +275,4 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                                                     dagster_run_url(settings, run.run_id)))
 
     sensors = [failed_executions_sensor, platform_ops_run_failure_sensor]
-    return dg.Definitions(jobs=[alert_failed_executions],
-                          sensors=sensors + ([execution_events_sensor] if event_envs else []))
+    return dg.Definitions(jobs=[alert_failed_executions], sensors=sensors)

@@ -6,8 +6,9 @@ happened), in the manner of Cloud Custodian. Nothing here talks to AWS, Slack or
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -52,6 +53,66 @@ def stuck_candidates(jobs: Iterable[BatchJob], threshold: timedelta, now: dateti
     cutoff = now - threshold
     stuck = [job for job in jobs if job.status == RUNNABLE and job.created_at <= cutoff]
     return sorted(stuck, key=lambda job: (job.created_at, job.job_id))
+
+
+JOB_EVENT = "Batch Job State Change"
+
+
+@dataclass(frozen=True)
+class JobChange:
+    """A "Batch Job State Change" event: job `job_id` of `queue` entered `status` at `at`."""
+
+    job_id: str
+    queue: str
+    status: str
+    at: datetime
+
+
+def job_changes_from_events(bodies: Iterable[str]) -> tuple[list[JobChange], int]:
+    """The Batch job transitions in EventBridge envelopes (as SQS delivers them), in the order
+    they happened; and how many bodies were anything else (other events, malformed). The
+    envelope's `time` is the transition time: a retried job re-enters RUNNABLE long after its
+    createdAt."""
+    changes, other = [], 0
+    for body in bodies:
+        try:
+            event = json.loads(body)
+            if event.get("detail-type") != JOB_EVENT:
+                raise ValueError("not a Batch job event")
+            detail = event["detail"]
+            at = datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
+            if at.tzinfo is None:
+                raise ValueError("event time without a zone")
+            changes.append(JobChange(detail["jobId"], detail["jobQueue"].rsplit("/", 1)[-1], detail["status"], at))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            other += 1
+    return sorted(changes, key=lambda c: c.at), other
+
+
+def track_runnable(watch: Mapping[str, tuple[str, datetime]], changes: Iterable[JobChange],
+                   queues: Iterable[str]) -> dict[str, tuple[str, datetime]]:
+    """The jobs of `queues` whose last event said RUNNABLE, with when they entered it: any other
+    status drops a job; a repeated RUNNABLE event (SQS delivers at least once) keeps the earlier
+    time. What events miss, polling reconciliation finds; the reap run re-checks everything."""
+    watched = set(queues)
+    result = dict(watch)
+    for change in changes:
+        if change.status != RUNNABLE:
+            result.pop(change.job_id, None)
+        elif change.queue in watched:
+            queue, since = result.get(change.job_id, (change.queue, change.at))
+            result[change.job_id] = (queue, min(since, change.at))
+    return result
+
+
+def due(watch: Mapping[str, tuple[str, datetime]], threshold: Callable[[str], timedelta],
+        now: datetime) -> dict[str, list[str]]:
+    """Per queue, the watched jobs RUNNABLE for at least the queue's threshold, oldest first."""
+    by_queue: dict[str, list[tuple[datetime, str]]] = {}
+    for job_id, (queue, since) in watch.items():
+        if now - since >= threshold(queue):
+            by_queue.setdefault(queue, []).append((since, job_id))
+    return {queue: [job_id for _, job_id in sorted(jobs)] for queue, jobs in sorted(by_queue.items())}
 
 
 # statusReason category -> (what it means, what to do)

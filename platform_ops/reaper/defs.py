@@ -1,22 +1,28 @@
 """Reaper wiring: `stuck_jobs_sensor` finds candidates, job `reap_stuck_jobs` acts on them.
 
 The sensor only lists (cheap, every minute) and never cancels; the run re-describes every
-candidate, decides, cancels, verifies, records and reports.
+candidate, decides, cancels, verifies, records and reports. In an event-driven environment the
+events sensor tracks RUNNABLE jobs from "Batch Job State Change" events
+(`requests_from_job_events`) and the listing only reconciles, every reconcile interval.
 """
 
 import hashlib
+import json
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
 from platform_ops.adapters import batch
 from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError, count_calls
+from platform_ops.adapters.ledger import Ledger
 from platform_ops.adapters.slack import SlackError
 from platform_ops.metadata import table as metadata_table
 from platform_ops.observations import CancelResult
 from platform_ops.reaper import core
 from platform_ops.resources import aws_resource_key, dagster_run_url
-from platform_ops.settings import Settings
+from platform_ops.settings import EnvironmentSettings, Settings
+
+REAP_JOB = "reap_stuck_jobs"
 
 
 class ReapConfig(dg.Config):
@@ -37,9 +43,32 @@ def _policy(settings: Settings, queue: str) -> core.ReapPolicy:
     )
 
 
-def _run_key(environment: str, queue: str, job_ids: list[str]) -> str:
+def reap_request(environment: str, queue: str, job_ids: list[str]) -> dg.RunRequest:
+    """One reap run for these jobs; keyed by the set, so polling and events asking for the same
+    jobs make one run."""
     digest = hashlib.sha256("\n".join(sorted(job_ids)).encode()).hexdigest()[:20]
-    return f"reap:{environment}:{queue}:{digest}"
+    return dg.RunRequest(
+        run_key=f"reap:{environment}:{queue}:{digest}",
+        job_name=REAP_JOB,
+        run_config=dg.RunConfig(ops={"reap": ReapConfig(environment=environment, queue=queue, job_ids=job_ids)}),
+        tags={"platform_ops/environment": environment, "platform_ops/queue": queue},
+    )
+
+
+def requests_from_job_events(settings: Settings, instance: dg.DagsterInstance, env: EnvironmentSettings,
+                             bodies: list[str], now: datetime) -> list[dg.RunRequest]:
+    """Fold "Batch Job State Change" events into the environment's RUNNABLE watch (kept in the
+    instance, so a lost cursor or a restart keeps it) and request a reap of what is due."""
+    changes, _ = core.job_changes_from_events(bodies)
+    ledger, key = Ledger(instance, "reaper"), f"runnable/{env.name}"
+    stored = (ledger.get(key) or {}).get("jobs", {})
+    before = {job_id: (queue, datetime.fromtimestamp(ms / 1000, tz=timezone.utc))
+              for job_id, (queue, ms) in stored.items()}
+    watch = core.track_runnable(before, changes, env.job_queues)
+    if watch != before:
+        ledger.put(key, jobs={job_id: [queue, int(since.timestamp() * 1000)] for job_id, (queue, since) in watch.items()})
+    due = core.due(watch, lambda queue: _policy(settings, queue).threshold, now)
+    return [reap_request(env.name, queue, ids) for queue, ids in due.items()]
 
 
 def _table(results: list[core.JobResult]) -> dg.MetadataValue:
@@ -110,7 +139,7 @@ def reaper_defs(settings: Settings) -> dg.Definitions:
             raise dg.Failure(f"the reaper's Slack report was not sent ({slack_error}); "
                              "what was cancelled is in this run's metadata")
 
-    @dg.job(name="reap_stuck_jobs", executor_def=dg.in_process_executor, tags={"platform_ops/kind": "reaper"},
+    @dg.job(name=REAP_JOB, executor_def=dg.in_process_executor, tags={"platform_ops/kind": "reaper"},
             description="Cancel Batch jobs stuck in RUNNABLE past the threshold (never RUNNING ones).")
     def reap_stuck_jobs():
         reap()
@@ -121,14 +150,21 @@ def reaper_defs(settings: Settings) -> dg.Definitions:
         minimum_interval_seconds=settings.reaper.interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING if settings.sensors_running else dg.DefaultSensorStatus.STOPPED,
         required_resource_keys=aws_keys,
-        description="Lists RUNNABLE jobs of every watched queue; requests one reap run per queue with stuck jobs.",
+        description="Lists RUNNABLE jobs of every watched queue; requests one reap run per queue with stuck jobs. "
+                    "For event-driven environments it reconciles every reaper.reconcile_interval_seconds.",
     )
     def stuck_jobs_sensor(context: dg.SensorEvaluationContext):
         now = datetime.now(timezone.utc)
+        cursor: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
         requests: list[dg.RunRequest] = []
         problems: list[str] = []
         seen = 0
         for env in settings.environments.values():
+            mark = f"reconciled:{env.name}"
+            if env.event_driven:
+                if (now.timestamp() - cursor.get(mark, 0) / 1000) < settings.reaper.reconcile_interval_seconds:
+                    continue  # events carry this environment; listing only reconciles now and then
+                cursor[mark] = int(now.timestamp() * 1000)
             aws: AwsEnvironmentResource = getattr(context.resources, aws_resource_key(env.name))
             for queue in env.job_queues:
                 try:
@@ -140,20 +176,15 @@ def reaper_defs(settings: Settings) -> dg.Definitions:
                     break
                 seen += len(jobs)
                 stuck = core.stuck_candidates(jobs, _policy(settings, queue).threshold, now)
-                if not stuck:
-                    continue
-                ids = [job.job_id for job in stuck]
-                requests.append(dg.RunRequest(
-                    run_key=_run_key(env.name, queue, ids),
-                    run_config=dg.RunConfig(ops={"reap": ReapConfig(environment=env.name, queue=queue, job_ids=ids)}),
-                    tags={"platform_ops/environment": env.name, "platform_ops/queue": queue},
-                ))
+                if stuck:
+                    requests.append(reap_request(env.name, queue, [job.job_id for job in stuck]))
         for problem in problems:
             context.log.error(problem)
+        cursor_json = json.dumps(cursor, sort_keys=True)
         if requests:
-            return dg.SensorResult(run_requests=requests)
+            return dg.SensorResult(run_requests=requests, cursor=cursor_json)
         if problems:
             raise RuntimeError("stuck_jobs_sensor could not read: " + "; ".join(problems))
-        return dg.SkipReason(f"no stuck jobs among {seen} RUNNABLE")
+        return dg.SensorResult(skip_reason=f"no stuck jobs among {seen} RUNNABLE", cursor=cursor_json)
 
     return dg.Definitions(jobs=[reap_stuck_jobs], sensors=[stuck_jobs_sensor])

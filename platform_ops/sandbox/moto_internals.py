@@ -232,6 +232,7 @@ def _finish(self: Any, include_start_attempt: bool, job: Any) -> None:
         if outcome.status in (STARTING, RUNNING):
             job.job_started_at = datetime.now()
             job.log_stream_name = job._stream_name
+        job_state_change(job)
         return
     job.job_started_at = datetime.now()
     job.log_stream_name = job._stream_name
@@ -586,14 +587,16 @@ def _apply_stepfunctions() -> None:
 
 
 def put_service_event(account: str, region: str, source: str, detail_type: str, detail: dict,
-                      resources: list[str]) -> None:
+                      resources: list[str], at: datetime | None = None) -> None:
     """What AWS services do and moto's do not (gap 8): publish their state changes on the
     account's default event bus, where EventBridge rules route them (to SQS here)."""
     from moto.events.models import events_backends
 
-    events_backends[account][region].put_events([{
-        "Source": source, "DetailType": detail_type, "Detail": json.dumps(detail, default=str),
-        "Resources": resources, "EventBusName": "default"}])
+    entry = {"Source": source, "DetailType": detail_type, "Detail": json.dumps(detail, default=str),
+             "Resources": resources, "EventBusName": "default"}
+    if at is not None:
+        entry["Time"] = at.timestamp()
+    events_backends[account][region].put_events([entry])
 
 
 def _ms(value: Any) -> int | None:
@@ -616,19 +619,25 @@ def _execution_events(original: Callable[..., None]) -> Callable[..., None]:
     return terminated
 
 
+def job_state_change(job: Any, at: datetime | None = None) -> None:
+    """Gap 8, Batch: "Batch Job State Change" for the job's current status, at `at` (local time,
+    as moto keeps it; default now)."""
+    _, _, _, region, account, _ = job.arn.split(":", 5)
+    put_service_event(account, region, "aws.batch", "Batch Job State Change", {
+        "jobArn": job.arn, "jobName": job.job_name, "jobId": job.job_id, "jobQueue": job.job_queue.arn,
+        "status": job.status, "statusReason": job.job_stopped_reason or "",
+        "createdAt": _ms(job.job_created_at),
+    }, [job.arn], at)
+
+
 def _job_events(original: Callable[..., None]) -> Callable[..., None]:
-    """Gap 8, Batch: "Batch Job State Change" when a job stops (SUCCEEDED or FAILED, cancels too)."""
+    """Gap 8, Batch: a state change event when a job stops (SUCCEEDED or FAILED, cancels too)."""
 
     def mark_stopped(self: Any, success: bool = True) -> None:
         already = self.job_stopped
         original(self, success=success)
-        if already:
-            return
-        _, _, _, region, account, _ = self.arn.split(":", 5)
-        put_service_event(account, region, "aws.batch", "Batch Job State Change", {
-            "jobName": self.job_name, "jobId": self.job_id, "jobQueue": self.job_queue.arn,
-            "status": self.status, "statusReason": self.job_stopped_reason or "",
-        }, [self.arn])
+        if not already:
+            job_state_change(self)
 
     return mark_stopped
 
@@ -699,6 +708,8 @@ def backdate_jobs(account: str, region: str, job_ids: list[str], minutes: float)
         if job is not None:
             job.job_created_at = datetime.now() - timedelta(minutes=minutes)
             moved += 1
+            if job.status == RUNNABLE:  # as if it had been submitted then: RUNNABLE since then
+                job_state_change(job, job.job_created_at)
     return moved
 
 
@@ -714,7 +725,11 @@ def set_job_status(account: str, region: str, job_id: str, status: str,
             "container": {"exitCode": 1, "logStreamName": job._stream_name, "networkInterfaces": []},
             "startedAt": ms - 60_000, "stoppedAt": ms, "statusReason": "Essential container in task exited",
         })
+        job.status = RUNNING  # the attempt's own transition, as Batch announced it then
+        job_state_change(job, stopped - timedelta(minutes=1))
     job.status = status
     if status in (STARTING, RUNNING):
         job.job_stopped_reason = None
         job.job_started_at = datetime.now()
+    retried = status == RUNNABLE and attempt_stopped_minutes_ago is not None
+    job_state_change(job, stopped if retried else None)

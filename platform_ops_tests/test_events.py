@@ -1,6 +1,7 @@
-"""Event-driven alerting in the sandbox: Step Functions status changes reach the stack's SQS queue
-through EventBridge, execution_events_sensor drains it and requests the same alert run; polling
-reconciles later and nothing is announced twice."""
+"""Event-driven mode in the sandbox: Step Functions status changes and Batch job state changes
+reach the stack's SQS queue through EventBridge; aws_events_sensor drains it and requests the same
+alert and reap runs the polling sensors would; polling reconciles later and nothing is announced
+or cancelled twice."""
 
 import dataclasses
 import json
@@ -11,6 +12,7 @@ import pytest
 from platform_ops.adapters.aws import count_calls
 from platform_ops.alerts import core
 from platform_ops.code_location import build_defs
+from platform_ops.reaper import core as reaper_core
 
 OOM = {"fault": "oom", "step": "train", "index": 0}
 
@@ -44,10 +46,10 @@ def queue_depth(world):
 def test_a_failure_arrives_by_event_and_reconciliation_announces_nothing_twice(world):
     world.run_flow("production", "ev-oom", width=2, faults=[OOM])
     defs = build_defs(event_settings(world))
-    assert "execution_events_sensor" in {s.name for s in defs.get_repository_def().sensor_defs}
+    assert "aws_events_sensor" in {s.name for s in defs.get_repository_def().sensor_defs}
     with dg.instance_for_test() as instance:
         with count_calls() as calls:
-            first = tick(defs, instance, "execution_events_sensor")
+            first = tick(defs, instance, "aws_events_sensor")
         assert set(calls) <= {"SQS.GetQueueUrl", "SQS.ReceiveMessage", "STS.AssumeRole"}  # no Step Functions polling
         [request] = first.run_requests
         failures = request.run_config["ops"]["alert"]["config"]["failures"]
@@ -57,7 +59,7 @@ def test_a_failure_arrives_by_event_and_reconciliation_announces_nothing_twice(w
         assert run(defs, request, instance).success
         assert len(world.messages) == 1 and "ev-oom" in world.messages[0]["text"]
 
-        second = tick(defs, instance, "execution_events_sensor", first.cursor)
+        second = tick(defs, instance, "aws_events_sensor", first.cursor)
         assert not second.run_requests and queue_depth(world) == 0  # the first tick's messages are gone
 
         reconcile = tick(defs, instance, "failed_executions_sensor")  # polling sees the same failure
@@ -77,13 +79,13 @@ def test_a_tick_that_fails_before_returning_loses_nothing(world):
     world.run_flow("production", "ev-lost", width=1, faults=[OOM])
     defs = build_defs(event_settings(world))
     with dg.instance_for_test() as instance:
-        first = tick(defs, instance, "execution_events_sensor")
+        first = tick(defs, instance, "aws_events_sensor")
         assert queue_depth(world) > 0
         sqs = world.resources()["aws_production"].client("sqs")
         url = sqs.get_queue_url(QueueName="platform-ops-events")["QueueUrl"]
         for receipt in json.loads(first.cursor)["pending"]["production"]:  # visibility timeout runs out
             sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=0)
-        retried = tick(defs, instance, "execution_events_sensor")  # cursor lost
+        retried = tick(defs, instance, "aws_events_sensor")  # cursor lost
         assert [r.run_key for r in retried.run_requests] == [r.run_key for r in first.run_requests]
 
 
@@ -106,3 +108,71 @@ def test_a_redelivered_event_is_one_execution():
     executions, skipped = core.executions_from_events([body, body, running])
     assert skipped == 1 and [(e.name, e.status, e.error) for e in executions] == [("e1", "FAILED", "States.TaskFailed")]
     assert executions[0].stopped_at.isoformat() == "2026-11-28T07:14:20+00:00"
+
+
+def job_event(job_id, status, at, queue="arn:aws:batch:us-east-1:2:job-queue/ml-production"):
+    return json.dumps({"id": f"{job_id}-{status}", "detail-type": reaper_core.JOB_EVENT, "time": at,
+                       "detail": {"jobId": job_id, "jobName": "train-3", "jobQueue": queue, "status": status,
+                                  "createdAt": 1_795_800_000_000}})
+
+
+def test_the_runnable_watch_follows_each_jobs_last_transition():
+    from datetime import datetime, timedelta, timezone
+
+    bodies = [
+        job_event("stuck", "RUNNABLE", "2026-11-28T10:00:00Z"),
+        job_event("stuck", "RUNNABLE", "2026-11-28T10:05:00Z"),  # delivered again, later: keeps 10:00
+        job_event("started", "RUNNABLE", "2026-11-28T10:00:00Z"),
+        job_event("started", "STARTING", "2026-11-28T10:30:00Z"),
+        job_event("retried", "RUNNING", "2026-11-28T09:00:00Z"),
+        job_event("retried", "RUNNABLE", "2026-11-28T11:50:00Z"),  # re-entered after a failed attempt
+        job_event("elsewhere", "RUNNABLE", "2026-11-28T10:00:00Z", queue="arn:aws:batch:us-east-1:2:job-queue/other"),
+        "not json",
+        json.dumps({"detail-type": reaper_core.JOB_EVENT, "time": "2026-11-28T10:00:00", "detail": {"jobId": "x"}}),
+    ]
+    changes, other = reaper_core.job_changes_from_events(bodies)
+    assert other == 2 and [c.job_id for c in changes][:2] == ["retried", "stuck"]  # in the order they happened
+    watch = reaper_core.track_runnable({}, changes, ["ml-production"])
+    at = lambda hh_mm: datetime.fromisoformat(f"2026-11-28T{hh_mm}:00+00:00")  # noqa: E731
+    assert watch == {"stuck": ("ml-production", at("10:00")), "retried": ("ml-production", at("11:50"))}
+    now = at("12:00")
+    due = reaper_core.due(watch, lambda queue: timedelta(hours=2), now)
+    assert due == {"ml-production": ["stuck"]}
+    later, _ = reaper_core.job_changes_from_events([job_event("stuck", "FAILED", "2026-11-28T12:01:00Z")])
+    assert reaper_core.track_runnable(watch, later, ["ml-production"]) == {"retried": ("ml-production", at("11:50"))}
+    assert now.tzinfo is timezone.utc
+
+
+def test_stuck_jobs_arrive_by_event_and_are_reaped_once(world):
+    """RUNNABLE transitions build the reaper's watch; the jobs past the threshold get the same reap
+    run the listing would request, without listing; their cancel events empty the watch."""
+    stuck = world.stuck("production", count=3)
+    young = world.stuck("production", count=1, minutes=30)
+    placed = world.stuck("production", count=1)
+    world.set_status("production", placed[0], "STARTING")  # placed before any tick: never requested
+    retried = world.stuck("production", count=1, minutes=600)
+    world.set_status("production", retried[0], "RUNNABLE", attempt_stopped_minutes_ago=5)
+    defs = build_defs(event_settings(world))
+    with dg.instance_for_test() as instance:
+        with count_calls() as calls:
+            first = tick(defs, instance, "aws_events_sensor")
+        assert not any(k.startswith("Batch.") for k in calls)  # no listing
+        [request] = first.run_requests
+        assert request.job_name == "reap_stuck_jobs"
+        assert sorted(request.run_config["ops"]["reap"]["config"]["job_ids"]) == sorted(stuck)
+        reap = defs.resolve_job_def("reap_stuck_jobs")
+        result = reap.execute_in_process(run_config=request.run_config, instance=instance, tags=request.tags)
+        assert result.output_for_node("reap")["cancelled"] == 3
+        # reconciliation lists by createdAt, a coarser cut that takes the retried job; its run re-checks
+        # the job's last attempt and leaves it alone
+        polled = {r.tags["platform_ops/queue"]: r for r in tick(defs, instance, "stuck_jobs_sensor").run_requests}
+        reconcile = polled["ml-production"]
+        assert sorted(reconcile.run_config["ops"]["reap"]["config"]["job_ids"]) == retried
+        again = reap.execute_in_process(run_config=reconcile.run_config, instance=instance, tags=reconcile.tags)
+        assert again.output_for_node("reap")["cancelled"] == 0
+        second = tick(defs, instance, "aws_events_sensor", first.cursor)
+        assert not second.run_requests  # the cancels' FAILED events left the watch with the young job only
+        watch = {k: v for k, v in world.describe("production", stuck + young + placed + retried).items()}
+        assert [watch[i]["status"] for i in stuck] == ["FAILED"] * 3
+        assert watch[young[0]]["status"] == watch[retried[0]]["status"] == "RUNNABLE"
+        assert watch[placed[0]]["status"] == "STARTING"
