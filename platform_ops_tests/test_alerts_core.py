@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from platform_ops.alerts import core
-from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS
+from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, MAX_TEXT_CHARS
 from platform_ops.observations import Execution
 
 T0 = datetime(2026, 11, 28, 9, 0, tzinfo=timezone.utc)
@@ -239,6 +239,16 @@ def test_huge_incidents_stay_within_slack_limits():
     digest = core.render_digest([_incident(2)] * 80, core.Links("https://mf"))
     _assert_within_limits(digest)
     assert digest.blocks[0]["text"]["text"] == ":rotating_light: 80 Metaflow runs failed"
+
+
+def test_a_huge_error_and_cause_cost_nothing_but_their_tail():
+    """A Batch job's statusReason can be kilobytes (the fault suite's oversized scenario): the
+    notification text stays under Slack's limit, the blocks within theirs."""
+    huge = job("j-huge", exit_code=1, status_reason="x " * 40_000)
+    incident = core.drill_down(execution(error="E" * 5000, cause="c" * 80_000), foreach_history([huge]), "staging")
+    message = core.render_incident(incident, core.Links("https://mf"))
+    _assert_within_limits(message)
+    assert len(message.text) <= MAX_TEXT_CHARS and message.text.startswith("DemoFlow failed in staging")
 
 
 def test_recovery_and_run_failure_messages():

@@ -14,7 +14,7 @@ from platform_ops.adapters.aws import count_calls
 from platform_ops.code_location import build_defs
 from platform_ops.promotion.defs import PROMOTION_TAG
 from platform_ops.sandbox import flows, world as estate
-from platform_ops.sandbox.smoke import tick_and_run
+from platform_ops.sandbox.daemon import Daemon
 from platform_ops.sandbox.world import account_client
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "cloudformation" / "platform-ops-account.yaml"
@@ -77,10 +77,11 @@ def test_the_role_policy_grants_exactly_what_platform_ops_calls(world):
     estate.register_instances(endpoint, production, 1)
     defs = build_defs(settings)
     with dg.instance_for_test() as instance, count_calls() as calls:
-        cursors: dict = {}
-        ticked = [tick_and_run(defs, instance, cursors) for _ in range(2)]  # the 2nd deletes the 1st's events
-        assert all(t["runs_failed"] == 0 and t["sensor_ticks_failed"] == 0 for t in ticked)
-        assert ticked[0]["runs"] >= 4  # 2 reaps, the alert (from the event and from polling), 1 freshness check
+        daemon = Daemon(defs, instance, dedupe=False)
+        first = daemon.cycle()
+        assert len(first) >= 4  # 2 reaps, the alert (from the event and from polling), 1 freshness check
+        daemon.cycle()  # deletes the first cycle's events
+        assert daemon.runs_failed == 0 and daemon.ticks_failed == 0
         assert defs.resolve_job_def("refresh_platform_metrics").execute_in_process(instance=instance).success
         # production has never run DemoFlow: the first promotion creates it
         account_client(endpoint, "stepfunctions", production.account_id, production.region).delete_state_machine(

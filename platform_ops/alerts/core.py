@@ -421,7 +421,7 @@ def render_incident(incident: Incident, links: Links, log_lines: list[str] | Non
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text":
                    f"execution `{escape(ex.name)}` · {ex.region} · stopped {ex.stopped_at:%Y-%m-%d %H:%M UTC}"
                    if ex.stopped_at else f"execution `{escape(ex.name)}`"}]})
-    text = f"{title} ({incident.run_id}): {tasks} tasks failed ({incident.headline_reason}). Owner: {owner}."
+    text = f"{title} ({incident.run_id}): {tasks} tasks failed ({incident.headline_reason[:300]}). Owner: {owner}."
     return SlackMessage(text=text, blocks=tuple(blocks[:MAX_BLOCKS]))
 
 

@@ -229,15 +229,15 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
             if env.event_driven and _ms(now) - cursor.get(mark, 0) < a.reconcile_interval_seconds * 1000:
                 new_cursor.update({k: v for k, v in cursor.items() if f":{env.account_id}:" in k or k == mark})
                 continue  # events carry this environment; polling only reconciles now and then
-            if env.event_driven:
-                new_cursor[mark] = _ms(now)
             aws: AwsEnvironmentResource = getattr(context.resources, aws_resource_key(env.name))
             try:
                 machines = stepfunctions.list_state_machines(aws.client("stepfunctions"), env.state_machine_prefixes)
-            except AwsError as exc:
+            except AwsError as exc:  # not reconciled: try again next tick
                 problems.append(f"{env.name}: {exc}")
                 new_cursor.update({k: v for k, v in cursor.items() if f":{env.account_id}:" in k})
                 continue
+            if env.event_driven:
+                new_cursor[mark] = _ms(now)
             for machine in machines:
                 since = _from_ms(cursor[machine.arn]) if machine.arn in cursor else default_since
                 try:

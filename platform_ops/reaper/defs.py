@@ -164,13 +164,14 @@ def reaper_defs(settings: Settings) -> dg.Definitions:
             if env.event_driven:
                 if (now.timestamp() - cursor.get(mark, 0) / 1000) < settings.reaper.reconcile_interval_seconds:
                     continue  # events carry this environment; listing only reconciles now and then
-                cursor[mark] = int(now.timestamp() * 1000)
             aws: AwsEnvironmentResource = getattr(context.resources, aws_resource_key(env.name))
+            reconciled = True
             for queue in env.job_queues:
                 try:
                     jobs = list(batch.iter_jobs(aws.client("batch"), queue, "RUNNABLE"))
                 except AwsError as exc:
                     problems.append(f"{env.name}/{queue}: {exc}")
+                    reconciled = False  # try again next tick
                     if exc.request_scoped:
                         continue  # this queue is wrong; the environment's other queues may be fine
                     break
@@ -178,6 +179,8 @@ def reaper_defs(settings: Settings) -> dg.Definitions:
                 stuck = core.stuck_candidates(jobs, _policy(settings, queue).threshold, now)
                 if stuck:
                     requests.append(reap_request(env.name, queue, [job.job_id for job in stuck]))
+            if env.event_driven and reconciled:
+                cursor[mark] = int(now.timestamp() * 1000)
         for problem in problems:
             context.log.error(problem)
         cursor_json = json.dumps(cursor, sort_keys=True)

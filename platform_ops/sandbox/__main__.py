@@ -2,7 +2,7 @@
 
   python -m platform_ops.sandbox serve [--scenario default]   sandbox AWS + Slack sink + scenario driver
   python -m platform_ops.sandbox demo  [--scenario default]   the same, plus `dagster dev` on 127.0.0.1:3000
-  python -m platform_ops.sandbox smoke [scenario] [--postgres-url URL]
+  python -m platform_ops.sandbox smoke [scenario] [--postgres-url URL] [--faults [--faults-report F]]
                                                               one headless end-to-end pass, one JSON line
 """
 
@@ -92,11 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("smoke")
     p.add_argument("scenario", nargs="?", default="smoke")
     p.add_argument("--postgres-url", help="run on a Postgres-backed Dagster instance (postgresql://...)")
+    p.add_argument("--faults", action="store_true", help="then run the fault suite; adds faults_passed/faults_total")
+    p.add_argument("--faults-report", help="write the fault suite's rows to this file, one JSON line each")
     args = parser.parse_args(argv)
     if args.command == "smoke":
         from platform_ops.sandbox.smoke import main as smoke
 
-        return smoke(args.scenario, args.postgres_url)
+        return smoke(args.scenario, args.postgres_url, args.faults, args.faults_report)
     return {"serve": serve, "demo": demo}[args.command](args)
 
 

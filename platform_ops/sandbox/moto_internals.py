@@ -110,6 +110,9 @@ class SandboxState:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.rules: list[FaultRule] = []
+        # accounts whose service events someone drains: moto's SQS send is O(queue length), so a
+        # polled account's undrained queue would make every event slower than the last
+        self.event_accounts: set[str] = set()
 
     def reset(self) -> None:
         with self.lock:
@@ -592,6 +595,8 @@ def put_service_event(account: str, region: str, source: str, detail_type: str, 
     account's default event bus, where EventBridge rules route them (to SQS here)."""
     from moto.events.models import events_backends
 
+    if account not in STATE.event_accounts:
+        return
     entry = {"Source": source, "DetailType": detail_type, "Detail": json.dumps(detail, default=str),
              "Resources": resources, "EventBusName": "default"}
     if at is not None:
@@ -682,7 +687,18 @@ def apply() -> None:
     response_cls.canceljobs = _cancel_jobs_response
     url_paths[base + "/v1/canceljobs$"] = response_cls.dispatch
     _apply_stepfunctions()
+    _memoize_jsonpath()
     _applied = True
+
+
+def _memoize_jsonpath() -> None:
+    """moto builds a JSONPath parser (yacc tables and all, ~2 ms) for every path of every event
+    it routes to SQS; the parsed paths are immutable, so one per distinct path is enough."""
+    import functools
+
+    from jsonpath_ng import ext
+
+    ext.parse = functools.lru_cache(maxsize=1024)(_require(ext, "parse"))
 
 
 def set_default_account(account_id: str) -> None:

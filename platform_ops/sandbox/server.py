@@ -10,6 +10,7 @@ world the way real incidents shape it:
   POST /_sandbox/job-status   {"environment", "job_id", "status"}: let the scheduler place a job (STARTING)
   POST /_sandbox/deploy-flow  {"environment", "name", "max_workers"}: another DemoFlow deployment
   POST /_sandbox/start-flow   {"environment", "name", "width", "state_machine"}: a Metaflow run
+  POST /_sandbox/aws-faults   AWS misbehaving: throttling, a broken role, a mangled history (aws_faults.py)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from platform_ops.sandbox import flows, moto_internals
+from platform_ops.sandbox.aws_faults import AwsFaults
 from platform_ops.sandbox.slack_sink import SlackSink
 from platform_ops.sandbox.world import JOB_DEFINITION, SANDBOX_CREDENTIALS, create_world
 from platform_ops.settings import Settings
@@ -44,6 +46,7 @@ class Sandbox:
         self.host = host
         self.aws_port = aws_port or free_port()
         self.sink = SlackSink(host, slack_port)
+        self.aws_faults = AwsFaults()
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -77,8 +80,10 @@ class Sandbox:
         os.environ["MOTO_PORT"] = str(self.aws_port)  # moto's Step Functions calls Batch back here
         moto_internals.apply()
         moto_internals.set_default_account(self.home.account_id)
+        moto_internals.STATE.event_accounts = {e.account_id for e in self.settings.environments.values()
+                                               if e.event_driven}
         moto_app = DomainDispatcherApplication(create_backend_app)
-        self._server = make_server(self.host, self.aws_port, _ControlApp(moto_app, self), threaded=True,
+        self._server = make_server(self.host, self.aws_port, _ControlApp(self.aws_faults.wrap(moto_app), self), threaded=True,
                                    request_handler=MotoRequestHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="sandbox-aws")
         self._thread.start()
@@ -97,6 +102,7 @@ class Sandbox:
 
         moto_api_backend.reset()
         moto_internals.STATE.reset()
+        self.aws_faults.reset()
         create_world(self.endpoint, self.settings)
 
     def account_of(self, name: str | None) -> tuple[str, str]:
@@ -154,6 +160,9 @@ class _ControlApp:
             if action == "reset":
                 self.sandbox.reset()
                 result: Any = {"ok": True}
+            elif action == "aws-faults":
+                self.sandbox.aws_faults.arm(body)
+                result = {"ok": True}
             elif action == "faults":
                 moto_internals.STATE.add_rule(moto_internals.FaultRule(**body))
                 result = {"ok": True}

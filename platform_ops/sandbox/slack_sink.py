@@ -232,3 +232,15 @@ class SlackSink:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def go_down(self) -> None:
+        """Slack unreachable: nothing listens on the port (connection refused) until `come_back`."""
+        self.stop()
+
+    def come_back(self) -> None:
+        """Listen again on the same address, with the same messages."""
+        address = self._server.server_address[:2]
+        self._server = ThreadingHTTPServer(address, self._server.RequestHandlerClass)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="slack-sink")
+        self._thread.start()

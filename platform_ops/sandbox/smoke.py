@@ -1,8 +1,8 @@
 """`make smoke`: one headless end-to-end pass over the sandbox.
 
-Starts the sandbox, plays one round of a scenario, evaluates one tick of every sensor on a real
-temporary Dagster instance, executes the runs they request, and prints ONE JSON line. Exit code 1
-when a tick or a run failed.
+Starts the sandbox, plays one round of a scenario, ticks every sensor twice on a real temporary
+Dagster instance through the in-process daemon, executes the runs they request, and prints ONE
+JSON line. Exit code 1 when a tick or a run failed (or, with the fault option, a fault scenario).
 """
 
 from __future__ import annotations
@@ -15,40 +15,6 @@ from pathlib import Path
 from typing import Any
 
 SANDBOX_SETTINGS = Path(__file__).parent / "settings.yaml"
-
-
-def tick_and_run(defs: Any, instance: Any, cursors: dict[str, str | None] | None = None) -> dict[str, Any]:
-    """Evaluate each sensor once (carrying `cursors` from tick to tick as the daemon does),
-    execute what it requests; what happened, as counts."""
-    import dagster as dg
-
-    summary: dict[str, Any] = {"sensor_ticks_failed": 0, "runs": 0, "runs_failed": 0, "run_ids": []}
-    repo = defs.get_repository_def()
-    for sensor in repo.sensor_defs:
-        if isinstance(sensor, dg.RunStatusSensorDefinition):
-            continue  # reacts to runs, not to AWS: the daemon's business
-        try:
-            cursor = (cursors or {}).get(sensor.name)
-            with dg.build_sensor_context(instance=instance, resources=defs.resources, sensor_name=sensor.name,
-                                         repository_def=repo,
-                                         cursor=cursor) as ctx:
-                result = sensor.evaluate_tick(ctx)
-            if cursors is not None:
-                cursors[sensor.name] = result.cursor if result.cursor is not None else cursor
-        except Exception as exc:
-            summary["sensor_ticks_failed"] += 1
-            print(f"sensor {sensor.name} failed: {exc}", file=sys.stderr)
-            continue
-        for request in result.run_requests or []:
-            job = defs.resolve_job_def(request.job_name or sensor.job_name)
-            run_config = {**request.run_config, "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-            run = job.execute_in_process(run_config=run_config, instance=instance,
-                                         tags=request.tags, raise_on_error=False)
-            summary["runs"] += 1
-            summary["run_ids"].append(run.run_id)
-            if not run.success:
-                summary["runs_failed"] += 1
-    return summary
 
 
 def promote(sandbox: Any, settings: Any, defs: Any, instance: Any) -> bool:
@@ -73,11 +39,14 @@ def promote(sandbox: Any, settings: Any, defs: Any, instance: Any) -> bool:
     return outcome == "promoted"
 
 
-def main(scenario_name: str = "smoke", postgres_url: str | None = None) -> int:
+def main(scenario_name: str = "smoke", postgres_url: str | None = None, faults: bool = False,
+         faults_report: str | None = None) -> int:
     """`postgres_url`: run on a Postgres-backed Dagster instance (production's storage) instead of
-    a temporary SQLite one."""
+    a temporary SQLite one. `faults`: then run the fault suite (its table on stderr, its rows as
+    JSON lines in `faults_report`) and add faults_passed / faults_total to the line."""
     import dagster as dg
 
+    from platform_ops.sandbox.daemon import Daemon
     from platform_ops.sandbox.scenario import load_scenario, play_round, wait_until_quiet
     from platform_ops.sandbox.server import Sandbox
     from platform_ops.settings import SETTINGS_ENV_VAR, load_settings
@@ -88,6 +57,10 @@ def main(scenario_name: str = "smoke", postgres_url: str | None = None) -> int:
     try:
         os.environ.update(sandbox.product_env())
         os.environ[SETTINGS_ENV_VAR] = settings_path
+        if faults:
+            from platform_ops.sandbox.faults import distinctive_credentials
+
+            os.environ.update(distinctive_credentials())
         play_round(sandbox, load_scenario(scenario_name), 0)
         wait_until_quiet(sandbox)  # Metaflow runs have submitted what they will submit
 
@@ -99,17 +72,18 @@ def main(scenario_name: str = "smoke", postgres_url: str | None = None) -> int:
         storage = {"storage": {"postgres": {"postgres_url": postgres_url}}} if postgres_url else None
         with tempfile.TemporaryDirectory() as home, dg.instance_for_test(temp_dir=home, overrides=storage) as instance:
             # two passes: executions failed by the first pass's reaping are alerted by the second
-            cursors: dict[str, str | None] = {}
+            daemon = Daemon(defs, instance, dedupe=False)  # every request runs: the counts must still be exact
             for _ in range(2):
-                ticked = tick_and_run(defs, instance, cursors)
-                for key in ("sensor_ticks_failed", "runs", "runs_failed"):
-                    summary[key] = summary.get(key, 0) + ticked[key]
-                for run_id in ticked["run_ids"]:
-                    for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT):
+                for run in daemon.cycle():
+                    for event in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_OUTPUT):
                         metadata = event.dagster_event.step_output_data.metadata
                         totals["stuck_jobs_cancelled"] += metadata["cancelled"].value if "cancelled" in metadata else 0
                         totals["failed_executions_alerted"] += metadata["announced"].value if "announced" in metadata else 0
                 wait_until_quiet(sandbox)
+            for error in daemon.tick_errors:
+                print(f"sensor tick failed: {error}", file=sys.stderr)
+            summary = {"sensor_ticks_failed": daemon.ticks_failed, "runs": len(daemon.runs),
+                       "runs_failed": daemon.runs_failed}
             metrics = defs.resolve_job_def("refresh_platform_metrics").execute_in_process(
                 instance=instance, raise_on_error=False,
                 run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
@@ -127,8 +101,18 @@ def main(scenario_name: str = "smoke", postgres_url: str | None = None) -> int:
             totals = {k: getattr(v, "value", v) or 0 for k, v in totals.items()}
         messages = sandbox.sink.state.messages
         line = {**totals, "slack_messages": len(messages), **summary}
+        ok = summary["runs_failed"] == 0 and summary["sensor_ticks_failed"] == 0
+        if faults:
+            from platform_ops.sandbox.faults import run_suite, table
+
+            results = run_suite(sandbox, settings)
+            print(table(results), file=sys.stderr)
+            if faults_report:
+                Path(faults_report).write_text("".join(json.dumps(f.row()) + "\n" for f in results))
+            line.update(faults_passed=sum(f.passed for f in results), faults_total=len(results))
+            ok = ok and line["faults_passed"] == line["faults_total"]
         print(json.dumps(line))
-        return 0 if summary["runs_failed"] == 0 and summary["sensor_ticks_failed"] == 0 else 1
+        return 0 if ok else 1
     finally:
         sandbox.stop()
 

@@ -1,0 +1,170 @@
+"""AWS misbehaving, on purpose: throttling, a broken role, mangled execution histories.
+
+A WSGI layer in front of moto that the fault suite arms through `POST /_sandbox/aws-faults`.
+Errors have the shape each protocol's real service sends, so botocore parses and retries them
+exactly as it would against AWS:
+
+  {"kind": "throttle", "services": ["batch", "states", "monitoring"]}
+      3 of every 10 calls to each service are throttled, never two in a row (a retry gets through)
+  {"kind": "deny-assume-role", "account": "222222222222"}
+      sts:AssumeRole into that account is AccessDenied (its role's trust policy is broken)
+  {"kind": "mangle-history", "execution": "<name>", "how": "malformed" | "cause-not-json" | "oversized"}
+      GetExecutionHistory of that execution comes back damaged
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+from typing import Any
+from urllib.parse import parse_qs
+
+THROTTLED_OF_TEN = (1, 4, 7)
+# service (signing name) -> (HTTP status, error code, extra headers) as that service answers
+THROTTLE_SHAPES = {
+    "batch": (429, "TooManyRequestsException", {}),  # rest-json: x-amzn-ErrorType
+    "states": (400, "ThrottlingException", {}),  # json 1.0: __type
+    "monitoring": (400, "Throttling", {"x-amzn-query-error": "Throttling;Sender"}),  # json, query-compatible
+    "logs": (400, "ThrottlingException", {}),
+    "ecs": (400, "ThrottlingException", {}),
+}
+MANGLES = ("malformed", "cause-not-json", "oversized")
+_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
+
+
+class AwsFaults:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.throttled: dict[str, int] = {}  # service -> calls seen
+            self.throttle_count: dict[str, int] = {}  # service -> calls throttled
+            self.denied_accounts: set[str] = set()
+            self.mangled: dict[str, str] = {}  # execution name -> how
+
+    def arm(self, fault: dict) -> None:
+        kind = fault.get("kind")
+        with self._lock:
+            if kind == "throttle":
+                unknown = set(fault["services"]) - set(THROTTLE_SHAPES)
+                if unknown:
+                    raise ValueError(f"cannot throttle {sorted(unknown)}: known {sorted(THROTTLE_SHAPES)}")
+                for service in fault["services"]:
+                    self.throttled.setdefault(service, 0)
+                    self.throttle_count.setdefault(service, 0)
+            elif kind == "deny-assume-role":
+                self.denied_accounts.add(str(fault["account"]))
+            elif kind == "mangle-history":
+                if fault.get("how") not in MANGLES:
+                    raise ValueError(f"mangle-history: how must be one of {MANGLES}")
+                self.mangled[fault["execution"]] = fault["how"]
+            else:
+                raise ValueError(f"unknown AWS fault kind {kind!r}")
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.throttle_count)
+
+    def wrap(self, app: Any) -> Any:
+        def middleware(environ: dict, start_response: Any) -> Any:
+            match = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+            service = match.group(1) if match else ""
+            if service in self.throttled and self._throttle_now(service):
+                return _error(start_response, service, *THROTTLE_SHAPES[service])
+            if service == "sts" and self.denied_accounts:
+                body = _buffer(environ)
+                role = (parse_qs(body.decode()).get("RoleArn") or [""])[0]
+                if any(f":{account}:" in role for account in self.denied_accounts):
+                    return _sts_denied(start_response, role)
+            if service == "states" and self.mangled and environ.get("HTTP_X_AMZ_TARGET", "").endswith(
+                    ".GetExecutionHistory"):
+                arn = json.loads(_buffer(environ) or b"{}").get("executionArn", "")
+                how = self.mangled.get(arn.rsplit(":", 1)[-1])
+                if how:
+                    return _mangled(app, environ, start_response, how)
+            return app(environ, start_response)
+
+        return middleware
+
+    def _throttle_now(self, service: str) -> bool:
+        with self._lock:
+            n = self.throttled[service]
+            self.throttled[service] = n + 1
+            if n % 10 in THROTTLED_OF_TEN:
+                self.throttle_count[service] += 1
+                return True
+            return False
+
+
+def _buffer(environ: dict) -> bytes:
+    """Read the request body and put it back for moto."""
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
+
+
+def _respond(start_response: Any, status: int, body: bytes, headers: dict[str, str]) -> list[bytes]:
+    reason = {400: "Bad Request", 403: "Forbidden", 429: "Too Many Requests"}.get(status, "OK")
+    start_response(f"{status} {reason}", [*headers.items(), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _error(start_response: Any, service: str, status: int, code: str, extra: dict[str, str]) -> list[bytes]:
+    body = json.dumps({"__type": code, "message": "Rate exceeded"}).encode()
+    headers = {"Content-Type": "application/x-amz-json-1.0", "x-amzn-ErrorType": code, **extra}
+    return _respond(start_response, status, body, headers)
+
+
+def _sts_denied(start_response: Any, role: str) -> list[bytes]:
+    body = ("<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type>"
+            "<Code>AccessDenied</Code><Message>User: arn:aws:iam::111111111111:user/platform-ops is not "
+            f"authorized to perform: sts:AssumeRole on resource: {role}</Message></Error>"
+            "<RequestId>sandbox</RequestId></ErrorResponse>").encode()
+    return _respond(start_response, 403, body, {"Content-Type": "text/xml"})
+
+
+def _mangled(app: Any, environ: dict, start_response: Any, how: str) -> list[bytes]:
+    captured: dict[str, Any] = {}
+
+    def capture(status: str, headers: list, exc_info: Any = None) -> Any:
+        captured.update(status=status, headers=headers)
+        return lambda data: None
+
+    page = json.loads(b"".join(app(environ, capture)) or b"{}")
+    page["events"] = mangle(page.get("events", []), how)
+    body = json.dumps(page).encode()
+    headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
+    start_response(captured["status"], [*headers, ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def mangle(events: list[dict], how: str) -> list[dict]:
+    """What a damaged history looks like: details missing and an event type nobody knows
+    (malformed); failure causes cut short the way Step Functions truncates them at 32 KiB
+    (cause-not-json); a failure whose error and cause are huge (oversized)."""
+    out = []
+    for event in events:
+        event = dict(event)
+        details = [k for k in event if k.endswith("EventDetails")]
+        if how == "malformed":
+            for key in details:
+                if event["id"] % 2 == 0 or "Failed" in key:
+                    event.pop(key)
+            event.pop("previousEventId", None)
+        for key in details:
+            detail = event.get(key)
+            if not isinstance(detail, dict) or "cause" not in detail:
+                continue
+            if how == "cause-not-json":
+                detail = {**detail, "cause": (detail.get("cause") or "{")[:40] + "... [truncated]"}
+            elif how == "oversized":
+                detail = {**detail, "error": "E" * 5000, "cause": json.dumps({"StatusReason": "x " * 40_000})}
+            event[key] = detail
+        out.append(event)
+    if how == "malformed":
+        out.append({"id": len(out) + 1, "type": "SomethingNewFromAws", "timestamp": out[-1]["timestamp"] if out else 0})
+    return out
