@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 smoke: $(STAMP)
-	@PYTHONWARNINGS=ignore $(BIN)/python -m platform_ops.sandbox smoke
+	@PYTHONWARNINGS=ignore $(BIN)/python -m platform_ops.sandbox smoke $(if $(FAULTS),--faults)
 
 bench: $(STAMP)
 	@PYTHONWARNINGS=ignore $(BIN)/python -m platform_ops_tests.bench

@@ -68,7 +68,7 @@ class AwsEnvironmentResource(ResourceWithBoto3Configuration):
     _clients: dict = PrivateAttr(default_factory=dict)
 
     def _retry_config(self) -> Config:
-        return Config(retries={"max_attempts": self.max_attempts, "mode": "adaptive"})
+        return Config(retries={"max_attempts": self.max_attempts, "mode": "standard"})
 
     def _base_session(self) -> boto3.session.Session:
         return boto3.session.Session(
