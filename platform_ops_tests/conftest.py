@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,3 +101,32 @@ def world(sandbox: Sandbox, sandbox_settings: Settings) -> World:
     sandbox.sink.state.reset()
     forget_sessions()  # assumed-role keys minted before the reset are gone with it
     return World(sandbox, sandbox_settings)
+
+
+@dataclass
+class SmokeRun:
+    proc: subprocess.CompletedProcess
+    summary: dict
+    rows: list[dict]  # the fault suite's, one per scenario
+    table: str
+    postgres_url: str | None  # where its Dagster instance lived, if PostgreSQL is installed
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """`make smoke FAULTS=1` once for the session, in its own process, on a Postgres-backed
+    Dagster instance (production's storage) wherever PostgreSQL is installed (.ci/run ensures it)."""
+    from platform_ops_tests import postgres
+
+    report = tmp_path_factory.mktemp("smoke") / "faults.jsonl"
+    cmd = [sys.executable, "-m", "platform_ops.sandbox", "smoke", "--faults", "--faults-report", str(report)]
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(postgres.server()) if postgres.binaries() else None
+        if url:  # the driver dagster-postgres ships (SQLAlchemy 2.1 would pick psycopg 3 for postgresql://)
+            cmd += ["--postgres-url", url.replace("postgresql://", "postgresql+psycopg2://")]
+        proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                              timeout=900)
+        lines = proc.stdout.strip().splitlines()
+        rows = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
+        yield SmokeRun(proc, json.loads(lines[-1]) if lines else {}, rows,
+                       proc.stderr[proc.stderr.find("scenario "):], url)

@@ -100,28 +100,18 @@ def test_the_sandbox_runs_on_the_template_in_both_accounts(world):
             assert "AuditBucket" not in outputs
 
 
-def test_smoke_runs_on_a_postgres_backed_instance():
-    """Production's storage exercised, not only parsed: `make smoke` on dagster-postgres against
-    a real PostgreSQL, and its runs are there afterwards."""
-    import subprocess
-    import sys
-
+def test_smoke_runs_on_a_postgres_backed_instance(smoke_run):
+    """Production's storage exercised, not only parsed: the session's `make smoke` ran on
+    dagster-postgres against a real PostgreSQL, and its runs and ledger are there afterwards."""
     import psycopg2
 
-    from platform_ops_tests import postgres
-
-    if postgres.binaries() is None:
+    if smoke_run.postgres_url is None:
         pytest.skip("PostgreSQL is not installed here (.ci/run installs it)")
-    with postgres.server() as url:
-        # the driver dagster-postgres ships (SQLAlchemy 2.1 would pick psycopg 3 for postgresql://)
-        storage_url = url.replace("postgresql://", "postgresql+psycopg2://")
-        proc = subprocess.run([sys.executable, "-m", "platform_ops.sandbox", "smoke", "--postgres-url", storage_url],
-                              cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        summary = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert summary["runs_failed"] == 0 and summary["promotions"] == 1
-        with psycopg2.connect(url) as conn, conn.cursor() as cur:
-            cur.execute("select status, count(*) from runs group by status")
-            assert dict(cur.fetchall()) == {"SUCCESS": summary["runs"]}
-            cur.execute("select count(*) from kvs where key like 'platform_ops/alerts/%'")
-            assert cur.fetchone()[0] >= summary["failed_executions_alerted"]  # the alert ledger lives there too
+    summary = smoke_run.summary
+    assert smoke_run.proc.returncode == 0, smoke_run.proc.stderr[-3000:]
+    assert summary["runs_failed"] == 0 and summary["promotions"] == 1
+    with psycopg2.connect(smoke_run.postgres_url) as conn, conn.cursor() as cur:
+        cur.execute("select status, count(*) from runs group by status")
+        assert dict(cur.fetchall()) == {"SUCCESS": summary["runs"]}
+        cur.execute("select count(*) from kvs where key like 'platform_ops/alerts/%'")
+        assert cur.fetchone()[0] >= summary["failed_executions_alerted"]  # the alert ledger lives there too

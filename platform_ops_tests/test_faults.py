@@ -1,27 +1,15 @@
 """The fault suite, as `make smoke --faults` runs it: one subprocess, one table of figures, every
 figure exact. A scenario that fails shows its row and why."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from platform_ops.sandbox.faults import SCENARIOS
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory):
-    report = tmp_path_factory.mktemp("faults") / "faults.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "platform_ops.sandbox", "smoke", "--faults", "--faults-report",
-                           str(report)], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    table = proc.stderr[proc.stderr.find("scenario "):]
-    print(table)  # pytest -s shows the figures
-    rows = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
-    return proc, json.loads(proc.stdout.strip().splitlines()[-1]), rows, table
+@pytest.fixture
+def suite(smoke_run):
+    print(smoke_run.table)  # pytest -s shows the figures
+    return smoke_run.proc, smoke_run.summary, smoke_run.rows, smoke_run.table
 
 
 def test_smoke_prints_one_json_line_with_the_fault_figures(suite):
