@@ -167,7 +167,7 @@ def test_jobs_can_be_left_in_every_in_flight_state(world):
 
 def test_a_task_can_run_for_a_while_before_it_fails(world):
     """Tasks take time: with after_seconds the job is RUNNING first, then ends as the fault says."""
-    world.fault(fault="exit_1", remaining=1, after_seconds=0.5)
+    world.fault(fault="exit_1", remaining=1, after_seconds=5)  # time enough to see it RUNNING on a busy machine
     [job] = world.submit()
     assert world.describe("staging", [job])[job]["status"] == "RUNNING"
     deadline = time.monotonic() + 20
