@@ -301,8 +301,7 @@ def scenario_starting_before_cancel(box: FaultBox, daemon: Daemon) -> Figures:
     moto_internals.set_job_status(env.account_id, env.region, placed, "STARTING")
     daemon.launch(request, job)
     figures = box.count("job moves to STARTING before the cancel", load)
-    status = box.cancelled("staging", {placed})
-    if status:
+    if box.cancelled("staging", {placed}):
         figures.problems.append("the STARTING job was cancelled")
     return figures
 
@@ -389,10 +388,9 @@ SCENARIOS: list[tuple[Callable[[FaultBox, Daemon], Figures], Callable[[Any], Any
 def scan(box: FaultBox) -> Figures:
     """The credentials the product held during the suite, looked for in everything it wrote."""
     figures = Figures("no secret in logs, run metadata or messages")
-    wanted = {v for v in (os.environ.get(k) for k in SCAN_ENV) if v and len(v) >= 12} | box.secrets
-    wanted.discard(None)
+    wanted = {v for v in (os.environ.get(k) for k in SCAN_ENV) if v and len(v) >= 12} | {s for s in box.secrets if s}
     text = "\n".join(box.transcript)
-    for secret in sorted(s for s in wanted if s):
+    for secret in sorted(wanted):
         hits = text.count(secret)
         if hits:
             figures.problems.append(f"a credential ({secret[:4]}…) appears {hits} times")
