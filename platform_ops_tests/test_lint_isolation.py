@@ -1,0 +1,226 @@
+"""Hostile staging code meets the promotion lint: every attempt fails or is cut off, the check
+reports a clean failure, nothing secret comes back, the run process is unharmed.
+
+The lint runs in a child process started with secrets in its environment, as the ECS run
+launcher starts a run, so /proc/<pid>/environ of the process that holds them is a real target.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from platform_ops.promotion.lint import lint_package
+from platform_ops.redaction import REDACTED
+from platform_ops.sandbox import flows
+
+SECRET_TOKEN = "xoxb-11111111-planted-slack-token-for-the-lint-test"
+SECRET_KEY = "planted/secret/AccessKey+for+the+lint+test0"
+GOOD_SOURCE = (flows.HERE / flows.FLOW_FILE).read_text()
+RUNNER = """
+import io, json, os, sys, tarfile
+from platform_ops.promotion.lint import lint_package
+source = open(sys.argv[1]).read().replace("__RUN_PID__", str(os.getpid())).encode()
+raw = io.BytesIO()
+with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+    info = tarfile.TarInfo("demoflow.py")
+    info.size = len(source)
+    tar.addfile(info, io.BytesIO(source))
+result = lint_package(raw.getvalue(), "demoflow.py", int(sys.argv[2]), isolation=sys.argv[3])
+print(json.dumps({"passed": result.passed, "detail": result.detail, "pid": os.getpid()}))
+"""
+
+
+def package(source: str) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        info = tarfile.TarInfo("demoflow.py")
+        info.size = len(source.encode())
+        tar.addfile(info, io.BytesIO(source.encode()))
+    return raw.getvalue()
+
+
+def hostile(body: str) -> str:
+    """A flow file that attacks at import time (as `check` imports it), then exits non-zero."""
+    return "import os, socket, sys, time\n" + textwrap.dedent(body) + "\nsys.exit(3)\n"
+
+
+def lint_in_a_run_process(tmp_path: Path, source: str, timeout: int = 120, isolation: str = "namespaces",
+                          wrap: list[str] | None = None) -> dict:
+    """lint_package in a fresh process whose exec-time environment holds the secrets; a planted
+    ~/.aws/credentials too."""
+    home = tmp_path / "home"
+    (home / ".aws").mkdir(parents=True, exist_ok=True)
+    (home / ".aws" / "credentials").write_text(f"[default]\naws_secret_access_key = {SECRET_KEY}\n")
+    flow_file = tmp_path / "demoflow.py"
+    flow_file.write_text(source)  # __RUN_PID__ becomes the run process's pid
+    env = {**os.environ, "HOME": str(home), "SLACK_BOT_TOKEN": SECRET_TOKEN, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    proc = subprocess.run([*(wrap or []), sys.executable, "-c", RUNNER, str(flow_file), str(timeout), isolation],
+                          env=env, capture_output=True, text=True, timeout=timeout + 300)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # the run process itself is unharmed
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+READS = """
+def attempt(name, fn):
+    try:
+        print(f"LEAKED {name}: {fn()!r}"[:400])
+    except Exception as exc:
+        print(f"BLOCKED {name}: {type(exc).__name__}")
+
+attempt("run process environ", lambda: open(f"/proc/{RUN_PID}/environ").read())
+attempt("parent environ", lambda: open(f"/proc/{os.getppid()}/environ").read())
+attempt("init environ", lambda: open("/proc/1/environ").read())
+attempt("aws credentials", lambda: open(CREDENTIALS).read())
+attempt("home aws credentials", lambda: open(os.path.expanduser("~/.aws/credentials")).read())
+attempt("aws endpoint", lambda: socket.create_connection(ENDPOINT, timeout=5).getpeername())
+attempt("instance metadata", lambda: socket.create_connection(("169.254.169.254", 80), timeout=5).getpeername())
+attempt("task credentials", lambda: socket.create_connection(("169.254.170.2", 80), timeout=5).getpeername())
+"""
+
+
+def reads_source(sandbox, tmp_path: Path) -> str:
+    port = int(sandbox.endpoint.rsplit(":", 1)[1])
+    prelude = (f"ENDPOINT = ('127.0.0.1', {port})\nCREDENTIALS = {str(tmp_path / 'home/.aws/credentials')!r}\n"
+               "RUN_PID = __RUN_PID__\n")
+    return hostile(prelude + READS)
+
+
+def attempts(detail: str) -> dict[str, str]:
+    """{attempt: "LEAKED" | "BLOCKED"} from what the hostile code printed."""
+    return {m[2]: m[1] for m in re.finditer(r"\b(LEAKED|BLOCKED) ([a-z ]+):", detail)}
+
+
+def test_reads_and_connections_are_all_blocked(sandbox, tmp_path):
+    result = lint_in_a_run_process(tmp_path, reads_source(sandbox, tmp_path))
+    assert not result["passed"] and "failed (exit 3)" in result["detail"], result["detail"]
+    seen = attempts(result["detail"])
+    assert set(seen) == {"run process environ", "parent environ", "init environ", "aws credentials",
+                         "home aws credentials", "aws endpoint", "instance metadata", "task credentials"}, result["detail"]
+    assert set(seen.values()) == {"BLOCKED"}, result["detail"]
+    assert SECRET_TOKEN not in result["detail"] and SECRET_KEY not in result["detail"]
+
+
+def test_without_isolation_the_same_code_reaches_the_endpoint_and_redaction_is_the_last_line(sandbox, tmp_path):
+    """The contrast that shows the test above can fail: `none` reaches the network and the files;
+    what it stole is redacted before anything is returned (and the result says it was unsafe)."""
+    result = lint_in_a_run_process(tmp_path, reads_source(sandbox, tmp_path), isolation="none")
+    seen = attempts(result["detail"])
+    assert seen["aws endpoint"] == "LEAKED" and seen["aws credentials"] == "LEAKED", result["detail"]
+    assert seen["run process environ"] == "LEAKED", result["detail"]
+    assert "UNSAFE" in result["detail"] and REDACTED in result["detail"]
+    assert SECRET_TOKEN not in result["detail"] and SECRET_KEY not in result["detail"]
+
+
+def test_a_fork_bomb_is_bounded_and_leaves_nothing_behind(tmp_path):
+    result = lint_in_a_run_process(tmp_path, hostile("""
+        forked = 0
+        try:
+            for _ in range(2000):
+                if os.fork() == 0:
+                    time.sleep(600)
+                    os._exit(0)
+                forked += 1
+        except OSError as exc:
+            print(f"FORKS STOPPED at {forked}: {type(exc).__name__}")
+        """))
+    assert not result["passed"], result["detail"]
+    stopped = [line for line in result["detail"].splitlines() if "FORKS STOPPED at" in line]
+    assert stopped and int(stopped[0].split("at ")[1].split(":")[0]) < 2000, result["detail"]
+    # The namespace died with the check: no sleeping child of the bomb survives it.
+    assert wait_for(lambda: not processes_of(65534)), processes_of(65534)
+
+
+def test_a_huge_file_and_endless_output_are_cut_off(tmp_path):
+    big = lint_in_a_run_process(tmp_path, hostile("""
+        with open("/tmp/huge", "wb") as f:
+            for _ in range(4096):
+                f.write(b"x" * (1 << 20))
+        print("WROTE 4 GiB")
+        """))
+    # RLIMIT_FSIZE: Python ignores SIGXFSZ, so the write fails with EFBIG and the check exits
+    assert not big["passed"] and "File too large" in big["detail"] and "WROTE" not in big["detail"], big["detail"]
+    endless = lint_in_a_run_process(tmp_path, hostile("""
+        while True:
+            sys.stdout.write("y" * 4096)
+        """))
+    assert not endless["passed"] and "wrote more than 32 MiB of output" in endless["detail"], endless["detail"][:300]
+    assert len(endless["detail"]) < 2000  # only the tail comes back
+
+
+def test_memory_is_capped(tmp_path):
+    result = lint_in_a_run_process(tmp_path, hostile("""
+        try:
+            hog = bytearray(8 << 30)
+            print("ALLOCATED 8 GiB")
+        except MemoryError:
+            print("MEMORY REFUSED")
+        """))
+    assert not result["passed"] and "MEMORY REFUSED" in result["detail"], result["detail"]
+
+
+def test_code_that_never_ends_is_stopped_at_the_deadline(tmp_path):
+    result = lint_in_a_run_process(tmp_path, hostile("time.sleep(10 ** 6)"), timeout=10)
+    assert not result["passed"] and "did not finish in 10 s" in result["detail"], result["detail"]
+    assert wait_for(lambda: not processes_of(65534)), processes_of(65534)
+
+
+def test_a_well_behaved_package_passes_through_the_same_isolation():
+    result = lint_package(package(GOOD_SOURCE), "demoflow.py", 300)
+    assert result.passed, result.detail
+    assert "graph looks good" in result.detail and "Pylint is happy" in result.detail and "UNSAFE" not in result.detail
+
+
+def test_a_graph_error_is_still_caught():
+    broken = GOOD_SOURCE.replace("self.next(self.join)", "self.next(self.end)")
+    result = lint_package(package(broken), "demoflow.py", 300)
+    assert not result.passed and "failed" in result.detail, result.detail
+
+
+def test_a_host_without_bwrap_fails_closed(monkeypatch, tmp_path):
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    result = lint_package(package(GOOD_SOURCE), "demoflow.py", 60)
+    assert not result.passed and "bubblewrap (`bwrap`) is not installed" in result.detail
+    assert "promotion.lint_isolation" in result.detail
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs to create the refusing user namespace as root")
+def test_a_host_that_refuses_user_namespaces_fails_closed(tmp_path):
+    """As in a container under Docker's default seccomp profile: no new user namespace."""
+    refuse = ["unshare", "--user", "--map-root-user", "sh", "-c",
+              'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"', "refuse"]
+    result = lint_in_a_run_process(tmp_path, GOOD_SOURCE, wrap=refuse)
+    assert not result["passed"], result["detail"]
+    assert result["detail"].startswith("cannot isolate the lint on this host: "), result["detail"]
+    assert "promotion.lint_isolation: none" in result["detail"]
+
+
+def processes_of(uid: int) -> list[str]:
+    found = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and p.stat().st_uid == uid:
+                found.append((p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
+    return found
+
+
+def wait_for(condition, deadline_seconds: float = 60) -> bool:
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
