@@ -4,25 +4,32 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test smoke bench clean
+.PHONY: install system-packages demo test smoke bench clean
+
+# bubblewrap isolates the promotion lint (staging code); without it the lint fails closed.
+system-packages:
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }; }; } || \
+	  echo "note: bubblewrap (bwrap) is not installed and could not be: promotion lints will fail closed (README: Promotion)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -qq --disable-pip-version-check -e '.[sandbox,promotion,test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) system-packages
 
-demo: $(STAMP)
+demo: $(STAMP) system-packages
 	PYTHONWARNINGS=ignore $(BIN)/python -m platform_ops.sandbox demo
 
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q
 
-smoke: $(STAMP)
+smoke: $(STAMP) system-packages
 	@PYTHONWARNINGS=ignore $(BIN)/python -m platform_ops.sandbox smoke $(if $(FAULTS),--faults)
 
-bench: $(STAMP)
+bench: $(STAMP) system-packages
 	@PYTHONWARNINGS=ignore $(BIN)/python -m platform_ops_tests.bench
 
 clean:
