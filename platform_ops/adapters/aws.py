@@ -21,6 +21,8 @@ from botocore.credentials import DeferredRefreshableCredentials
 from dagster_aws.utils import ResourceWithBoto3Configuration
 from pydantic import PrivateAttr
 
+from platform_ops.redaction import remember
+
 _listeners: list[Counter] = []
 _listeners_lock = threading.Lock()
 # Sessions outlive one sensor tick or run in the same process: no AssumeRole per tick, and the
@@ -93,6 +95,7 @@ class AwsEnvironmentResource(ResourceWithBoto3Configuration):
                 if self.role_external_id:
                     kwargs["ExternalId"] = self.role_external_id
                 creds = sts.assume_role(**kwargs)["Credentials"]
+                remember(creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"])
                 return {
                     "access_key": creds["AccessKeyId"],
                     "secret_key": creds["SecretAccessKey"],

@@ -8,6 +8,7 @@ from typing import Any
 
 from platform_ops.adapters.aws import aws_errors, pages
 from platform_ops.observations import BatchJob, CancelResult
+from platform_ops.redaction import redact, redact_data
 
 DESCRIBE_CHUNK = 100  # DescribeJobs takes at most 100 ids
 CANCEL_CHUNK = 50  # CancelJobs takes at most 50 ids
@@ -39,13 +40,13 @@ def job_from_api(item: dict[str, Any], queue: str = "") -> BatchJob:
         status=item.get("status", ""),
         created_at=_ts(item["createdAt"]),
         queue=_queue_name(item.get("jobQueue", queue)),
-        status_reason=item.get("statusReason", ""),
+        status_reason=redact(item.get("statusReason", "")),  # CancelJob/TerminateJob callers write it
         job_definition=_definition_name(item.get("jobDefinition", "")),
         started_at=_ts(item.get("startedAt")),
         stopped_at=_ts(item.get("stoppedAt")),
         last_attempt_stopped_at=last_stop,
         attempts=len(attempts or []),
-        tags=dict(item.get("tags") or {}),
+        tags=redact_data(dict(item.get("tags") or {})),
         parameters=dict(item.get("parameters") or {}),
         detailed="attempts" in item,
     )

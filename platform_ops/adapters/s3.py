@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from platform_ops.adapters.aws import AwsError, aws_errors, pages
+from platform_ops.redaction import redact_data
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -38,7 +39,9 @@ def put_once(client: Any, bucket: str, key: str, body: bytes, content_type: str 
 
 
 def put_new_json(client: Any, bucket: str, key: str, record: dict) -> None:
-    put_once(client, bucket, key, json.dumps(record, indent=1, sort_keys=True).encode(), "application/json")
+    """A write-once JSON record, redacted: it can never be corrected or deleted afterwards."""
+    put_once(client, bucket, key, json.dumps(redact_data(record), indent=1, sort_keys=True).encode(),
+             "application/json")
 
 
 def copy_content_addressed(blob: bytes, client: Any, url: str) -> bool:

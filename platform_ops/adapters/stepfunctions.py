@@ -8,6 +8,7 @@ from typing import Any
 
 from platform_ops.adapters.aws import AwsError, aws_errors, pages
 from platform_ops.observations import Execution, StateMachine, StateMachineVersion
+from platform_ops.redaction import redact, redact_data
 
 HISTORY_PAGE = 1000  # GetExecutionHistory's maximum
 LIST_PAGE = 1000
@@ -25,7 +26,7 @@ def execution_from_api(item: dict[str, Any]) -> Execution:
     return Execution(
         arn=item["executionArn"], name=item["name"], state_machine_arn=item["stateMachineArn"],
         status=item["status"], started_at=item["startDate"], stopped_at=item.get("stopDate"),
-        error=item.get("error", ""), cause=item.get("cause", ""),
+        error=redact(item.get("error", "")), cause=redact(item.get("cause", "")),
     )
 
 
@@ -49,8 +50,10 @@ def describe_execution(client: Any, arn: str) -> Execution:
 
 
 def execution_history(client: Any, arn: str) -> list[dict[str, Any]]:
-    """Every event, oldest first, 1000 a page."""
-    return [event for page in pages(client.get_execution_history, executionArn=arn, maxResults=HISTORY_PAGE)
+    """Every event, oldest first, 1000 a page; every string in them (causes, inputs, outputs: staging
+    code writes them) redacted."""
+    return [redact_data(event) for page in pages(client.get_execution_history, executionArn=arn,
+                                                 maxResults=HISTORY_PAGE)
             for event in page.get("events", [])]
 
 
