@@ -48,6 +48,7 @@ class ReaperSettings:
     protect_tag: str = "platform-ops:protect"
     interval_seconds: int = 60
     reconcile_interval_seconds: int = 600
+    watch_max_age_hours: int = 72  # RUNNABLE watch entries older than this are dropped (lost events)
 
     def threshold_minutes(self, queue: str) -> int:
         return self.queue_thresholds_minutes.get(queue, self.runnable_threshold_minutes)
@@ -139,7 +140,7 @@ class Settings:
     promotion: PromotionSettings | None = None
     metaflow_ui_url: str = "https://metaflow.example.com"
     sensors_running: bool = False
-    dagster_url: str = "http://127.0.0.1:3000"
+    dagster_url: str = ""  # required in the file (dagster.url): no localhost default leaks into production links
 
 
 class _Reader:
@@ -276,6 +277,23 @@ def _is_regex(v: Any) -> bool:
     return True
 
 
+def _check_watch_age(reaper: ReaperSettings) -> None:
+    """A watch that forgets jobs before they are due would never reap them by event."""
+    longest = max([reaper.runnable_threshold_minutes, *reaper.queue_thresholds_minutes.values()])
+    if reaper.watch_max_age_hours * 60 <= longest:
+        raise SettingsError(f"reaper.watch_max_age_hours: must be longer than the longest RUNNABLE threshold "
+                            f"({longest} minutes), got {reaper.watch_max_age_hours}")
+
+
+def _dagster_url(d: _Reader) -> str:
+    """Required, with no default: a forgotten key would put localhost links in every Slack message."""
+    if "url" not in d.data:
+        raise SettingsError("dagster.url: required key is missing: the Dagster UI's base URL, e.g. "
+                            "https://dagster.example.com (links in Slack messages point there)")
+    return d.get("url", check=lambda v: isinstance(v, str) and bool(re.match(r"^https?://[^/\s]+", v)),
+                 expect="an http(s) URL, e.g. https://dagster.example.com").rstrip("/")
+
+
 def parse_settings(data: Any) -> Settings:
     root = _Reader(data, "")
     envs_reader = root.sub("environments", required=True)
@@ -301,7 +319,9 @@ def parse_settings(data: Any) -> Settings:
         interval_seconds=r.get("interval_seconds", 60, check=_is_int(5), expect="an integer >= 5"),
         reconcile_interval_seconds=r.get("reconcile_interval_seconds", 600, check=_is_int(5),
                                          expect="an integer >= 5"),
+        watch_max_age_hours=r.get("watch_max_age_hours", 72, check=_is_int(1), expect="an integer >= 1"),
     )
+    _check_watch_age(reaper)
     r.done()
 
     a = root.sub("alerts")
@@ -370,7 +390,7 @@ def parse_settings(data: Any) -> Settings:
 
     d = root.sub("dagster")
     sensors_running = d.get("sensors_running", False, check=lambda v: isinstance(v, bool), expect="true or false")
-    dagster_url = d.get("url", "http://127.0.0.1:3000", check=_is_str, expect="a URL").rstrip("/")
+    dagster_url = _dagster_url(d)
     d.done()
     root.done()
     return Settings(environments, reaper, slack, alerts, metrics, promotion, ui_url, sensors_running, dagster_url)

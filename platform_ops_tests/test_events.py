@@ -176,3 +176,75 @@ def test_stuck_jobs_arrive_by_event_and_are_reaped_once(world):
         assert [watch[i]["status"] for i in stuck] == ["FAILED"] * 3
         assert watch[young[0]]["status"] == watch[retried[0]]["status"] == "RUNNABLE"
         assert watch[placed[0]]["status"] == "STARTING"
+
+
+def lose_events(world):
+    """What EventBridge or SQS never delivered: every message now visible in the queue is taken
+    and deleted here, so the sensor never sees it."""
+    sqs = world.resources()["aws_production"].client("sqs")
+    url = sqs.get_queue_url(QueueName="platform-ops-events")["QueueUrl"]
+    lost = 0
+    while True:
+        batch = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", [])
+        if not batch:
+            return lost
+        sqs.delete_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                                                        for i, m in enumerate(batch)])
+        lost += len(batch)
+
+
+def reaped_ids(result):
+    return sorted(i for r in result.run_requests if r.job_name == "reap_stuck_jobs"
+                  for i in r.run_config["ops"]["reap"]["config"]["job_ids"])
+
+
+def test_a_reap_run_takes_jobs_whose_terminal_event_was_lost_off_the_watch(world):
+    """Two watched jobs move on (one is placed, one is cancelled by the run) and neither event
+    arrives: the run's own describes settle the watch, so the next tick requests nothing."""
+    placed, stuck = world.stuck("production", count=2)
+    defs = build_defs(event_settings(world))
+    with dg.instance_for_test() as instance:
+        first = tick(defs, instance, "aws_events_sensor")
+        [request] = first.run_requests
+        assert reaped_ids(first) == sorted([placed, stuck])
+        world.set_status("production", placed, "STARTING")
+        assert lose_events(world) >= 1
+        result = defs.resolve_job_def("reap_stuck_jobs").execute_in_process(
+            run_config=request.run_config, instance=instance, tags=request.tags)
+        assert result.output_for_node("reap")["cancelled"] == 1
+        assert world.describe("production", [stuck])[stuck]["status"] == "FAILED"
+        assert lose_events(world) >= 1  # the cancel's FAILED event never arrives either
+        second = tick(defs, instance, "aws_events_sensor", first.cursor)
+        assert not second.run_requests, second.skip_reason
+
+
+def test_a_reconciling_listing_takes_jobs_whose_terminal_event_was_lost_off_the_watch(world):
+    """Without the placed job's STARTING event the watch keeps asking for it; the reconciling
+    listing does not show it and it leaves the watch, while the job still stuck stays."""
+    placed, stuck = world.stuck("production", count=2)
+    defs = build_defs(event_settings(world))
+    with dg.instance_for_test() as instance:
+        first = tick(defs, instance, "aws_events_sensor")
+        world.set_status("production", placed, "STARTING")
+        assert lose_events(world) >= 1
+        second = tick(defs, instance, "aws_events_sensor", first.cursor)
+        assert reaped_ids(second) == sorted([placed, stuck])  # the lost event: still due
+        polled = tick(defs, instance, "stuck_jobs_sensor")  # no cursor: production is reconciled now
+        assert reaped_ids(polled) == [stuck]
+        third = tick(defs, instance, "aws_events_sensor", second.cursor)
+        assert reaped_ids(third) == [stuck]
+
+
+def test_watch_entries_past_the_age_bound_are_dropped(world):
+    """A job RUNNABLE longer than reaper.watch_max_age_hours (its terminal event lost long ago,
+    say) is not requested from the watch; the listing still finds a job that is really there."""
+    settings = event_settings(world)
+    settings = dataclasses.replace(settings, reaper=dataclasses.replace(settings.reaper, watch_max_age_hours=3))
+    [recent] = world.stuck("production", count=1, minutes=150)
+    [ancient] = world.stuck("production", count=1, minutes=4 * 60)
+    defs = build_defs(settings)
+    with dg.instance_for_test() as instance:
+        first = tick(defs, instance, "aws_events_sensor")
+        assert reaped_ids(first) == [recent]
+        assert sorted(reaped_ids(tick(defs, instance, "stuck_jobs_sensor"))) == sorted([ancient, recent])
+        assert reaped_ids(tick(defs, instance, "aws_events_sensor", first.cursor)) == [recent]

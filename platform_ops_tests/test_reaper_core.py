@@ -167,3 +167,38 @@ def test_report_for_a_dry_run_says_nothing_was_cancelled():
     msg = core.report("production", "ml-production", policy, plan, core.verify(plan, None, {}))
     assert msg.text.startswith("Reaper: Would cancel 1 stuck job in production / ml-production")
     assert "Dry run: nothing was cancelled." in msg.blocks[1]["text"]["text"]
+
+
+def at(minutes_ago):
+    return NOW - timedelta(minutes=minutes_ago)
+
+
+def test_a_describe_settles_the_watch_so_a_lost_terminal_event_cannot_keep_a_job_due():
+    watch = {i: ("ml-staging", at(300)) for i in ("gone", "started", "cancelled", "retried", "unchecked")}
+    watch["newer"] = ("ml-staging", at(1))  # re-entered RUNNABLE (a later event) after the describe below
+    assert core.due(watch, lambda q: POLICY.threshold, NOW) == {
+        "ml-staging": ["cancelled", "gone", "retried", "started", "unchecked"]}  # without settling: due forever
+    found = jobs(detail("started", 300, status="STARTING", reason=""),
+                 detail("cancelled", 300, status="FAILED", reason="platform-ops reaper: RUNNABLE for 5h0m > 2h0m"),
+                 detail("retried", 300, attempts=[{"startedAt": MS(at(40)), "stoppedAt": MS(at(30))}]),
+                 detail("newer", 300, status="STARTING", reason=""))
+    settled = core.settle(watch, ["gone", "started", "cancelled", "retried", "newer"], found, at(5))
+    assert settled == {"retried": ("ml-staging", at(30)),  # still RUNNABLE, since its last attempt stopped
+                       "unchecked": ("ml-staging", at(300)), "newer": ("ml-staging", at(1))}
+    assert core.due(settled, lambda q: POLICY.threshold, NOW) == {"ml-staging": ["unchecked"]}
+    assert core.settle({}, ["gone"], {}, NOW) == {}
+
+
+def test_a_listing_reconciles_its_own_queue_and_only_what_entered_runnable_before_it_began():
+    watch = {"listed": ("ml-staging", at(300)), "moved-on": ("ml-staging", at(300)),
+             "just-arrived": ("ml-staging", at(1)), "gpu": ("ml-gpu", at(300))}
+    assert core.reconcile(watch, "ml-staging", ["listed", "never-watched"], at(2)) == {
+        "listed": ("ml-staging", at(300)), "just-arrived": ("ml-staging", at(1)), "gpu": ("ml-gpu", at(300))}
+    assert core.reconcile(watch, "ml-gpu", [], NOW) == {k: v for k, v in watch.items() if k != "gpu"}
+
+
+def test_entries_older_than_the_bound_leave_the_watch():
+    watch = {"fresh": ("ml-staging", at(150)), "edge": ("ml-staging", at(72 * 60)),
+             "ancient": ("ml-staging", at(72 * 60 + 1))}
+    assert core.expire(watch, NOW, timedelta(hours=72)) == {"fresh": ("ml-staging", at(150)),
+                                                            "edge": ("ml-staging", at(72 * 60))}

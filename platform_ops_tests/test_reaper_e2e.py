@@ -17,8 +17,8 @@ def settings_with(world, **reaper):
 
 def tick(defs, resources=None, instance=None):
     sensor = defs.resolve_sensor_def("stuck_jobs_sensor")
-    with dg.build_sensor_context(instance=instance, resources=resources or defs.resources,
-                                 sensor_name="stuck_jobs_sensor") as ctx:
+    with dg.build_sensor_context(instance=instance or dg.DagsterInstance.ephemeral(),  # the watch lives there
+                                 resources=resources or defs.resources, sensor_name="stuck_jobs_sensor") as ctx:
         return sensor.evaluate_tick(ctx)
 
 

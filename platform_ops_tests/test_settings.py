@@ -20,6 +20,7 @@ environments:
 reaper: {runnable_threshold_minutes: 120, queue_thresholds_minutes: {}, dry_run: false, max_cancels_per_run: 50, protect_tag: "platform-ops:protect"}
 slack: {channel: "#ml-platform-alerts", owners: {alice: U0ALICE}}
 metaflow: {ui_url: "https://metaflow.example.com"}
+dagster: {url: "https://dagster.example.com/"}
 """)
 
 
@@ -33,6 +34,8 @@ def test_the_contract_from_the_issue_parses():
     assert s.reaper.threshold_minutes("ml-staging") == 120
     assert s.slack.owners == {"alice": "U0ALICE"}
     assert s.sensors_running is False  # production example leaves sensors stopped
+    assert s.dagster_url == "https://dagster.example.com"
+    assert s.reaper.watch_max_age_hours == 72
 
 
 def test_queue_threshold_overrides_the_default():
@@ -66,6 +69,12 @@ def _set(data, dotted, value):
     ("reaper.queue_thresholds_minutes", {"ml-gpu": -5}, "reaper.queue_thresholds_minutes: expected a mapping"),
     ("slack.owners", ["alice"], "slack.owners: expected a mapping"),
     ("slack.chanel", "#x", "slack.chanel: unknown key"),
+    ("reaper.watch_max_age_hours", 0, "reaper.watch_max_age_hours: expected an integer >= 1, got 0"),
+    ("reaper.watch_max_age_hours", 2, "reaper.watch_max_age_hours: must be longer than the longest RUNNABLE "
+                                      "threshold (120 minutes), got 2"),
+    ("dagster.url", KeyError, "dagster.url: required key is missing: the Dagster UI's base URL"),
+    ("dagster.url", "dagster.example.com", "dagster.url: expected an http(s) URL"),
+    ("dagster", KeyError, "dagster.url: required key is missing"),
 ])
 def test_a_bad_value_names_the_key(key, value, expected):
     data = copy.deepcopy(CONTRACT)
@@ -87,10 +96,21 @@ def test_load_settings_says_what_is_missing(tmp_path, monkeypatch):
         load_settings(bad)
 
 
+def test_a_queue_threshold_longer_than_the_watch_bound_is_refused():
+    """The watch would forget an ml-gpu job before it is due: refused, naming the threshold."""
+    data = copy.deepcopy(CONTRACT)
+    data["reaper"].update(queue_thresholds_minutes={"ml-gpu": 5000}, watch_max_age_hours=72)
+    with pytest.raises(SettingsError, match=r"longest RUNNABLE threshold \(5000 minutes\), got 72"):
+        parse_settings(data)
+    data["reaper"]["watch_max_age_hours"] = 84
+    assert parse_settings(data).reaper.watch_max_age_hours == 84
+
+
 @pytest.mark.parametrize("path", [SANDBOX_SETTINGS, ROOT / "settings.example.yaml"])
 def test_shipped_settings_files_are_valid(path):
     s = load_settings(path)
     assert set(s.environments) == {"staging", "production"}
+    assert s.dagster_url.startswith("http") and s.reaper.watch_max_age_hours == 72  # dagster.url has no default
 
 
 def test_definitions_fail_to_load_naming_the_key(tmp_path):

@@ -115,6 +115,41 @@ def due(watch: Mapping[str, tuple[str, datetime]], threshold: Callable[[str], ti
     return {queue: [job_id for _, job_id in sorted(jobs)] for queue, jobs in sorted(by_queue.items())}
 
 
+def settle(watch: Mapping[str, tuple[str, datetime]], checked: Iterable[str], found: Mapping[str, BatchJob],
+           observed_at: datetime) -> dict[str, tuple[str, datetime]]:
+    """The watch after DescribeJobs of `checked` (sent at `observed_at`, e.g. by a reap run): a job
+    Batch no longer knows or that left RUNNABLE goes, so a lost terminal event cannot keep it due;
+    one still RUNNABLE keeps the later RUNNABLE-since of both. An entry newer than the describe
+    (a later event) is not the job the describe saw, and stays."""
+    result = dict(watch)
+    for job_id in checked:
+        if job_id not in result or result[job_id][1] > observed_at:
+            continue
+        queue, since = result[job_id]
+        job = found.get(job_id)
+        if job is None or job.status != RUNNABLE:
+            del result[job_id]
+        else:
+            result[job_id] = (queue, max(since, runnable_since(job)))
+    return result
+
+
+def reconcile(watch: Mapping[str, tuple[str, datetime]], queue: str, listed: Iterable[str],
+              listed_at: datetime) -> dict[str, tuple[str, datetime]]:
+    """The watch after a complete RUNNABLE listing of `queue` begun at `listed_at`: the queue's jobs
+    it did not show have moved on or are gone, unless they entered RUNNABLE after it began."""
+    shown = set(listed)
+    return {job_id: (q, since) for job_id, (q, since) in watch.items()
+            if q != queue or job_id in shown or since >= listed_at}
+
+
+def expire(watch: Mapping[str, tuple[str, datetime]], now: datetime,
+           max_age: timedelta) -> dict[str, tuple[str, datetime]]:
+    """Entries RUNNABLE for longer than `max_age` go: the bound on what lost events and missed
+    reconciliations can leave behind (the listing still finds a job that really is there)."""
+    return {job_id: (queue, since) for job_id, (queue, since) in watch.items() if now - since <= max_age}
+
+
 # statusReason category -> (what it means, what to do)
 REASON_HINTS: dict[str, tuple[str, str]] = {
     "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT": (

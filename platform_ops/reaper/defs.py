@@ -8,6 +8,7 @@ events sensor tracks RUNNABLE jobs from "Batch Job State Change" events
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -17,7 +18,7 @@ from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError, count_ca
 from platform_ops.adapters.ledger import Ledger
 from platform_ops.adapters.slack import SlackError
 from platform_ops.metadata import table as metadata_table
-from platform_ops.observations import CancelResult
+from platform_ops.observations import BatchJob, CancelResult
 from platform_ops.reaper import core
 from platform_ops.resources import aws_resource_key, dagster_run_url
 from platform_ops.settings import EnvironmentSettings, Settings
@@ -60,15 +61,49 @@ def requests_from_job_events(settings: Settings, instance: dg.DagsterInstance, e
     """Fold "Batch Job State Change" events into the environment's RUNNABLE watch (kept in the
     instance, so a lost cursor or a restart keeps it) and request a reap of what is due."""
     changes, _ = core.job_changes_from_events(bodies)
-    ledger, key = Ledger(instance, "reaper"), f"runnable/{env.name}"
+    max_age = timedelta(hours=settings.reaper.watch_max_age_hours)
+    watch = update_watch(instance, env.name,
+                         lambda w: core.expire(core.track_runnable(w, changes, env.job_queues), now, max_age))
+    due = core.due(watch, lambda queue: _policy(settings, queue).threshold, now)
+    return [reap_request(env.name, queue, ids) for queue, ids in due.items()]
+
+
+def update_watch(instance: dg.DagsterInstance, environment: str,
+                 change: Callable[[dict[str, tuple[str, datetime]]], dict[str, tuple[str, datetime]]]
+                 ) -> dict[str, tuple[str, datetime]]:
+    """Read the environment's RUNNABLE watch, apply `change` (a pure core function), store the
+    result if it differs. Read and write sit together to keep the window for a concurrent writer
+    small; an update lost to one is redone by the next reconciliation, and the age bound caps it."""
+    ledger, key = Ledger(instance, "reaper"), f"runnable/{environment}"
     stored = (ledger.get(key) or {}).get("jobs", {})
     before = {job_id: (queue, datetime.fromtimestamp(ms / 1000, tz=timezone.utc))
               for job_id, (queue, ms) in stored.items()}
-    watch = core.track_runnable(before, changes, env.job_queues)
+    watch = change(before)
     if watch != before:
         ledger.put(key, jobs={job_id: [queue, int(since.timestamp() * 1000)] for job_id, (queue, since) in watch.items()})
-    due = core.due(watch, lambda queue: _policy(settings, queue).threshold, now)
-    return [reap_request(env.name, queue, ids) for queue, ids in due.items()]
+    return watch
+
+
+def settle_watch(instance: dg.DagsterInstance, environment: str,
+                 observed: list[tuple[list[str], dict[str, BatchJob], datetime]]) -> None:
+    """Fold a reap run's describes (job ids, what Batch said, when it was asked) into the watch."""
+    def change(watch: dict[str, tuple[str, datetime]]) -> dict[str, tuple[str, datetime]]:
+        for checked, found, at in observed:
+            watch = core.settle(watch, checked, found, at)
+        return watch
+
+    update_watch(instance, environment, change)
+
+
+def reconcile_watch(instance: dg.DagsterInstance, environment: str, listed: dict[str, list[str]],
+                    listed_at: datetime) -> None:
+    """Fold complete RUNNABLE listings (queue -> job ids) into the watch."""
+    def change(watch: dict[str, tuple[str, datetime]]) -> dict[str, tuple[str, datetime]]:
+        for queue, job_ids in listed.items():
+            watch = core.reconcile(watch, queue, job_ids, listed_at)
+        return watch
+
+    update_watch(instance, environment, change)
 
 
 def _table(results: list[core.JobResult]) -> dg.MetadataValue:
@@ -94,7 +129,9 @@ def reaper_defs(settings: Settings) -> dg.Definitions:
         aws: AwsEnvironmentResource = getattr(context.resources, aws_resource_key(env.name))
         client = aws.client("batch")
         with count_calls() as calls:
+            described_at = datetime.now(timezone.utc)
             details = batch.describe_jobs(client, config.job_ids)
+            observed = [(config.job_ids, details, described_at)]
             plan = core.plan_reap(config.job_ids, details, policy, datetime.now(timezone.utc))
             cancel_result = after = None
             batches = core.cancel_batches(plan, policy.threshold)
@@ -105,8 +142,12 @@ def reaper_defs(settings: Settings) -> dg.Definitions:
                     accepted.extend(r.accepted)
                     errors.update(r.errors)
                 cancel_result = CancelResult(tuple(accepted), errors)
-                after = batch.describe_jobs(client, [i for b in batches for i in b.job_ids])
+                sent, verified_at = [i for b in batches for i in b.job_ids], datetime.now(timezone.utc)
+                after = batch.describe_jobs(client, sent)
+                observed.append((sent, after, verified_at))
             results = core.verify(plan, cancel_result, after or {})
+        if env.event_driven:  # this run saw its jobs afresh: the events-fed watch forgets what moved on
+            settle_watch(context.instance, env.name, observed)
         message = core.report(env.name, config.queue, policy, plan, results,
                               dagster_run_url(settings, context.run_id))
         counts = {k: sum(1 for r in results if r.result == k) for k in {r.result for r in results}}
@@ -166,6 +207,7 @@ def reaper_defs(settings: Settings) -> dg.Definitions:
                     continue  # events carry this environment; listing only reconciles now and then
             aws: AwsEnvironmentResource = getattr(context.resources, aws_resource_key(env.name))
             reconciled = True
+            listed: dict[str, list[str]] = {}
             for queue in env.job_queues:
                 try:
                     jobs = list(batch.iter_jobs(aws.client("batch"), queue, "RUNNABLE"))
@@ -176,9 +218,12 @@ def reaper_defs(settings: Settings) -> dg.Definitions:
                         continue  # this queue is wrong; the environment's other queues may be fine
                     break
                 seen += len(jobs)
+                listed[queue] = [job.job_id for job in jobs]
                 stuck = core.stuck_candidates(jobs, _policy(settings, queue).threshold, now)
                 if stuck:
                     requests.append(reap_request(env.name, queue, [job.job_id for job in stuck]))
+            if env.event_driven and listed:  # each queue listed in full corrects the events-fed watch
+                reconcile_watch(context.instance, env.name, listed, now)
             if env.event_driven and reconciled:
                 cursor[mark] = int(now.timestamp() * 1000)
         for problem in problems:
