@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 SETTINGS_ENV_VAR = "PLATFORM_OPS_SETTINGS"
+LINT_ISOLATION = ("namespaces", "none")  # promotion.lint_isolation
 
 
 class SettingsError(ValueError):
@@ -118,6 +119,7 @@ class PromotionSettings:
     audit_prefix: str = "promotions"
     max_staging_age_hours: int = 168
     lint_timeout_seconds: int = 300
+    lint_isolation: str = "namespaces"  # or "none": unsafe, recorded in every audit record
     queues: dict[str, str] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
     buckets: dict[str, str] = field(default_factory=dict)
@@ -255,6 +257,8 @@ def _promotion(root: _Reader, environments: dict[str, EnvironmentSettings]) -> P
         audit_prefix=p.get("audit_prefix", "promotions", check=_is_str, expect="a key prefix").strip("/"),
         max_staging_age_hours=p.get("max_staging_age_hours", 168, check=_is_int(1), expect="an integer >= 1"),
         lint_timeout_seconds=p.get("lint_timeout_seconds", 300, check=_is_int(10), expect="an integer >= 10"),
+        lint_isolation=p.get("lint_isolation", "namespaces", check=lambda v: v in LINT_ISOLATION,
+                             expect="'namespaces' (the lint runs in bubblewrap) or 'none' (unsafe: no isolation)"),
         queues=dict(p.get("queues", {}, check=_is_str_map, expect="a mapping of staging queue to production queue")),
         roles=dict(p.get("roles", {}, check=_is_str_map, expect="a mapping of staging role ARN to production role ARN")),
         buckets=dict(p.get("buckets", {}, check=_is_str_map,

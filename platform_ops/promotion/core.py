@@ -417,6 +417,7 @@ class AuditRecord:
     execution_arn: str | None = None
     outcome: str = ""
     finished_at: str = ""
+    lint_isolation: str | None = None  # how the staging code was linted; "none" is unsafe and says so here
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)

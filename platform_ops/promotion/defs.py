@@ -24,6 +24,7 @@ from platform_ops.metadata import table as metadata_table
 from platform_ops.naming import NamingError
 from platform_ops.promotion import core
 from platform_ops.promotion.lint import lint_package, package_sha
+from platform_ops.redaction import redact_data
 from platform_ops.resources import aws_resource_key
 from platform_ops.settings import EnvironmentSettings, PromotionSettings, Settings
 
@@ -143,7 +144,7 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
                 checks.append(core.CheckResult("lint", False, f"the code package's SHA-1 is {sha}, the deployment "
                                                               f"says {deployment.code_sha}"))
             else:
-                checks.append(lint_package(package, deployment.script, p.lint_timeout_seconds))
+                checks.append(lint_package(package, deployment.script, p.lint_timeout_seconds, p.lint_isolation))
 
         checks.append(core.check_names(request, deployment))
 
@@ -173,7 +174,8 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
             promotion_id=core.promotion_id(kind, flow, started, context.run_id), kind=kind, flow=flow, project=project,
             requested_by=requested_by, reason=reason, dagster_run_id=context.run_id, started_at=started.isoformat(),
             dagster_user=context.run.tags.get("dagster/user"),
-            target={"environment": target_env.name, "account_id": target_env.account_id})
+            target={"environment": target_env.name, "account_id": target_env.account_id},
+            lint_isolation=p.lint_isolation if kind == "promotion" else None)
 
     def finish(context: Any, record: core.AuditRecord, changed: bool, calls: Any) -> dg.Output:
         """Decide the outcome, store the record (never overwritten), show it in the UI; a blocked
@@ -185,7 +187,8 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
         try:
             s3.put_new_json(aws(context, target_env).client("s3"), p.audit_bucket, key, record.to_dict())
         except AwsError as exc:
-            context.log.error("audit record not stored; here it is: " + json.dumps(record.to_dict(), sort_keys=True))
+            context.log.error("audit record not stored; here it is: "
+                              + json.dumps(redact_data(record.to_dict()), sort_keys=True))
             raise dg.Failure(f"{record.kind} {record.outcome}, but its audit record was not stored at "
                              f"s3://{p.audit_bucket}/{key}: {exc}. The record is in this run's logs.") from exc
         metadata = {

@@ -41,7 +41,6 @@ from pathlib import Path
 NOBODY = 65534
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 CODE_DIR = "/code"
-ISOLATION_MODES = ("namespaces", "none")
 
 
 class IsolationUnavailable(RuntimeError):
