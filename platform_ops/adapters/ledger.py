@@ -3,7 +3,8 @@ ledger (what was announced), the container instances metrics saw last time.
 
 That store is the instance's run storage (SQLite under $DAGSTER_HOME locally, Postgres in
 production), so a restarted daemon, a lost sensor cursor or a re-executed run all find it.
-An execution is written here only after Slack answered ok.
+A Slack post is claimed here before it is sent and confirmed after Slack answered ok
+(platform_ops/exactly_once.py decides what a record means).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 class Ledger:
     def __init__(self, instance: Any, namespace: str = "alerts"):
+        self._instance = instance
         self._storage = instance.run_storage
         self._prefix = f"platform_ops/{namespace}/"
 
@@ -36,11 +38,8 @@ class Ledger:
         self._storage.set_cursor_values({self._prefix + key: json.dumps(record, sort_keys=True)})
 
     def executions(self, arns: Iterable[str]) -> dict[str, dict]:
-        """Records of executions already handled: {"state": "announced"|"muted", ...}."""
+        """Records of executions: {"state": "claimed"|"announced"|"muted", ...} (exactly_once.py)."""
         return {k.removeprefix("execution/"): v for k, v in self._get(f"execution/{a}" for a in arns).items()}
-
-    def announce(self, arn: str, **record: Any) -> None:
-        self._put(f"execution/{arn}", {"state": "announced", **record})
 
     def mute(self, arn: str, **record: Any) -> None:
         self._put(f"execution/{arn}", {"state": "muted", **record})
@@ -57,6 +56,15 @@ class Ledger:
 
     def get(self, key: str) -> dict | None:
         return self._get([key]).get(key)
+
+    def qualified(self, key: str) -> str:
+        """The key as stored, unique across namespaces (it names a message in Slack metadata)."""
+        return self._prefix + key
+
+    def run_finished(self, run_id: str | None) -> bool:
+        """Whether the run that claimed a post has ended (or is unknown): its claim is no longer its own."""
+        run = self._instance.get_run_by_id(run_id) if run_id else None
+        return run is None or run.is_finished
 
     def put(self, key: str, **record: Any) -> None:
         self._put(key, record)

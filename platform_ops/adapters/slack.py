@@ -1,12 +1,18 @@
-"""Slack: a dagster-slack compatible resource whose WebClient can point at any base URL.
+"""Slack: a dagster-slack compatible resource whose WebClient can point at any base URL, and
+`post_once`, the exactly-once post (claim, post with metadata, confirm; look up a lost answer).
 
 The token is only ever handed to slack_sdk; it is not logged, returned or put in metadata.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
+from urllib.error import URLError
 
 from dagster_slack import SlackResource
 from pydantic import Field
@@ -17,10 +23,15 @@ from slack_sdk.http_retry.builtin_handlers import (
     RateLimitErrorRetryHandler,
     ServerErrorRetryHandler,
 )
+from slack_sdk.models.metadata import Metadata
 
+from platform_ops import exactly_once
+from platform_ops.adapters.ledger import Ledger
 from platform_ops.messages import SlackMessage
 
 SLACK_API_URL = WebClient.BASE_URL
+CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{8,}$")
+HISTORY_PAGE = 200  # conversations.history/replies page size (Slack's maximum is 999)
 
 
 class PlatformSlackResource(SlackResource):
@@ -30,30 +41,113 @@ class PlatformSlackResource(SlackResource):
     rate_limit_retries: int = Field(default=3, description="Retries of a 429, each after Retry-After.")
 
     def get_client(self) -> WebClient:
+        """Connection errors are retried only when urllib failed to connect or send (URLError):
+        a connection that broke after the request went out may have posted, and a blind retry
+        would post twice; post_once's lookup settles those."""
         client = WebClient(token=self.token, base_url=self.base_url, timeout=15)
         client.retry_handlers = [
-            ConnectionErrorRetryHandler(max_retry_count=2),
+            ConnectionErrorRetryHandler(max_retry_count=2, error_types=[URLError]),
             RateLimitErrorRetryHandler(max_retry_count=self.rate_limit_retries),
             ServerErrorRetryHandler(max_retry_count=2),
         ]
         return client
 
-    def post(self, channel: str, message: SlackMessage, thread_ts: str | None = None) -> dict[str, Any]:
-        """chat.postMessage (in a thread when `thread_ts`), retrying 429s after Retry-After and
-        5xx a few times; SlackError when it is not sent."""
-        try:
+    def post(self, channel: str, message: SlackMessage, thread_ts: str | None = None,
+             metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """chat.postMessage (in a thread when `thread_ts`, with message metadata when given),
+        retrying 429s after Retry-After and 5xx a few times; SlackError when it is not sent."""
+        with _slack_errors("chat.postMessage to", channel):
             response = self.get_client().chat_postMessage(
                 channel=channel, text=message.text, blocks=list(message.blocks) or None, thread_ts=thread_ts,
+                metadata=Metadata(**metadata) if metadata else None,
             )
-        except SlackApiError as exc:
-            raise SlackError(f"chat.postMessage to {channel}: {exc.response.get('error', 'error')}") from None
-        except (OSError, ValueError) as exc:  # URLError, timeouts, bad URL
-            raise SlackError(f"chat.postMessage to {channel}: {type(exc).__name__}: {exc}") from None
         return {"channel": response.get("channel"), "ts": response.get("ts")}
+
+    def find_posted(self, channel: str, key: str, oldest: str, latest: str, thread_ts: str | None = None) -> str | None:
+        """The ts of the message whose metadata names `key`, posted between `oldest` and `latest`
+        (in the thread of `thread_ts` if given), or None; every page is read (slack_sdk's cursor
+        iteration). Needs channels:history (groups:history for a private channel)."""
+        client = self.get_client()
+        with _slack_errors("looking up a post in", channel):
+            channel_id = self.channel_id(client, channel)
+            if channel_id is None:
+                return None
+            window = dict(channel=channel_id, oldest=oldest, latest=latest, inclusive=True,
+                          include_all_metadata=True, limit=HISTORY_PAGE)
+            try:
+                pages = (client.conversations_replies(ts=thread_ts, **window) if thread_ts else
+                         client.conversations_history(**window))
+                return next((ts for page in pages if (ts := exactly_once.matching_ts(page["messages"], key))), None)
+            except SlackApiError as exc:
+                if exc.response.get("error") == "thread_not_found":  # no thread: nothing was posted in it
+                    return None
+                raise
+
+    @staticmethod
+    def channel_id(client: WebClient, channel: str) -> str | None:
+        """conversations.history wants the channel's ID: a name is resolved with conversations.list
+        (channels:read, groups:read). Settings that give the ID skip this."""
+        if CHANNEL_ID.match(channel):
+            return channel
+        name = channel.removeprefix("#")
+        pages = client.conversations_list(types="public_channel,private_channel", exclude_archived=True, limit=1000)
+        return next((c["id"] for page in pages for c in page["channels"] if c.get("name") == name), None)
 
 
 class SlackError(RuntimeError):
     """A message Slack did not accept; the text never contains the token."""
+
+
+@contextmanager
+def _slack_errors(what: str, channel: str) -> Iterator[None]:
+    """slack_sdk's and urllib's errors as SlackError, naming the call and the channel only."""
+    try:
+        yield
+    except SlackApiError as exc:
+        raise SlackError(f"{what} {channel}: {exc.response.get('error', 'error')}") from None
+    except (OSError, ValueError) as exc:  # URLError, timeouts, a dropped connection, bad URL
+        raise SlackError(f"{what} {channel}: {type(exc).__name__}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How post_once ended: `posted`, `found` (an earlier attempt's post, its answer lost),
+    `already` (confirmed before), `busy` (another live run claimed it); the message's ts."""
+
+    how: str
+    ts: str | None
+
+
+def next_step(ledger: Ledger, record: dict | None, root_run_id: str | None) -> exactly_once.Step:
+    """exactly_once.next_step, asking the instance whether a claim's run has ended."""
+    owner_finished = exactly_once.is_claim(record) and ledger.run_finished(record.get("run_id"))
+    return exactly_once.next_step(record, root_run_id, owner_finished)
+
+
+def post_once(slack: PlatformSlackResource, ledger: Ledger, key: str, channel: str, message: SlackMessage, *,
+              run_id: str | None, root_run_id: str | None, thread_ts: str | None = None,
+              payload: dict[str, Any] | None = None) -> Delivery:
+    """Claim `key` in the ledger, post with metadata naming it, confirm after Slack's ok. A claim
+    left unconfirmed (a crash, a lost answer) is looked up in Slack first: one message, however
+    the previous attempt ended. SlackError when Slack cannot be posted to or read."""
+    record = ledger.get(key)
+    step = next_step(ledger, record, root_run_id)
+    if step is exactly_once.Step.DONE:
+        return Delivery("already", record.get("ts"))
+    if step is exactly_once.Step.BUSY:
+        return Delivery("busy", None)
+    qualified = ledger.qualified(key)
+    if step is exactly_once.Step.LOOKUP:
+        oldest, latest = exactly_once.lookup_window(record["claimed_at"])
+        found = slack.find_posted(channel, qualified, oldest, latest, record.get("thread_ts"))
+        if exactly_once.after_lookup(found) is exactly_once.Step.DONE:
+            ledger.put(key, **exactly_once.confirmed_record(found, channel, run_id, found=True))
+            return Delivery("found", found)
+    ledger.put(key, **exactly_once.claim_record(time.time(), run_id, root_run_id, thread_ts))
+    posted = slack.post(channel, message, thread_ts=thread_ts,
+                        metadata=exactly_once.metadata(qualified, **(payload or {})))
+    ledger.put(key, **exactly_once.confirmed_record(posted["ts"], channel, run_id))
+    return Delivery("posted", posted["ts"])
 
 
 class Pacer:

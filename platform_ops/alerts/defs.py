@@ -9,10 +9,11 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
+from platform_ops import exactly_once
 from platform_ops.adapters import logs, stepfunctions
 from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError, count_calls
 from platform_ops.adapters.ledger import Ledger
-from platform_ops.adapters.slack import Pacer, PlatformSlackResource, SlackError
+from platform_ops.adapters.slack import Pacer, PlatformSlackResource, SlackError, next_step, post_once
 from platform_ops.alerts import core
 from platform_ops.metadata import table as metadata_table
 from platform_ops.resources import aws_resource_key, dagster_run_url
@@ -75,6 +76,30 @@ def alert_request(instance: dg.DagsterInstance, failures: list, successes: list)
     )
 
 
+def _run_ref(context) -> dict[str, str]:
+    """Who claims a post: this run, and the run it re-executes (a claim stays its root's own)."""
+    return {"run_id": context.run_id, "root_run_id": context.dagster_run.root_run_id or context.run_id}
+
+
+def _announce(ledger: Ledger, send, incident: core.Incident, message, thread_ts: str | None, row: dict,
+              errors: list[str]) -> None:
+    """One execution's message, exactly once; then its failure stays open for a recovery."""
+    ex = incident.execution
+    try:
+        sent = send(f"execution/{ex.arn}", message, thread_ts, kind="execution", execution_arn=ex.arn)
+    except SlackError as exc:
+        errors.append(f"{ex.name}: {exc}")
+        row.update(result="not sent", detail=str(exc))
+        return
+    if sent.how == "busy":
+        row.update(result="in flight in another run")
+        return
+    ledger.open_failure(ex.state_machine_arn, thread_ts=thread_ts or sent.ts,
+                        stopped_ms=_ms(ex.stopped_at) if ex.stopped_at else 0, execution=ex.name)
+    row.update(result="announced" + (" in digest thread" if thread_ts else "") +
+               (" (found in Slack)" if sent.how == "found" else ""), detail=sent.ts)
+
+
 def alerts_defs(settings: Settings) -> dg.Definitions:
     aws_keys = {aws_resource_key(name) for name in settings.environments}
     a = settings.alerts
@@ -93,16 +118,23 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
         out=dg.Out(dict),
     )
     def alert(context: dg.OpExecutionContext, config: AlertConfig):
-        """Drill down, then announce each execution once: skip what the ledger says went out."""
+        """Drill down, then announce each execution once: claimed in the ledger before the post,
+        confirmed after it; what went out (or another live run is sending) is skipped."""
         ledger = Ledger(context.instance)
         slack: PlatformSlackResource = context.resources.slack
         links = core.Links(settings.metaflow_ui_url, dagster_run_url(settings, context.run_id), settings.slack.owners)
         pacer = Pacer(a.post_interval_seconds)
+        run = _run_ref(context)
+
+        def send(key: str, message, thread_ts: str | None = None, **payload):
+            with pacer:
+                return post_once(slack, ledger, key, channel, message, **run, thread_ts=thread_ts, payload=payload)
+
         now = datetime.now(timezone.utc)
         rows: list[dict] = []
         errors: list[str] = []
         pending: list[tuple[core.Incident, list[str] | None]] = []
-        done = ledger.executions(f.execution_arn for f in config.failures)
+        records = ledger.executions(f.execution_arn for f in config.failures)
         row_of: dict[str, dict] = {}
         with count_calls() as calls:
             for ref in config.failures:
@@ -110,8 +142,14 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                        "state_machine": ref.state_machine_arn.rsplit(":", 1)[-1]}
                 rows.append(row)
                 row_of[ref.execution_arn] = row
-                if ref.execution_arn in done:
-                    row.update(result=f"already {done[ref.execution_arn]['state']}", detail=done[ref.execution_arn].get("ts", ""))
+                record = records.get(ref.execution_arn)
+                step = next_step(ledger, record, run["root_run_id"])
+                if step is exactly_once.Step.DONE:
+                    row.update(result=f"already {record['state'] if 'state' in record else 'announced'}",
+                               detail=record.get("ts", ""))
+                    continue
+                if step is exactly_once.Step.BUSY:
+                    row.update(result="in flight in another run", detail=record.get("run_id") or "")
                     continue
                 env, aws = env_of(context, ref.environment)
                 sfn = aws.client("stepfunctions")
@@ -133,35 +171,22 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                                                         f"{incident.headline_reason}")
 
             thread_ts = None
-            storm = len(pending) > a.digest_threshold
+            digest_key = f"digest/{_digest([f.execution_arn for f in config.failures])}"
+            storm = bool(pending) and exactly_once.is_storm(len(pending), a.digest_threshold, ledger.get(digest_key))
             if storm:
-                key = f"digest/{_digest([f.execution_arn for f in config.failures])}"
-                digest = ledger.get(key)
-                if digest is None:
-                    try:
-                        with pacer:
-                            posted = slack.post(channel, core.render_digest([i for i, _ in pending], links))
-                        digest = {"ts": posted["ts"]}
-                        ledger.put(key, **digest)
-                    except SlackError as exc:
-                        errors.append(f"digest: {exc}")
-                thread_ts = digest["ts"] if digest else None
+                try:
+                    digest = send(digest_key, core.render_digest([i for i, _ in pending], links),
+                                  kind="digest", executions=len(config.failures))
+                    thread_ts = digest.ts
+                    if digest.how == "busy":
+                        for incident, _ in pending:
+                            row_of[incident.execution.arn].update(result="in flight in another run")
+                except SlackError as exc:
+                    errors.append(f"digest: {exc}")
             if not storm or thread_ts:  # in a storm, details only go out under a digest
                 for incident, tail in pending:
-                    ex = incident.execution
-                    row = row_of[ex.arn]
-                    try:
-                        with pacer:
-                            posted = slack.post(channel, core.render_incident(incident, links, tail),
-                                                thread_ts=thread_ts)
-                    except SlackError as exc:
-                        errors.append(f"{ex.name}: {exc}")
-                        row.update(result="not sent", detail=str(exc))
-                        continue
-                    ledger.announce(ex.arn, ts=posted["ts"], channel=channel, run_id=context.run_id)
-                    ledger.open_failure(ex.state_machine_arn, thread_ts=thread_ts or posted["ts"],
-                                        stopped_ms=_ms(ex.stopped_at) if ex.stopped_at else 0, execution=ex.name)
-                    row.update(result="announced" + (" in digest thread" if thread_ts else ""), detail=posted["ts"])
+                    _announce(ledger, send, incident, core.render_incident(incident, links, tail), thread_ts,
+                              row_of[incident.execution.arn], errors)
 
             open_failures = ledger.open_failures(r.state_machine_arn for r in config.recoveries)
             for ref in config.recoveries:
@@ -179,11 +204,14 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                     continue
                 flow = execution.state_machine_name.rsplit(".", 1)[-1]
                 try:
-                    with pacer:
-                        slack.post(channel, core.render_recovery(execution, flow, links), thread_ts=opened["thread_ts"])
+                    sent = send(f"recovery/{ref.execution_arn}", core.render_recovery(execution, flow, links),
+                                opened["thread_ts"], kind="recovery", execution_arn=ref.execution_arn)
                 except SlackError as exc:
                     errors.append(f"recovery {execution.name}: {exc}")
                     row.update(result="recovery not sent", detail=str(exc))
+                    continue
+                if sent.how == "busy":
+                    row.update(result="recovery in flight in another run")
                     continue
                 ledger.close_failure(ref.state_machine_arn)
                 row.update(result="recovery announced", detail=opened["thread_ts"])
@@ -271,8 +299,9 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
         if run.tags.get("dagster/will_retry") == "true":
             return
         error = context.failure_event.message or ""
-        slack.post(channel, core.render_run_failure(run.job_name, run.run_id, error,
-                                                    dagster_run_url(settings, run.run_id)))
+        message = core.render_run_failure(run.job_name, run.run_id, error, dagster_run_url(settings, run.run_id))
+        post_once(slack, Ledger(context.instance), f"run-failure/{run.run_id}", channel, message,
+                  run_id=None, root_run_id=None, payload={"kind": "run_failure", "run_id": run.run_id})
 
     sensors = [failed_executions_sensor, platform_ops_run_failure_sensor]
     return dg.Definitions(jobs=[alert_failed_executions], sensors=sensors)

@@ -16,7 +16,7 @@ import dagster as dg
 from platform_ops.adapters import batch
 from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError, count_calls
 from platform_ops.adapters.ledger import Ledger
-from platform_ops.adapters.slack import SlackError
+from platform_ops.adapters.slack import SlackError, post_once
 from platform_ops.metadata import table as metadata_table
 from platform_ops.observations import BatchJob, CancelResult
 from platform_ops.reaper import core
@@ -158,7 +158,10 @@ def reaper_defs(settings: Settings) -> dg.Definitions:
         slack_error = None
         if core.worth_reporting(plan, results):
             try:
-                context.resources.slack.post(settings.slack.channel, message)
+                root = context.dagster_run.root_run_id or context.run_id  # a re-execution reports once
+                post_once(context.resources.slack, Ledger(context.instance, "reaper"), f"report/{root}",
+                          settings.slack.channel, message, run_id=context.run_id, root_run_id=root,
+                          payload={"kind": "reaper_report", "run_id": root})
             except SlackError as exc:  # the report must not hide what was done: record, then fail
                 slack_error = str(exc)
         metadata = {

@@ -1,38 +1,67 @@
 """A local Slack-compatible Web API that keeps every message.
 
-Implements what platform-ops calls (chat.postMessage, auth.test) with Slack's own checks: a bot
-token is required, Block Kit limits are enforced (`invalid_blocks`), and faults can be injected
-(HTTP 429 with Retry-After, API errors, 500s) to rehearse Slack misbehaving. `GET /` shows the
-messages as an operator would read them; `GET /_sink/messages` returns them as JSON.
+Implements what platform-ops calls with Slack's own checks and shapes: chat.postMessage (a bot
+token is required, Block Kit limits are enforced: `invalid_blocks`; message metadata is kept),
+conversations.history and conversations.replies (channel IDs only, newest first / thread oldest
+first, oldest/latest/inclusive, limit and cursor paging with `has_more` and
+`response_metadata.next_cursor`, metadata only with `include_all_metadata`), conversations.list
+(name -> ID), auth.test. A channel is created by its first post, under the name it was posted
+to, and gets a stable ID that posts accept too. Faults can be injected (HTTP 429 with
+Retry-After, API errors, 500s, and a post that is accepted but never answered: the connection
+drops, or the poster is killed). `GET /` shows the messages as an operator would read them;
+`GET /_sink/messages` returns them as JSON.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
+import os
 import re
+import signal
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 MAX_BLOCKS, MAX_SECTION_CHARS, MAX_HEADER_CHARS, MAX_TEXT_CHARS = 50, 3000, 150, 40000
+CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{8,}$")
+BOT = {"user": "USANDBOXBOT", "bot_id": "BSANDBOX", "app_id": "ASANDBOX"}
+# faults that answer instead of the API; the others act on a post the API accepted (or is sent)
+ANSWER_FAULTS = {"rate_limit", "server_error", "error"}
+POST_FAULTS = {"accept_and_drop", "accept_and_kill", "kill"}
 
 
 @dataclass
 class SinkState:
     messages: list[dict] = field(default_factory=list)
+    channels: dict[str, str] = field(default_factory=dict)  # name -> ID, created by the first post
     requests: int = 0
-    faults: list[dict] = field(default_factory=list)  # consumed in order
+    faults: list[dict] = field(default_factory=list)  # the first that matches a request is consumed
     lock: threading.Lock = field(default_factory=threading.Lock)
+    last_ts: float = 0.0
 
     def reset(self) -> None:
         with self.lock:
             self.messages.clear()
+            self.channels.clear()
             self.faults.clear()
             self.requests = 0
+
+    def next_ts(self) -> str:
+        """Slack's ts: the time of the post, unique in the workspace (call under the lock)."""
+        self.last_ts = max(time.time(), self.last_ts + 0.000001)
+        return f"{self.last_ts:.6f}"
+
+
+def channel_id_for(name: str) -> str:
+    """A stable Slack-shaped channel ID for a name."""
+    return "C" + hashlib.sha1(name.encode()).hexdigest()[:10].upper()
 
 
 def blocks_problem(blocks: Any) -> str | None:
@@ -56,6 +85,206 @@ def blocks_problem(blocks: Any) -> str | None:
             if not text and not block.get("fields"):
                 return f"block {i}: section needs text or fields"
     return None
+
+
+def metadata_problem(metadata: Any) -> str | None:
+    """Why Slack would answer `invalid_metadata_format`, or None."""
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("event_type"), str):
+        return "metadata needs an event_type string"
+    if not re.fullmatch(r"[A-Za-z0-9_]+", metadata["event_type"]):
+        return "event_type: letters, digits and underscores"
+    if not isinstance(metadata.get("event_payload"), dict):
+        return "metadata needs an event_payload object"
+    return None
+
+
+def fault_matches(fault: dict, method: str, args: dict) -> bool:
+    """`when` narrows a fault to some requests: method (posts by default for the post faults),
+    the metadata's event_type, in a thread or not, text containing a string."""
+    when = fault.get("when") or {}
+    default_method = "chat.postMessage" if fault.get("kind") in POST_FAULTS else None
+    if when.get("method", default_method) not in (None, method):
+        return False
+    meta = args.get("metadata") if isinstance(args.get("metadata"), dict) else {}
+    if "event_type" in when and meta.get("event_type") != when["event_type"]:
+        return False
+    if "thread" in when and bool(args.get("thread_ts")) != bool(when["thread"]):
+        return False
+    return when.get("text_contains", "") in (args.get("text") or "")
+
+
+def take_fault(faults: list[dict], method: str, args: dict) -> dict | None:
+    """The first fault matching this request, consumed; `skip: N` lets N matches through first."""
+    for i, fault in enumerate(faults):
+        if not fault_matches(fault, method, args):
+            continue
+        if fault.get("skip", 0) > 0:
+            fault["skip"] -= 1
+            return None
+        return faults.pop(i)
+    return None
+
+
+def _flag(value: Any) -> bool:
+    return str(value).lower() in {"1", "true"}
+
+
+def _cursor(ts: str) -> str:
+    return base64.b64encode(f"next_ts:{ts}".encode()).decode()
+
+
+def _from_cursor(cursor: str) -> str:
+    """The ts a cursor continues from; ValueError if it is not one of ours."""
+    text = base64.b64decode(cursor.encode(), validate=True).decode()
+    if not text.startswith("next_ts:"):
+        raise ValueError(cursor)
+    return text.removeprefix("next_ts:")
+
+
+def _limit(args: dict, default: int, maximum: int) -> int:
+    return min(max(int(args.get("limit") or default), 1), maximum)
+
+
+def in_window(ts: str, args: dict) -> bool:
+    """oldest < ts < latest, or <= with `inclusive` (Slack ignores inclusive without a bound)."""
+    value, inclusive = float(ts), _flag(args.get("inclusive"))
+    oldest, latest = float(args.get("oldest") or 0), float(args.get("latest") or "inf")
+    if inclusive:
+        return oldest <= value <= latest
+    return oldest < value < latest
+
+
+def page(items: list[dict], args: dict, newest_first: bool, default: int, maximum: int) -> tuple[list[dict], str]:
+    """One page of `items` (sorted as returned) after the cursor: (page, next_cursor or "")."""
+    if args.get("cursor"):
+        after = float(_from_cursor(args["cursor"]))
+        items = [m for m in items if (float(m["ts"]) < after if newest_first else float(m["ts"]) > after)]
+    size = _limit(args, default, maximum)
+    chunk, more = items[:size], len(items) > size
+    return chunk, _cursor(chunk[-1]["ts"]) if more else ""
+
+
+def shape(message: dict, replies: list[dict], with_metadata: bool) -> dict:
+    """A kept message as Slack's conversations.* methods return it."""
+    out = {"type": "message", **BOT, "text": message["text"], "ts": message["ts"], "blocks": message["blocks"]}
+    if message.get("thread_ts"):
+        out.update(thread_ts=message["thread_ts"], parent_user_id=BOT["user"])
+    elif replies:
+        out.update(thread_ts=message["ts"], reply_count=len(replies), latest_reply=replies[-1]["ts"],
+                   reply_users=[BOT["user"]], reply_users_count=1)
+    if with_metadata and message.get("metadata"):
+        out["metadata"] = message["metadata"]
+    return out
+
+
+def _replies(messages: Iterable[dict], channel_id: str, thread_ts: str) -> list[dict]:
+    return sorted((m for m in messages if m["channel_id"] == channel_id and m.get("thread_ts") == thread_ts),
+                  key=lambda m: float(m["ts"]))
+
+
+class SlackApi:
+    """The Web API methods over the sink's state: `call(method, args)` -> Slack's JSON answer."""
+
+    def __init__(self, state: SinkState):
+        self.state = state
+
+    def call(self, method: str, args: dict) -> dict:
+        handler = {"auth.test": self.auth_test, "chat.postMessage": self.post_message,
+                   "conversations.history": self.history, "conversations.replies": self.replies,
+                   "conversations.list": self.list_channels}.get(method)
+        if handler is None:
+            return {"ok": False, "error": "unknown_method"}
+        try:
+            return handler(args)
+        except (TypeError, ValueError):  # a bad limit, ts or cursor
+            return {"ok": False, "error": "invalid_cursor" if args.get("cursor") else "invalid_arguments"}
+
+    def auth_test(self, args: dict) -> dict:
+        return {"ok": True, "team": "sandbox", "user": "platform-ops", "bot_id": BOT["bot_id"]}
+
+    def _channel(self, channel: Any, create: bool) -> str | None:
+        """A channel's ID from its ID, or (create=True, posts only) its name with or without '#'."""
+        if not isinstance(channel, str) or not channel:
+            return None
+        if channel in self.state.channels.values():
+            return channel
+        if CHANNEL_ID.match(channel) or not create:
+            return None
+        name = channel.removeprefix("#")
+        return self.state.channels.setdefault(name, channel_id_for(name))
+
+    def post_message(self, args: dict) -> dict:
+        blocks, metadata = args.get("blocks"), args.get("metadata")
+        if isinstance(metadata, str):
+            metadata = json.loads(metadata or "null")
+        if not args.get("text") and not blocks:
+            return {"ok": False, "error": "no_text"}
+        if len(args.get("text") or "") > MAX_TEXT_CHARS:
+            return {"ok": False, "error": "msg_too_long"}
+        if blocks is not None and (problem := blocks_problem(blocks)):
+            return {"ok": False, "error": "invalid_blocks", "detail": problem}
+        if metadata is not None and (problem := metadata_problem(metadata)):
+            return {"ok": False, "error": "invalid_metadata_format", "detail": problem}
+        with self.state.lock:
+            channel_id = self._channel(args.get("channel"), create=True)
+            if channel_id is None:
+                return {"ok": False, "error": "channel_not_found"}
+            message = {"channel": args["channel"], "channel_id": channel_id, "ts": self.state.next_ts(),
+                       "text": args.get("text", ""), "blocks": blocks or [], "thread_ts": args.get("thread_ts"),
+                       "metadata": metadata}
+            self.state.messages.append(message)
+        return {"ok": True, "channel": channel_id, "ts": message["ts"], "message": shape(message, [], True)}
+
+    def history(self, args: dict) -> dict:
+        """Top-level messages (thread replies stay in their threads), newest first."""
+        with self.state.lock:
+            channel_id = self._channel(args.get("channel"), create=False)
+            if channel_id is None:
+                return {"ok": False, "error": "channel_not_found"}
+            kept = [m for m in self.state.messages if m["channel_id"] == channel_id]
+            top = sorted((m for m in kept if not m.get("thread_ts") and in_window(m["ts"], args)),
+                         key=lambda m: float(m["ts"]), reverse=True)
+            chunk, cursor = page(top, args, newest_first=True, default=100, maximum=999)
+            with_metadata = _flag(args.get("include_all_metadata"))
+            messages = [shape(m, _replies(kept, channel_id, m["ts"]), with_metadata) for m in chunk]
+        return _listing("messages", messages, cursor, pin_count=0)
+
+    def replies(self, args: dict) -> dict:
+        """A thread: its parent first, then its replies in the window, oldest first."""
+        with self.state.lock:
+            channel_id = self._channel(args.get("channel"), create=False)
+            if channel_id is None:
+                return {"ok": False, "error": "channel_not_found"}
+            kept = [m for m in self.state.messages if m["channel_id"] == channel_id]
+            asked = next((m for m in kept if m["ts"] == args.get("ts")), None)
+            if asked is None:
+                return {"ok": False, "error": "thread_not_found"}
+            root = next(m for m in kept if m["ts"] == (asked.get("thread_ts") or asked["ts"]))
+            thread = _replies(kept, channel_id, root["ts"])
+            chunk, cursor = page([m for m in thread if in_window(m["ts"], args)], args, newest_first=False,
+                                 default=1000, maximum=1000)
+            with_metadata = _flag(args.get("include_all_metadata"))
+            parent = [] if args.get("cursor") else [shape(root, thread, with_metadata)]
+            messages = parent + [shape(m, [], with_metadata) for m in chunk]
+        return _listing("messages", messages, cursor)
+
+    def list_channels(self, args: dict) -> dict:
+        with self.state.lock:
+            channels = sorted(({"id": cid, "name": name, "is_channel": True, "is_private": False,
+                                "is_archived": False, "is_member": True} for name, cid in self.state.channels.items()),
+                              key=lambda c: c["id"])
+        if args.get("cursor"):
+            after = _from_cursor(args["cursor"])
+            channels = [c for c in channels if c["id"] > after]
+        size = _limit(args, 100, 1000)
+        chunk = channels[:size]
+        return _listing("channels", chunk, _cursor(chunk[-1]["id"]) if len(channels) > size else "")
+
+
+def _listing(name: str, items: list[dict], cursor: str, **extra: Any) -> dict:
+    """Slack's paged answer: has_more and response_metadata.next_cursor ("" on the last page)."""
+    return {"ok": True, name: items, "has_more": bool(cursor), **extra,
+            "response_metadata": {"next_cursor": cursor}}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -86,65 +315,64 @@ class _Handler(BaseHTTPRequestHandler):
         return parsed
 
     def do_GET(self) -> None:
-        path = urlparse(self.path).path
-        if path == "/_sink/messages":
+        url = urlparse(self.path)
+        if url.path == "/_sink/messages":
             with self.state.lock:
                 self._send(200, {"messages": list(self.state.messages), "requests": self.state.requests})
-        elif path in ("/", "/index.html"):
+        elif url.path in ("/", "/index.html"):
             self._send(200, render_page(self.state.messages), "text/html; charset=utf-8")
+        elif url.path.startswith("/api/"):
+            self._api(url.path, {k: v[0] for k, v in parse_qs(url.query).items()})
         else:
             self._send(404, {"ok": False, "error": "unknown_method"})
 
     def do_POST(self) -> None:
-        path = urlparse(self.path).path
-        if path == "/_sink/reset":
+        url = urlparse(self.path)
+        if url.path == "/_sink/reset":
             self.state.reset()
             return self._send(200, {"ok": True})
-        if path == "/_sink/faults":
+        if url.path == "/_sink/faults":
             fault = self._body()
             with self.state.lock:
-                self.state.faults.extend([fault] * int(fault.get("count", 1)))
+                self.state.faults.extend(dict(fault) for _ in range(int(fault.get("count", 1))))
             return self._send(200, {"ok": True})
+        self._api(url.path, {**{k: v[0] for k, v in parse_qs(url.query).items()}, **self._body()})
+
+    def _api(self, path: str, args: dict) -> None:
         method = path.rsplit("/", 1)[-1]
-        body = self._body()
         with self.state.lock:
             self.state.requests += 1
-            fault = self.state.faults.pop(0) if self.state.faults else None
-        if fault:
-            if fault.get("kind") == "rate_limit":
-                return self._send(429, {"ok": False, "error": "ratelimited"},
-                                  headers={"Retry-After": str(fault.get("retry_after", 1))})
-            if fault.get("kind") == "server_error":
-                return self._send(500, "internal error", "text/plain")
+            fault = take_fault(self.state.faults, method, args)
+        kind = (fault or {}).get("kind")
+        if kind == "rate_limit":
+            return self._send(429, {"ok": False, "error": "ratelimited"},
+                              headers={"Retry-After": str(fault.get("retry_after", 1))})
+        if kind == "server_error":
+            return self._send(500, "internal error", "text/plain")
+        if fault and kind not in POST_FAULTS:
             return self._send(200, {"ok": False, "error": fault.get("error", "fatal_error")})
-        auth = self.headers.get("Authorization", "")
-        token = auth.removeprefix("Bearer ").strip() or body.get("token", "")
+        if kind == "kill":  # the poster dies with its request in flight: Slack never takes it
+            return self._kill(fault)
+        problem = self._auth_problem(args)
+        answer = {"ok": False, "error": problem} if problem else SlackApi(self.state).call(method, args)
+        if kind == "accept_and_kill" and answer["ok"]:
+            return self._kill(fault)  # kept, and the poster never reads the answer
+        if kind == "accept_and_drop" and answer["ok"]:
+            return None  # kept; the connection closes without an answer
+        self._send(200, answer)
+
+    def _auth_problem(self, args: dict) -> str | None:
+        in_args = args.pop("token", "")  # the token is never kept with a message
+        token = self.headers.get("Authorization", "").removeprefix("Bearer ").strip() or in_args
         if not token:
-            return self._send(200, {"ok": False, "error": "not_authed"})
-        if not re.match(r"^xox[bpa]-", token):
-            return self._send(200, {"ok": False, "error": "invalid_auth"})
-        if method == "auth.test":
-            return self._send(200, {"ok": True, "team": "sandbox", "user": "platform-ops", "bot_id": "BSANDBOX"})
-        if method != "chat.postMessage":
-            return self._send(200, {"ok": False, "error": "unknown_method"})
-        channel = body.get("channel")
-        if not channel:
-            return self._send(200, {"ok": False, "error": "channel_not_found"})
-        blocks = body.get("blocks")
-        if not body.get("text") and not blocks:
-            return self._send(200, {"ok": False, "error": "no_text"})
-        if len(body.get("text") or "") > MAX_TEXT_CHARS:
-            return self._send(200, {"ok": False, "error": "msg_too_long"})
-        if blocks is not None:
-            problem = blocks_problem(blocks)
-            if problem:
-                return self._send(200, {"ok": False, "error": "invalid_blocks", "detail": problem})
-        with self.state.lock:
-            ts = f"{time.time():.6f}"
-            message = {"channel": channel, "ts": ts, "text": body.get("text", ""), "blocks": blocks or [],
-                       "thread_ts": body.get("thread_ts")}
-            self.state.messages.append(message)
-        self._send(200, {"ok": True, "channel": channel, "ts": ts, "message": message})
+            return "not_authed"
+        return None if re.match(r"^xox[bpa]-", token) else "invalid_auth"
+
+    def _kill(self, fault: dict) -> None:
+        """SIGKILL the poster named by the fault (never the sink's own process), answer nothing."""
+        pid = int(fault["pid"])
+        if pid != os.getpid():
+            os.kill(pid, signal.SIGKILL)
 
 
 EMOJI = {":red_circle:": "🔴", ":white_check_mark:": "✅", ":rotating_light:": "🚨", ":warning:": "⚠️"}
