@@ -10,6 +10,10 @@ exactly as it would against AWS:
       sts:AssumeRole into that account is AccessDenied (its role's trust policy is broken)
   {"kind": "mangle-history", "execution": "<name>", "how": "malformed" | "cause-not-json" | "oversized"}
       GetExecutionHistory of that execution comes back damaged
+  {"kind": "fail-operation", "service": "states", "operation": "StartExecution", "match": "222222222222",
+   "code": "AccessDeniedException", "times": 1}
+      calls of one operation (whose body or path contains `match`, if given) answer `code`, `times`
+      times (default: until reset); a code botocore does not retry fails the caller's step at once
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 class AwsFaults:
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.failures = OperationFailures()
         self.reset()
 
     def reset(self) -> None:
@@ -45,6 +50,7 @@ class AwsFaults:
             self.throttle_count: dict[str, int] = {}  # service -> calls throttled
             self.denied_accounts: set[str] = set()
             self.mangled: dict[str, str] = {}  # execution name -> how
+            self.failures.reset()
 
     def arm(self, fault: dict) -> None:
         kind = fault.get("kind")
@@ -62,6 +68,8 @@ class AwsFaults:
                 if fault.get("how") not in MANGLES:
                     raise ValueError(f"mangle-history: how must be one of {MANGLES}")
                 self.mangled[fault["execution"]] = fault["how"]
+            elif kind == "fail-operation":
+                self.failures.arm(fault)
             else:
                 raise ValueError(f"unknown AWS fault kind {kind!r}")
 
@@ -75,6 +83,9 @@ class AwsFaults:
             service = match.group(1) if match else ""
             if service in self.throttled and self._throttle_now(service):
                 return _error(start_response, service, *THROTTLE_SHAPES[service])
+            failed = self.failures.answer(service, environ, start_response)
+            if failed is not None:
+                return failed
             if service == "sts" and self.denied_accounts:
                 body = _buffer(environ)
                 role = (parse_qs(body.decode()).get("RoleArn") or [""])[0]
@@ -168,3 +179,69 @@ def mangle(events: list[dict], how: str) -> list[dict]:
     if how == "malformed":
         out.append({"id": len(out) + 1, "type": "SomethingNewFromAws", "timestamp": out[-1]["timestamp"] if out else 0})
     return out
+
+
+# ---- fail-operation: one operation answers an error, so each step of a run can fail on its own ----
+
+FAILURE_STATUS = {"AccessDeniedException": 400, "AccessDenied": 403, "InternalError": 500,
+                  "ServiceUnavailable": 503}
+
+
+def _operation(service: str, environ: dict) -> str:
+    """The API operation of a request: X-Amz-Target for JSON protocols, method + key for S3 objects."""
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target:
+        return target.rsplit(".", 1)[-1]
+    if service == "s3" and environ.get("PATH_INFO", "").strip("/").count("/") >= 1 and not environ.get("QUERY_STRING"):
+        return {"GET": "GetObject", "PUT": "PutObject", "HEAD": "HeadObject"}.get(environ.get("REQUEST_METHOD", ""), "")
+    return ""
+
+
+class OperationFailures:
+    """Armed `fail-operation` rules: service, operation, optional `match`, code, calls left."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.rules: list[dict[str, Any]] = []
+
+    def arm(self, fault: dict) -> None:
+        rule = {"service": fault["service"], "operation": fault["operation"], "match": fault.get("match", ""),
+                "code": fault.get("code", "AccessDenied" if fault["service"] == "s3" else "AccessDeniedException"),
+                "left": fault.get("times")}
+        if rule["code"] not in FAILURE_STATUS:
+            raise ValueError(f"fail-operation: code must be one of {sorted(FAILURE_STATUS)}")
+        with self._lock:
+            self.rules.append(rule)
+
+    def answer(self, service: str, environ: dict, start_response: Any) -> list[bytes] | None:
+        """The error for this request if a rule takes it, else None (moto answers)."""
+        if not self.rules:
+            return None
+        operation = _operation(service, environ)
+        candidates = [r for r in self.rules if (r["service"], r["operation"]) == (service, operation)]
+        if not candidates:
+            return None
+        seen = _buffer(environ).decode(errors="replace") + environ.get("PATH_INFO", "")
+        with self._lock:
+            rule = next((r for r in candidates if r["match"] in seen and r["left"] != 0), None)
+            if rule is None:
+                return None
+            if rule["left"] is not None:
+                rule["left"] -= 1
+        return _failure(start_response, service, operation, rule["code"])
+
+
+def _failure(start_response: Any, service: str, operation: str, code: str) -> list[bytes]:
+    message = f"sandbox fault: {operation} fails"
+    status = FAILURE_STATUS[code]
+    if service == "s3":  # rest-xml
+        body = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message>"
+                "<RequestId>sandbox</RequestId></Error>").encode()
+        return _respond(start_response, status, body, {"Content-Type": "application/xml"})
+    body = json.dumps({"__type": code, "message": message}).encode()
+    return _respond(start_response, status, body, {"Content-Type": "application/x-amz-json-1.0",
+                                                   "x-amzn-ErrorType": code})
