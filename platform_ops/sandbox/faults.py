@@ -147,6 +147,7 @@ class FaultBox:
         self.transcript.extend(daemon.tick_logs + daemon.tick_errors)
         self.transcript.extend(str(c) for c in daemon.cursors.values())
         self.transcript.extend(json.dumps(m) for m in self.sandbox.sink.state.messages)
+        self.transcript.extend(json.dumps(r) for r in self.audit_records())
         for name, resource in defs.resources.items():
             if name.startswith("aws_") and getattr(resource, "role_arn", None):
                 try:
@@ -154,6 +155,17 @@ class FaultBox:
                     self.secrets.update({creds.secret_key, creds.token})
                 except Exception:  # the role was broken in this scenario: no keys were issued
                     pass
+
+    def audit_records(self) -> list[dict]:
+        """The promotion audit records in the target account's bucket, as S3 holds them."""
+        p = self.base.promotion
+        if p is None:
+            return []
+        env = self.base.environments[p.target]
+        s3 = account_client(self.sandbox.endpoint, "s3", env.account_id, env.region)
+        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=p.audit_bucket)
+                for o in page.get("Contents", [])]
+        return [json.loads(s3.get_object(Bucket=p.audit_bucket, Key=k)["Body"].read()) for k in sorted(keys)]
 
     # -- the ground truth -------------------------------------------------------------------
     def count(self, name: str, load: Workload, extra_alerts: int = 0, extra_sent: int = 0) -> Figures:
@@ -357,6 +369,60 @@ def _mangled(how: str, label: str) -> Callable[[FaultBox, Daemon], Figures]:
     return scenario
 
 
+LEAKY_FLOW = """
+import os
+from metaflow import FlowSpec, step
+
+print("debug: SLACK_BOT_TOKEN={token} aws_secret_access_key = {secret} key id {key}")
+print("found:", open(f"/proc/{{os.getppid()}}/environ").read())
+
+
+class DemoFlow(FlowSpec):
+    @step
+    def start(self):
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    DemoFlow()
+"""
+
+
+def scenario_staging_prints_credentials(box: FaultBox, daemon: Daemon) -> Figures:
+    """Staging code that got hold of our credentials prints them: a task's log lines (alerted) and
+    a flow file whose lint prints them and reads its parent's environ (promotion blocked, audited).
+    The alert and the audit record must carry none of it (the scan below reads both)."""
+    from platform_ops.promotion.defs import PROMOTION_TAG
+
+    staging = box.base.environments["staging"]
+    name = f"leaky-{uuid.uuid4().hex[:8]}"
+    moto_internals.STATE.add_rule(moto_internals.FaultRule(fault="leaky", account=staging.account_id, run_id=name,
+                                                           step="train", index=0))
+    flows.run_to_end(box.sandbox.endpoint, staging, name, width=1)
+    settle(daemon)
+    figures = box.count("staging code prints our credentials", Workload([name]))
+    if box.base.promotion is None:
+        return figures
+    flows.redeploy(box.sandbox.endpoint, staging, LEAKY_FLOW.format(
+        token=os.environ.get("SLACK_BOT_TOKEN", ""), secret=os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+        key=os.environ.get("AWS_ACCESS_KEY_ID", "")))
+    config = {"flow": "DemoFlow", "project": "mlplatform", "branch": "feature_x", "requested_by": "fault-suite",
+              "reason": "staging code that leaks"}
+    result = daemon.defs.resolve_job_def("promote_flow").execute_in_process(
+        run_config={"ops": {"promote_flow": {"config": config}}}, instance=daemon.instance,
+        tags={PROMOTION_TAG: "mlplatform.prod.DemoFlow"}, raise_on_error=False)
+    records = box.audit_records()
+    if result.success or [r.get("outcome") for r in records] != ["blocked"]:
+        figures.problems.append(f"the leaky promotion was not blocked once: {[r.get('outcome') for r in records]}")
+    elif not any(c["name"] == "lint" and not c["passed"] for c in records[0]["checks"]):
+        figures.problems.append("the leaky package passed the lint")
+    return figures
+
+
 def scenario_unknown_owner(box: FaultBox, daemon: Daemon) -> Figures:
     """The run's owner has no Slack id in the settings: the alert still goes, naming them."""
     load = box.workload("owner", failures={"staging": 1})
@@ -382,12 +448,13 @@ SCENARIOS: list[tuple[Callable[[FaultBox, Daemon], Figures], Callable[[Any], Any
     (_mangled("cause-not-json", "a failure cause that is not JSON"), None),
     (scenario_unknown_owner, lambda s: dataclasses.replace(s, slack=dataclasses.replace(s.slack, owners={}))),
     (_mangled("oversized", "an oversized message"), None),
+    (scenario_staging_prints_credentials, None),
 ]
 
 
 def scan(box: FaultBox) -> Figures:
     """The credentials the product held during the suite, looked for in everything it wrote."""
-    figures = Figures("no secret in logs, run metadata or messages")
+    figures = Figures("no secret in logs, metadata, Slack or records")
     wanted = {v for v in (os.environ.get(k) for k in SCAN_ENV) if v and len(v) >= 12} | {s for s in box.secrets if s}
     text = "\n".join(box.transcript)
     for secret in sorted(wanted):

@@ -11,6 +11,7 @@ Only the sandbox process imports this module. Product code never does.
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -60,6 +61,13 @@ FAULTS: dict[str, Callable[[], Outcome]] = {
         RUNNABLE,
         "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - Service cannot fulfill the capacity requested "
         "for instance type [m5.2xlarge]",
+    ),
+    # staging code that got hold of platform-ops' credentials (this process's) and prints them
+    "leaky": lambda: Outcome(
+        FAILED, "Essential container in task exited", 1, None,
+        log_lines=[f"debug: SLACK_BOT_TOKEN={os.environ.get('SLACK_BOT_TOKEN', '')}",
+                   f"aws_secret_access_key = {os.environ.get('AWS_SECRET_ACCESS_KEY', '')}",
+                   f"key id {os.environ.get('AWS_ACCESS_KEY_ID', '')}", "ValueError: leaked on purpose"],
     ),
     "succeed": lambda: Outcome(SUCCEEDED, None, 0),
     # jobs that are simply somewhere along the way (for dashboards with every state)
