@@ -133,6 +133,7 @@ def test_promotion_is_optional_and_parses_with_defaults():
     p = parse_settings({**CONTRACT, "promotion": PROMOTION}).promotion
     assert (p.source, p.target, p.audit_prefix, p.max_staging_age_hours) == ("staging", "production", "promotions", 168)
     assert p.queues == {"ml-staging": "ml-production"} and p.rules[0].forbid == ":debug"
+    assert p.lint_isolation == "namespaces"  # isolated unless someone opts out, in writing
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -144,6 +145,8 @@ def test_promotion_is_optional_and_parses_with_defaults():
     ({"rules": [{"name": "x", "description": "d", "forbid": "("}]}, "promotion.rules[0].forbid: expected a regular"),
     ({"rules": [{"name": "X Y", "description": "d", "forbid": "a"}]}, "promotion.rules[0].name: expected a rule name"),
     ({"bucket": "x"}, "promotion.bucket: unknown key"),
+    ({"lint_isolation": "bwrap"}, "promotion.lint_isolation: expected 'namespaces' (the lint runs in bubblewrap) or "
+                                  "'none' (unsafe: no isolation), got 'bwrap'"),
 ])
 def test_a_bad_promotion_value_names_the_key(change, expected):
     section = dict(PROMOTION)
