@@ -224,3 +224,22 @@ def wait_for(condition, deadline_seconds: float = 60) -> bool:
             return True
         time.sleep(0.1)
     return condition()
+
+
+def test_the_sandbox_command_shares_nothing_it_need_not():
+    """The bwrap command line (pure): every namespace unshared, the environment only what is given,
+    nobody's uid when run as root, nothing of the host bound writable."""
+    from platform_ops.promotion.isolation import Limits, command
+
+    cmd = command(["python", "flow.py", "check"], "/tmp/pkg", {"HOME": "/tmp"}, Limits(), as_root=True, userns_fd=7)
+    assert cmd[:3] == ["bwrap", "--userns", "7"]
+    assert {"--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--new-session",
+            "--clearenv"} <= set(cmd)
+    assert "--bind" not in cmd and "--dev-bind" not in cmd  # every host path is a read-only bind
+    assert [cmd[i + 1:i + 3] for i, a in enumerate(cmd) if a == "--setenv"] == [["HOME", "/tmp"]]
+    assert cmd[cmd.index("--") - 7:cmd.index("--")] == ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                                         "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
+    assert cmd[cmd.index("--") + 1:] == ["python", "flow.py", "check"]
+    assert "/root" not in [cmd[i + 2] for i, a in enumerate(cmd) if a == "--ro-bind"]  # no home directory
+    unprivileged = command(["python"], "/tmp/pkg", {}, Limits(), as_root=False)
+    assert "--unshare-user" in unprivileged and "setpriv" not in unprivileged

@@ -78,9 +78,11 @@ def command(argv: list[str], code_dir: str, env: dict[str, str], limits: Limits,
         elif os.path.isdir(top):
             cmd += ["--ro-bind", top, top]
     if os.path.exists("/etc/ld.so.cache"):
-        cmd += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-    for source in _python_trees():
-        cmd += [arg for parent in _parents(source) for arg in ("--perms", "0755", "--dir", parent)]
+        cmd += ["--perms", "0755", "--dir", "/etc", "--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    trees = _python_trees()
+    for source in trees:  # mount points readable by nobody (bwrap would make them 0700)
+        cmd += [arg for parent in _parents(source) if not _inside(parent, trees)
+                for arg in ("--perms", "0755", "--dir", parent)]
         cmd += ["--ro-bind", source, source]
     cmd += ["--ro-bind", code_dir, CODE_DIR, "--chdir", CODE_DIR, "--proc", "/proc", "--dev", "/dev",
             "--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
@@ -97,6 +99,10 @@ def _python_trees() -> list[str]:
     trees = {os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix)}
     trees |= {p for p in (sys.base_prefix, sys.prefix)}  # the venv's own path, symlinks and all
     return sorted(t for t in trees if not (t == "/usr" or t.startswith("/usr/")))
+
+
+def _inside(path: str, trees: list[str]) -> bool:
+    return any(path == t or path.startswith(t + "/") for t in trees)
 
 
 def _parents(path: str) -> list[str]:
