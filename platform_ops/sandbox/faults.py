@@ -283,6 +283,18 @@ def scenario_slack_429(box: FaultBox, daemon: Daemon) -> Figures:
     return figures
 
 
+def scenario_slack_answer_lost(box: FaultBox, daemon: Daemon) -> Figures:
+    """Slack keeps the first alert and the connection drops before its answer: the op's retry
+    finds it in the channel by its metadata instead of posting it again."""
+    load = box.workload("lostanswer", failures={"staging": 1, "production": 1})
+    box.sandbox.sink.state.faults.append({"kind": "accept_and_drop", "when": {"event_type": "platform_ops_alert"}})
+    settle(daemon)
+    figures = box.count("Slack kept a post, its answer was lost", load)
+    if box.sandbox.sink.state.faults:
+        figures.problems.append("no answer was ever lost")
+    return figures
+
+
 def scenario_aws_throttling(box: FaultBox, daemon: Daemon) -> Figures:
     """3 of every 10 calls to Batch, Step Functions and CloudWatch are throttled, each with its
     service's error shape; metrics are refreshed and published too."""
@@ -440,6 +452,7 @@ SCENARIOS: list[tuple[Callable[[FaultBox, Daemon], Figures], Callable[[Any], Any
     (scenario_slack_5xx, None),
     (scenario_slack_refused, None),
     (scenario_slack_429, None),
+    (scenario_slack_answer_lost, None),
     (scenario_aws_throttling, None),
     (scenario_starting_before_cancel, None),
     (scenario_breaker, lambda s: dataclasses.replace(s, reaper=dataclasses.replace(s.reaper, max_cancels_per_run=5))),
