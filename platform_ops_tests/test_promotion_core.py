@@ -156,16 +156,69 @@ def test_latest_staging_run(executions, digests, passed, detail):
     assert result.passed is passed and detail in result.detail, result
 
 
-def test_deploy_action_and_outcome():
+def test_deploy_action():
     assert core.deploy_action(None, PROD) == "create"
     assert core.deploy_action(json.dumps(json.loads(PROD)), PROD) == "noop"
     assert core.deploy_action(BRANCH, PROD) == "update"
-    ok, bad = core.CheckResult("a", True, ""), core.CheckResult("b", False, "")
-    assert core.outcome("promotion", [ok, bad], [], False) == "blocked"
-    assert core.outcome("promotion", [ok], [ok, bad], False) == "failed"
-    assert core.outcome("promotion", [ok], [ok], False) == "no-op"
-    assert core.outcome("promotion", [ok], [ok], True) == "promoted"
-    assert core.outcome("rollback", [ok], [ok], True) == "rolled-back"
+
+
+CHECKS = [core.CheckResult("lint", True, "`python demoflow.py check`: ok"),
+          core.CheckResult("naming", True, "flow, project, branch, owner 'alice' and 3 tags follow the conventions"),
+          core.CheckResult("latest staging run", True, "staging-ok SUCCEEDED 0.1 h ago on this definition")]
+BLOCKED = [*CHECKS[:2], core.CheckResult("latest staging run", False, "staging-oom FAILED (States.TaskFailed)")]
+PACKAGE = core.StepResult("code package", True, "copied to s3://mf-production/metaflow/DemoFlow/data/ab/abcd")
+DEPLOYED = core.StepResult("deploy", True, "updated mlplatform.prod.DemoFlow, published 2", changed=True)
+TRIGGERED = core.StepResult("trigger", True, "c0ffee00-0000-4000-8000-000000000001")
+DENIED = "AccessDeniedException: User is not authorized to perform: states:{}"
+
+
+@pytest.mark.parametrize("kind, checks, steps, outcome, changed", [
+    ("promotion", CHECKS, [PACKAGE, DEPLOYED, TRIGGERED], "promoted", True),
+    ("promotion", CHECKS, [PACKAGE, DEPLOYED], "promoted", True),  # trigger: false
+    ("promotion", CHECKS, [core.StepResult("deploy", True, "mlplatform.prod.DemoFlow already runs this definition")],
+     "no-op", False),
+    ("promotion", BLOCKED, [], "blocked", False),
+    ("promotion", CHECKS[:2], [core.StepResult("resolve", False, DENIED.format("DescribeStateMachine"))],
+     "failed", False),
+    ("promotion", CHECKS[:2], [core.StepResult("read staging runs", False, DENIED.format("ListExecutions"))],
+     "failed", False),
+    ("promotion", CHECKS, [core.StepResult("read production versions", False, DENIED.format("ListStateMachineVersions"))],
+     "failed", False),
+    ("promotion", CHECKS, [PACKAGE, core.StepResult("deploy", False, DENIED.format("UpdateStateMachine"))],
+     "failed", False),
+    ("promotion", CHECKS, [PACKAGE, DEPLOYED, core.StepResult("trigger", False, DENIED.format("StartExecution"))],
+     "promoted-not-triggered", True),
+    ("promotion", CHECKS, [PACKAGE, DEPLOYED, core.StepResult("deploy", False, "KeyError: 'stateMachineVersionArn'")],
+     "incomplete", True),
+    ("rollback", [core.CheckResult("version", True, "restore version 1")],
+     [core.StepResult("deploy", True, "published version 1's definition as 3", changed=True)], "rolled-back", True),
+    ("rollback", [], [core.StepResult("read versions", False, DENIED.format("ListStateMachineVersions"))],
+     "failed", False),
+    ("rollback", [core.CheckResult("version", True, "restore version 1")],
+     [core.StepResult("read version", False, "version 1 is gone")], "failed", False),
+])
+def test_the_outcome_follows_from_the_checks_and_steps(kind, checks, steps, outcome, changed):
+    assert core.outcome(kind, checks, steps) == outcome
+    assert core.production_changed(steps) is changed
+    assert outcome in core.OUTCOMES
+    assert (outcome in core.FAILING) is any(not r.passed for r in [*checks, *steps])
+
+
+def test_a_failing_attempt_says_what_failed_and_whether_production_changed():
+    record = core.AuditRecord("p1", "promotion", "DemoFlow", "mlplatform", "alice", "why", "r1", NOW.isoformat(),
+                              checks=list(CHECKS),
+                              target={"state_machine_arn": "arn:aws:states:us-east-1:222222222222:stateMachine:"
+                                                           "mlplatform.prod.DemoFlow",
+                                      "version_arn": "arn:aws:states:us-east-1:222222222222:stateMachine:"
+                                                     "mlplatform.prod.DemoFlow:2"})
+    record.steps = [PACKAGE, DEPLOYED, core.StepResult("trigger", False, DENIED.format("StartExecution"))]
+    record.outcome, record.production_changed = core.outcome("promotion", record.checks, record.steps), True
+    assert core.failure_summary(record) == (
+        "promotion promoted-not-triggered: trigger: AccessDeniedException: User is not authorized to perform: "
+        "states:StartExecution | production changed: mlplatform.prod.DemoFlow now runs version 2")
+    record.steps, record.production_changed = [PACKAGE, core.StepResult("deploy", False, "boom")], False
+    record.outcome = core.outcome("promotion", record.checks, record.steps)
+    assert core.failure_summary(record) == "promotion failed: deploy: boom"
 
 
 def test_rollback_target():
@@ -199,5 +252,8 @@ def test_audit_record_serialises_checks_and_steps():
     data = json.loads(json.dumps(record.to_dict()))
     assert data["promotion_id"] == "20261128T120000Z-promotion-DemoFlow-abcdef01"
     assert data["checks"] == [{"name": "lint", "passed": True, "detail": "ok"}]
+    record.steps.append(core.StepResult("deploy", True, "published 2", changed=True))
+    data = json.loads(json.dumps(record.to_dict()))
+    assert data["steps"] == [{"name": "deploy", "passed": True, "detail": "published 2", "changed": True}]
     assert core.record_key("promotions", "DemoFlow", data["promotion_id"]) == \
         "promotions/DemoFlow/20261128T120000Z-promotion-DemoFlow-abcdef01.json"

@@ -246,3 +246,116 @@ def test_audit_records_are_never_overwritten(world):
     with pytest.raises(RecordExists, match="already exists"):
         put_new_json(s3, bucket, "promotions/DemoFlow/x.json", {"n": 2})
     assert json.loads(s3.get_object(Bucket=bucket, Key="promotions/DemoFlow/x.json")["Body"].read()) == {"n": 1}
+
+
+def fail(world, service, operation, match, times=1):
+    """The sandbox answers AccessDenied (not retried, so the one time is the call's only attempt)
+    to the next `times` calls of that operation naming `match`."""
+    world.control("aws-faults", {"kind": "fail-operation", "service": service, "operation": operation,
+                                 "match": match, "times": times})
+
+
+def only_the_record_was_written(calls):
+    return {k for k in calls if k in WRITES} == {"S3.PutObject"} and calls["S3.PutObject"] == 1
+
+
+@pytest.mark.parametrize("operation, match, step, checks", [
+    ("DescribeStateMachine", STAGING, "resolve", []),
+    ("ListExecutions", STAGING, "read staging runs", ["lint", "naming"]),
+    ("DescribeStateMachine", PROD, "read production", ["lint", "naming", "latest staging run"]),
+])
+def test_an_aws_failure_while_reading_is_a_recorded_failed_attempt(staged, instance, operation, match, step, checks):
+    """Resolution and every read happen inside the recorded attempt: the record names the step
+    that failed and keeps the checks that ran before it; production is untouched."""
+    before = production_definition(staged)
+    fail(staged, "states", operation, match)
+    result, calls = launch(staged, instance, "promote_flow", CONFIG)
+    assert not result.success
+    assert failure(result).startswith(f"promotion failed: {step}: AccessDeniedException: sandbox fault: {operation}")
+    assert only_the_record_was_written(calls)
+    [record] = records(staged)
+    assert record["outcome"] == "failed" and record["production_changed"] is False
+    assert [(s["name"], s["passed"]) for s in record["steps"]] == [(step, False)]
+    assert [c["name"] for c in record["checks"]] == checks and all(c["passed"] for c in record["checks"])
+    assert record["source"]["state_machine_arn"] == arn(staged, STAGING, "staging")
+    assert record["target"]["state_machine_arn"] == arn(staged)
+    assert production_definition(staged) == before and len(versions(staged)) == 1
+
+
+def test_checks_alone_name_the_read_that_failed_and_write_nothing(staged, instance):
+    fail(staged, "states", "ListExecutions", STAGING)
+    result, calls = launch(staged, instance, "promotion_checks", CONFIG, tags={})
+    assert not result.success and failure(result).startswith("read staging runs: AccessDeniedException")
+    assert not {k for k in calls if k in WRITES}
+    assert records(staged) == []
+
+
+@pytest.mark.parametrize("operation, step, done", [
+    ("ListStateMachineVersions", "read production versions", []),
+    ("UpdateStateMachine", "deploy", ["code package"]),
+])
+def test_a_failed_step_before_production_changed_is_failed_and_changes_nothing(staged, instance, operation, step, done):
+    before = production_definition(staged)
+    fail(staged, "states", operation, PROD)
+    result, calls = launch(staged, instance, "promote_flow", CONFIG)
+    assert not result.success and failure(result).startswith(f"promotion failed: {step}: AccessDeniedException")
+    assert production_definition(staged) == before and len(versions(staged)) == 1
+    assert calls["SFN.StartExecution"] == 0
+    [record] = records(staged)
+    assert record["outcome"] == "failed" and record["production_changed"] is False
+    assert [(s["name"], s["passed"]) for s in record["steps"]] == [*((d, True) for d in done), (step, False)]
+    rerun, _ = launch(staged, instance, "promote_flow", CONFIG)  # nothing half-applied: a rerun promotes
+    assert rerun.success and rerun.output_for_node("promote_flow")["outcome"] == "promoted"
+
+
+def test_a_deploy_whose_trigger_failed_is_promoted_not_triggered_and_says_production_changed(staged, instance):
+    before = production_definition(staged)
+    fail(staged, "states", "StartExecution", PROD)
+    result, calls = launch(staged, instance, "promote_flow", CONFIG)
+    assert not result.success
+    message = failure(result)
+    assert message.startswith("promotion promoted-not-triggered: trigger: AccessDeniedException"), message
+    assert message.endswith(f"production changed: {PROD} now runs version 2"), message
+    assert production_definition(staged) != before and len(versions(staged)) == 2
+    assert sfn(staged).list_executions(stateMachineArn=arn(staged))["executions"] == []
+    [record] = records(staged)
+    assert record["outcome"] == "promoted-not-triggered" and record["production_changed"] is True
+    assert record["target"]["version_arn"].endswith(":2") and record["execution_arn"] is None
+    assert [(s["name"], s["passed"], s["changed"]) for s in record["steps"]] == [
+        ("code package", True, False), ("deploy", True, True), ("trigger", False, False)]
+    materialized = instance.fetch_materializations(dg.AssetKey("promotion_audit_log"), limit=1).records
+    assert materialized[0].asset_materialization.metadata["production_changed"].value is True
+
+
+def test_a_record_that_cannot_be_stored_fails_the_run_and_is_in_its_logs(staged, instance):
+    bucket = staged.settings.promotion.audit_bucket
+    fail(staged, "s3", "PutObject", f"/{bucket}/")
+    result, _ = launch(staged, instance, "promote_flow", CONFIG)
+    assert not result.success and "but its audit record was not stored" in failure(result)
+    logged = [e.user_message for e in instance.all_logs(result.run_id) if "audit record not stored" in e.user_message]
+    record = json.loads(logged[0].split("here it is: ", 1)[1])
+    assert record["outcome"] == "promoted" and record["production_changed"] is True
+    assert records(staged) == [] and len(versions(staged)) == 2  # promoted, and the record only in the logs
+
+
+ROLLBACK = {"flow": "DemoFlow", "project": "mlplatform", "requested_by": "bob", "reason": "AUC dropped"}
+
+
+def test_every_rollback_read_and_its_deploy_are_recorded_when_aws_fails_them(staged, instance):
+    """Rollback reads happen inside the recorded attempt: each failure is a record naming its
+    step, production stays on the promoted version, and the rollback after them restores."""
+    assert launch(staged, instance, "promote_flow", CONFIG)[0].success
+    promoted = production_definition(staged)
+    for operation, match, step in [("ListStateMachineVersions", PROD, "read versions"),
+                                   ("DescribeStateMachine", f"{PROD}:1", "read version"),
+                                   ("UpdateStateMachine", PROD, "deploy")]:
+        fail(staged, "states", operation, match)
+        result, _ = launch(staged, instance, "rollback_flow", ROLLBACK)
+        assert not result.success and failure(result).startswith(f"rollback failed: {step}: AccessDeniedException")
+        assert production_definition(staged) == promoted and len(versions(staged)) == 2
+    rolled, _ = launch(staged, instance, "rollback_flow", ROLLBACK)
+    assert rolled.success and len(versions(staged)) == 3
+    trail = [r for r in records(staged) if r["kind"] == "rollback"]
+    assert sorted((r["outcome"], [s["name"] for s in r["steps"] if not s["passed"]]) for r in trail) == [
+        ("failed", ["deploy"]), ("failed", ["read version"]), ("failed", ["read versions"]), ("rolled-back", [])]
+    assert all(r["production_changed"] is (r["outcome"] == "rolled-back") for r in trail)

@@ -383,15 +383,55 @@ def production_role(role_arn: str, mapping: IdentifierMap) -> str:
     return role_arn
 
 
-def outcome(kind: str, checks: list[CheckResult], steps: list[CheckResult], changed: bool) -> str:
-    """promoted | rolled-back | no-op | blocked (a check failed) | failed (a step failed)."""
+@dataclass(frozen=True)
+class StepResult:
+    """One step of an attempt (an AWS read, the code package, the deploy, the trigger), and
+    whether it changed production: the outcome is decided from these."""
+
+    name: str
+    passed: bool
+    detail: str
+    changed: bool = False
+
+
+OUTCOMES = {
+    "promoted": "production runs the promoted definition (and its run started, if asked)",
+    "promoted-not-triggered": "production runs the promoted definition, but its run could not be started",
+    "rolled-back": "production runs the restored version's definition",
+    "no-op": "production already ran it: nothing changed",
+    "blocked": "a check failed: nothing changed",
+    "failed": "a step failed before production changed: nothing changed, a rerun is safe",
+    "incomplete": "production changed, then a later step failed",
+}
+FAILING = {"promoted-not-triggered", "blocked", "failed", "incomplete"}  # the run fails, after its record
+
+
+def production_changed(steps: list[StepResult]) -> bool:
+    return any(s.changed for s in steps)
+
+
+def outcome(kind: str, checks: list[CheckResult], steps: list[StepResult]) -> str:
+    """One of OUTCOMES, from what the checks and steps say (a failed step stops an attempt)."""
+    failed = [s.name for s in steps if not s.passed]
     if not all(c.passed for c in checks):
         return "blocked"
-    if not all(s.passed for s in steps):
+    if failed and not production_changed(steps):
         return "failed"
-    if not changed:
+    if failed:
+        return "promoted-not-triggered" if kind == "promotion" and failed == ["trigger"] else "incomplete"
+    if not production_changed(steps):
         return "no-op"
     return "rolled-back" if kind == "rollback" else "promoted"
+
+
+def failure_summary(record: AuditRecord) -> str:
+    """Why a failing attempt failed, and whether production changed: what the operator reads first."""
+    failed = " | ".join(f"{c.name}: {c.detail}" for c in [*record.checks, *record.steps] if not c.passed)
+    if not record.production_changed:
+        return f"{record.kind} {record.outcome}: {failed}"
+    now_runs = (record.target.get("version_arn") or "a new version").rsplit(":", 1)[-1]
+    return (f"{record.kind} {record.outcome}: {failed} | production changed: "
+            f"{record.target.get('state_machine_arn', '').rsplit(':', 1)[-1]} now runs version {now_runs}")
 
 
 @dataclass
@@ -413,9 +453,10 @@ class AuditRecord:
     target: dict[str, Any] = field(default_factory=dict)  # environment, account, state machine, versions, digests
     code_package: dict[str, Any] = field(default_factory=dict)  # url, sha
     checks: list[CheckResult] = field(default_factory=list)
-    steps: list[CheckResult] = field(default_factory=list)
+    steps: list[StepResult] = field(default_factory=list)
     execution_arn: str | None = None
     outcome: str = ""
+    production_changed: bool = False
     finished_at: str = ""
     lint_isolation: str | None = None  # how the staging code was linted; "none" is unsafe and says so here
 

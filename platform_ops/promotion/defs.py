@@ -10,6 +10,8 @@ flow waits in the queue instead of racing the first.
 
 
 import json
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -33,8 +35,10 @@ PROMOTION_TAG = "platform_ops/promotion"
 PROMOTED = dg.DynamicPartitionsDefinition(name="promoted_state_machines")
 AUDIT_LOG = dg.AssetKey("promotion_audit_log")
 CHECK_COLUMNS = ["name", "passed", "detail"]
-HISTORY_COLUMNS = ["promotion_id", "kind", "outcome", "flow", "project", "branch", "requested_by", "reason",
-                   "dagster_user", "started_at", "finished_at", "to_version_arn", "execution_arn", "dagster_run_id"]
+STEP_COLUMNS = ["name", "passed", "changed", "detail"]
+HISTORY_COLUMNS = ["promotion_id", "kind", "outcome", "production_changed", "flow", "project", "branch",
+                   "requested_by", "reason", "dagster_user", "started_at", "finished_at", "to_version_arn",
+                   "execution_arn", "dagster_run_id"]
 
 
 class ChecksConfig(dg.Config):
@@ -79,6 +83,13 @@ class Staging:
     translated: str
     latest_run_arn: str | None
     production: dict | None  # DescribeStateMachine of the production deployment, None before the first
+
+
+@dataclass
+class Progress:
+    """The step an attempt is in: whatever fails there is recorded against it."""
+
+    step: str = "resolve"
 
 
 def _now() -> datetime:
@@ -126,12 +137,12 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
             raise dg.Failure(f"bad config: {request.source_name}: {exc}") from None
 
     def gather(context: Any, request: core.PromotionRequest, arn: str, described: dict,
-               deployment: core.Deployment) -> tuple[Staging, list[core.CheckResult]]:
-        """Every check, each reported even after another failed. Read-only."""
+               deployment: core.Deployment, progress: Progress, checks: list[core.CheckResult]) -> Staging:
+        """Every check into `checks`, each reported even after another failed. Read-only; an AWS
+        read that fails raises, with `progress` naming it and the checks so far kept."""
         src = aws(context, source_env)
         sfn = src.client("stepfunctions")
         definition = described["definition"]
-        checks: list[core.CheckResult] = []
 
         package = None
         try:
@@ -148,6 +159,7 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
 
         checks.append(core.check_names(request, deployment))
 
+        progress.step = "read staging runs"
         now = _now()
         executions = list(stepfunctions.recent_executions(sfn, arn, now - timedelta(hours=p.max_staging_age_hours)))
         promoted_digest = core.digest(definition)
@@ -156,6 +168,7 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
             lambda e: core.digest(stepfunctions.definition_for_execution(sfn, e.arn))))
         latest = core.latest_finished(executions)
 
+        progress.step = "read production"
         production = stepfunctions.describe_state_machine(aws(context, target_env).client("stepfunctions"),
                                                           target_arn(request))
         translated = core.translate(definition, project=request.project, flow=request.flow, branch=request.branch,
@@ -163,7 +176,7 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
                                     production_token=core.production_token_of(production and production["definition"]))
         checks += core.check_definition(translated, mapping, rules)
         return Staging(arn, definition, described["roleArn"], deployment, package, translated,
-                       latest.arn if latest else None, production), checks
+                       latest.arn if latest else None, production)
 
     def target_arn(request: core.PromotionRequest) -> str:
         return stepfunctions.state_machine_arn(target_env.account_id, target_env.region, request.target_name)
@@ -177,10 +190,24 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
             target={"environment": target_env.name, "account_id": target_env.account_id},
             lint_isolation=p.lint_isolation if kind == "promotion" else None)
 
-    def finish(context: Any, record: core.AuditRecord, changed: bool, calls: Any) -> dg.Output:
-        """Decide the outcome, store the record (never overwritten), show it in the UI; a blocked
-        or failed attempt fails the run after its record is safe."""
-        record.outcome = core.outcome(record.kind, record.checks, record.steps, changed)
+    def attempt(context: Any, record: core.AuditRecord, progress: Progress, steps: Callable[[], None]) -> None:
+        """Run an attempt's steps; whatever fails is recorded against the step in progress, so the
+        record always gets written. Bad config (dg.Failure) is not an attempt and propagates."""
+        try:
+            steps()
+        except dg.Failure:
+            raise
+        except Exception as exc:  # AWS, or a bug: either way the attempt is recorded
+            if not isinstance(exc, AwsError):
+                context.log.error(f"{record.kind} step {progress.step!r} raised:\n" + traceback.format_exc())
+            detail = str(exc) if isinstance(exc, AwsError) else f"{type(exc).__name__}: {exc}"
+            record.steps.append(core.StepResult(progress.step, False, detail))
+
+    def finish(context: Any, record: core.AuditRecord, calls: Any) -> dg.Output:
+        """Decide the outcome, store the record (never overwritten), show it in the UI; a failing
+        attempt fails the run after its record is safe."""
+        record.outcome = core.outcome(record.kind, record.checks, record.steps)
+        record.production_changed = core.production_changed(record.steps)
         record.finished_at = _now().isoformat()
         target = record.target.get("state_machine_arn", "").rsplit(":", 1)[-1]
         key = core.record_key(p.audit_prefix, record.flow, record.promotion_id)
@@ -192,19 +219,19 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
             raise dg.Failure(f"{record.kind} {record.outcome}, but its audit record was not stored at "
                              f"s3://{p.audit_bucket}/{key}: {exc}. The record is in this run's logs.") from exc
         metadata = {
-            "outcome": record.outcome, "promotion_id": record.promotion_id, "requested_by": record.requested_by,
+            "outcome": record.outcome, "production_changed": record.production_changed,
+            "promotion_id": record.promotion_id, "requested_by": record.requested_by,
             "reason": record.reason, "record": dg.MetadataValue.path(f"s3://{p.audit_bucket}/{key}"),
             "checks": metadata_table([c.__dict__ for c in record.checks], CHECK_COLUMNS),
-            "steps": metadata_table([s.__dict__ for s in record.steps], CHECK_COLUMNS),
+            "steps": metadata_table([s.__dict__ for s in record.steps], STEP_COLUMNS),
             "version_arn": record.target.get("version_arn") or "", "execution_arn": record.execution_arn or "",
             "aws_calls": dg.MetadataValue.json(dict(calls)),
         }
         context.instance.add_dynamic_partitions(PROMOTED.name, [target])
         context.log_event(dg.AssetMaterialization(AUDIT_LOG, partition=target, metadata=metadata,
                                                   description=f"{record.kind} of {target}: {record.outcome}"))
-        if record.outcome in ("blocked", "failed"):
-            failed = [f"{c.name}: {c.detail}" for c in record.checks + record.steps if not c.passed]
-            raise dg.Failure(f"{record.kind} {record.outcome}: " + " | ".join(failed), metadata=metadata)
+        if record.outcome in core.FAILING:
+            raise dg.Failure(core.failure_summary(record), metadata=metadata)
         return dg.Output(record.to_dict(), metadata=metadata)
 
     @dg.op(required_resource_keys=keys, out=dg.Out(list))
@@ -212,8 +239,12 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
         """The sanity checks alone, read-only: for a pull request or a data scientist to rerun."""
         request = config.request()
         valid(request, needs_reason=False)
+        progress, checks = Progress(), []
         with count_calls() as calls:
-            _, checks = gather(context, request, *resolve(context, request))
+            try:
+                gather(context, request, *resolve(context, request), progress, checks)
+            except AwsError as exc:
+                raise dg.Failure(f"{progress.step}: {exc}") from exc
         rows = [c.__dict__ for c in checks]
         metadata = {"checks": metadata_table(rows, CHECK_COLUMNS), "aws_calls": dg.MetadataValue.json(dict(calls))}
         if not all(c.passed for c in checks):
@@ -227,64 +258,60 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
         request = config.request(trigger=config.trigger)
         valid(request, needs_reason=True)
         serialized(context, request.target_name)
-        started = _now()
         record = new_record(context, "promotion", request.flow, request.project, request.requested_by,
-                            request.reason, started)
+                            request.reason, _now())
         record.branch = request.branch
-        changed = False
-        with count_calls() as calls:
-            resolved = resolve(context, request)
-            record.target["state_machine_arn"] = target_arn(request)
-            try:
-                staging, record.checks = gather(context, request, *resolved)
-                record.source = {"environment": source_env.name, "account_id": source_env.account_id,
-                                 "state_machine_arn": staging.arn, "definition_digest": core.digest(staging.definition),
-                                 "latest_run_arn": staging.latest_run_arn}
-                record.code_package = {"url": staging.deployment.code_url, "sha": staging.deployment.code_sha}
-                record.target["definition_digest"] = core.digest(staging.translated)
-                if all(c.passed for c in record.checks):
-                    changed = productionize(context, request, staging, record)
-            except AwsError as exc:  # AWS failed us mid-way: still an attempt, still recorded
-                record.steps.append(core.CheckResult("aws", False, str(exc)))
-        return finish(context, record, changed, calls)
+        record.source = {"environment": source_env.name, "account_id": source_env.account_id, "state_machine_arn":
+                         stepfunctions.state_machine_arn(source_env.account_id, source_env.region, request.source_name)}
+        record.target["state_machine_arn"] = target_arn(request)
+        progress = Progress()
 
-    def productionize(context: Any, request: core.PromotionRequest, staging: Staging,
-                      record: core.AuditRecord) -> bool:
+        def steps() -> None:
+            staging = gather(context, request, *resolve(context, request), progress, record.checks)
+            record.source.update(definition_digest=core.digest(staging.definition),
+                                 latest_run_arn=staging.latest_run_arn)
+            record.code_package = {"url": staging.deployment.code_url, "sha": staging.deployment.code_sha}
+            record.target["definition_digest"] = core.digest(staging.translated)
+            if all(c.passed for c in record.checks):
+                productionize(context, request, staging, record, progress)
+
+        with count_calls() as calls:
+            attempt(context, record, progress, steps)
+        return finish(context, record, calls)
+
+    def productionize(context: Any, request: core.PromotionRequest, staging: Staging, record: core.AuditRecord,
+                      progress: Progress) -> None:
         """Code package, then the state machine (one atomic create-or-update that publishes a
-        version), then the trigger. True when production changed."""
+        version), then the trigger; each recorded once done. A step that fails raises: the ones
+        before the deploy changed nothing, and a failed trigger leaves the deploy in place."""
         sfn = aws(context, target_env).client("stepfunctions")
         arn = target_arn(request)
         current = staging.production
         action = core.deploy_action(current and current["definition"], staging.translated)
         if current:
             record.target["previous_definition_digest"] = core.digest(current["definition"])
+            progress.step = "read production versions"
             published = stepfunctions.versions(sfn, arn)
             record.target["previous_version_arn"] = max(published, key=lambda v: v.number).arn if published else None
         if action == "noop":
-            record.steps.append(core.CheckResult("deploy", True, f"{request.target_name} already runs this definition"))
-            return False
-        step = "code package"
-        try:
-            url = core.translate_url(staging.deployment.code_url, mapping)
-            written = s3.copy_content_addressed(staging.package, aws(context, target_env).client("s3"), url)
-            record.steps.append(core.CheckResult(step, True, f"{'copied to' if written else 'already at'} {url}"))
-            step = "deploy"
-            record.target["version_arn"] = stepfunctions.publish(
-                sfn, arn=arn, name=request.target_name, definition=staging.translated,
-                role_arn=core.production_role(staging.role_arn, mapping), exists=current is not None,
-                description=f"promotion {record.promotion_id} by {request.requested_by}")
-            record.steps.append(core.CheckResult(step, True, f"{action}d {request.target_name}, published "
-                                                             f"{record.target['version_arn'].rsplit(':', 1)[-1]}"))
-        except (AwsError, ValueError) as exc:
-            record.steps.append(core.CheckResult(step, False, str(exc)))
-            return False  # each step is atomic: a failed one changed nothing
+            record.steps.append(core.StepResult("deploy", True, f"{request.target_name} already runs this definition"))
+            return
+        progress.step = "code package"
+        url = core.translate_url(staging.deployment.code_url, mapping)
+        written = s3.copy_content_addressed(staging.package, aws(context, target_env).client("s3"), url)
+        record.steps.append(core.StepResult("code package", True, f"{'copied to' if written else 'already at'} {url}"))
+        progress.step = "deploy"
+        record.target["version_arn"] = stepfunctions.publish(
+            sfn, arn=arn, name=request.target_name, definition=staging.translated,
+            role_arn=core.production_role(staging.role_arn, mapping), exists=current is not None,
+            description=f"promotion {record.promotion_id} by {request.requested_by}")
+        record.steps.append(core.StepResult("deploy", True, f"{action}d {request.target_name}, published "
+                                                            f"{record.target['version_arn'].rsplit(':', 1)[-1]}",
+                                            changed=True))
         if request.trigger:
-            try:
-                record.execution_arn = stepfunctions.start(sfn, arn, core.TRIGGER_INPUT)
-                record.steps.append(core.CheckResult("trigger", True, record.execution_arn.rsplit(":", 1)[-1]))
-            except AwsError as exc:
-                record.steps.append(core.CheckResult("trigger", False, str(exc)))
-        return True
+            progress.step = "trigger"
+            record.execution_arn = stepfunctions.start(sfn, arn, core.TRIGGER_INPUT)
+            record.steps.append(core.StepResult("trigger", True, record.execution_arn.rsplit(":", 1)[-1]))
 
     @dg.op(required_resource_keys=keys, out=dg.Out(dict))
     def rollback_flow(context: dg.OpExecutionContext, config: RollbackConfig):
@@ -292,45 +319,51 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
         the newest version), audited like a promotion."""
         request = core.PromotionRequest(config.flow, config.project, None, config.requested_by, config.reason)
         valid(request, needs_reason=True)
-        name = request.target_name
-        serialized(context, name)
-        sfn = aws(context, target_env).client("stepfunctions")
-        arn = stepfunctions.state_machine_arn(target_env.account_id, target_env.region, name)
+        serialized(context, request.target_name)
         record = new_record(context, "rollback", config.flow, config.project, config.requested_by, config.reason,
                             _now())
-        record.target["state_machine_arn"] = arn
-        changed = False
+        record.target["state_machine_arn"] = target_arn(request)
+        progress = Progress("read production")
         with count_calls() as calls:
-            current = stepfunctions.describe_state_machine(sfn, arn)
-            if current is None:
-                raise dg.Failure(f"bad config: no production deployment {name} in {target_env.name}")
-            published = stepfunctions.versions(sfn, arn)
-            newest = max(published, key=lambda v: v.number).arn if published else None
-            try:
-                target = core.rollback_target(published, newest, config.to_version)
-            except ValueError as exc:
-                raise dg.Failure(f"bad config: {exc}") from None
-            record.target.update(previous_version_arn=newest, restored_version_arn=target.arn,
-                                 previous_definition_digest=core.digest(current["definition"]))
-            record.checks.append(core.CheckResult("version", True, f"restore version {target.number}"))
-            step = "read version"
-            try:
-                definition = stepfunctions.describe_state_machine(sfn, target.arn)["definition"]
-                record.target["definition_digest"] = core.digest(definition)
-                if record.target["definition_digest"] == record.target["previous_definition_digest"]:
-                    record.steps.append(core.CheckResult("deploy", True, f"{name} already runs version "
-                                                                         f"{target.number}'s definition"))
-                else:
-                    step = "deploy"
-                    record.target["version_arn"] = stepfunctions.publish(
-                        sfn, arn=arn, name=name, definition=definition, role_arn=current["roleArn"], exists=True,
-                        description=f"rollback {record.promotion_id} to version {target.number} by {config.requested_by}")
-                    record.steps.append(core.CheckResult(step, True, f"published version {target.number}'s definition "
-                                                                     f"as {record.target['version_arn'].rsplit(':', 1)[-1]}"))
-                    changed = True
-            except AwsError as exc:
-                record.steps.append(core.CheckResult(step, False, str(exc)))
-        return finish(context, record, changed, calls)
+            attempt(context, record, progress, lambda: restore(context, config, record, progress))
+        return finish(context, record, calls)
+
+    def restore(context: Any, config: RollbackConfig, record: core.AuditRecord, progress: Progress) -> None:
+        """Find the version to put back and publish its definition as the newest version; a
+        missing deployment or version asked for is bad config."""
+        sfn = aws(context, target_env).client("stepfunctions")
+        arn, name = record.target["state_machine_arn"], record.target["state_machine_arn"].rsplit(":", 1)[-1]
+        current = stepfunctions.describe_state_machine(sfn, arn)
+        if current is None:
+            raise dg.Failure(f"bad config: no production deployment {name} in {target_env.name}")
+        record.target["previous_definition_digest"] = core.digest(current["definition"])
+        progress.step = "read versions"
+        published = stepfunctions.versions(sfn, arn)
+        newest = max(published, key=lambda v: v.number).arn if published else None
+        try:
+            target = core.rollback_target(published, newest, config.to_version)
+        except ValueError as exc:
+            raise dg.Failure(f"bad config: {exc}") from None
+        record.target.update(previous_version_arn=newest, restored_version_arn=target.arn)
+        record.checks.append(core.CheckResult("version", True, f"restore version {target.number}"))
+        progress.step = "read version"
+        version = stepfunctions.describe_state_machine(sfn, target.arn)
+        if version is None:
+            record.steps.append(core.StepResult("read version", False,
+                                                f"version {target.number} is gone ({target.arn})"))
+            return
+        record.target["definition_digest"] = core.digest(version["definition"])
+        if record.target["definition_digest"] == record.target["previous_definition_digest"]:
+            record.steps.append(core.StepResult("deploy", True, f"{name} already runs version {target.number}'s "
+                                                                "definition"))
+            return
+        progress.step = "deploy"
+        record.target["version_arn"] = stepfunctions.publish(
+            sfn, arn=arn, name=name, definition=version["definition"], role_arn=current["roleArn"], exists=True,
+            description=f"rollback {record.promotion_id} to version {target.number} by {config.requested_by}")
+        record.steps.append(core.StepResult("deploy", True, f"published version {target.number}'s definition as "
+                                                            f"{record.target['version_arn'].rsplit(':', 1)[-1]}",
+                                            changed=True))
 
     audit_log = dg.AssetSpec(
         AUDIT_LOG, group_name=GROUP, partitions_def=PROMOTED, kinds={"s3"},
