@@ -20,6 +20,8 @@ CLOCK_SKEW_SECONDS = 300.0
 # A post starts right after its claim; slack_sdk gives up on it well within this (timeouts,
 # Retry-After waits and all), so Slack cannot have accepted it later.
 POST_LIFETIME_SECONDS = 3600.0
+# Posts again (each after a lookup) when a post failed in a way that may have reached Slack.
+AMBIGUOUS_RETRIES = 2
 
 
 class Step(enum.Enum):
@@ -27,12 +29,15 @@ class Step(enum.Enum):
     LOOKUP = "lookup"  # claimed, never confirmed: the post may have gone out
     DONE = "done"  # confirmed (or muted): nothing to send
     BUSY = "busy"  # claimed by another run that is still going: it is that run's to send
+    FAIL = "fail"  # give up for now: the claim stays, and the next attempt looks first
 
 
-def claim_record(now: float, run_id: str | None, root_run_id: str | None, thread_ts: str | None) -> dict[str, Any]:
-    """Written before the post: when (bounds the lookup), by whom (a live run owns it), where."""
+def claim_record(now: float, run_id: str | None, root_run_id: str | None, channel: str,
+                 thread_ts: str | None) -> dict[str, Any]:
+    """Written before the post: when (bounds the lookup), by whom (a live run owns it), where
+    (the lookup reads that channel and thread, even if the settings changed since)."""
     return {"state": CLAIMED, "claimed_at": now, "run_id": run_id, "root_run_id": root_run_id,
-            "thread_ts": thread_ts}
+            "channel": channel, "thread_ts": thread_ts}
 
 
 def confirmed_record(ts: str, channel: str, run_id: str | None, found: bool = False) -> dict[str, Any]:
@@ -67,6 +72,14 @@ def next_step(record: Mapping[str, Any] | None, root_run_id: str | None, owner_f
 def after_lookup(found_ts: str | None) -> Step:
     """Found: it went out, confirm it. Not found: Slack never took it, post."""
     return Step.DONE if found_ts else Step.POST
+
+
+def after_failed_post(maybe_sent: bool, attempt: int, retries: int = AMBIGUOUS_RETRIES) -> Step:
+    """A post that failed before reaching Slack (refused, ok: false) is not retried here: nothing
+    went out, the claim stays and the next attempt posts. One that may have reached Slack (5xx, a
+    connection broken after sending, a read timeout) is looked up before posting again: never a
+    blind retry."""
+    return Step.LOOKUP if maybe_sent and attempt < retries else Step.FAIL
 
 
 def lookup_window(claimed_at: float) -> tuple[str, str]:

@@ -160,7 +160,8 @@ def test_the_alert_op_retries_with_backoff_and_skips_what_went_out(world, instan
     world.run_flow("production", "flaky", width=2, faults=[{**OOM, "index": 0}])
     defs = build_defs(alert_settings(world, retries=2, retry_delay_seconds=0.1))
     [request] = tick(defs, instance).run_requests
-    world.sandbox.sink.state.faults.extend([{"kind": "server_error"}] * 3)  # one op attempt's worth of 5xx
+    # one op attempt's worth of 5xx: the post, then the three tries of the lookup that must precede a second post
+    world.sandbox.sink.state.faults.extend([{"kind": "server_error"}] * 4)
     result = run(defs, request, instance)
     assert result.success and len(world.messages) == 1
     assert any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)

@@ -5,7 +5,7 @@ import pytest
 from platform_ops import exactly_once as eo
 from platform_ops.exactly_once import Step
 
-CLAIM = eo.claim_record(1_700_000_000.0, "run-2", "run-1", None)
+CLAIM = eo.claim_record(1_700_000_000.0, "run-2", "run-1", "#alerts", None)
 
 
 def test_nothing_recorded_is_posted():
@@ -31,7 +31,7 @@ def test_a_claim_of_this_runs_lineage_is_looked_up_even_while_its_run_looks_aliv
 
 def test_a_claim_of_an_ended_run_is_looked_up():
     assert eo.next_step(CLAIM, "another-root", owner_finished=True) is Step.LOOKUP
-    sensor_claim = eo.claim_record(5.0, None, None, None)  # a sensor's: no run owns it
+    sensor_claim = eo.claim_record(5.0, None, None, "#alerts", None)  # a sensor's: no run owns it
     assert eo.next_step(sensor_claim, None, owner_finished=True) is Step.LOOKUP
 
 
@@ -45,6 +45,16 @@ def test_found_confirms_not_found_posts():
     assert eo.after_lookup(None) is Step.POST
 
 
+def test_a_post_that_may_have_reached_slack_is_looked_up_before_it_is_sent_again():
+    assert eo.after_failed_post(maybe_sent=True, attempt=0) is Step.LOOKUP
+    assert eo.after_failed_post(maybe_sent=True, attempt=eo.AMBIGUOUS_RETRIES - 1) is Step.LOOKUP
+    assert eo.after_failed_post(maybe_sent=True, attempt=eo.AMBIGUOUS_RETRIES) is Step.FAIL  # the claim stays
+
+
+def test_a_post_slack_never_took_is_left_to_the_next_attempt():
+    assert eo.after_failed_post(maybe_sent=False, attempt=0) is Step.FAIL
+
+
 def test_the_lookup_window_surrounds_the_claim():
     oldest, latest = eo.lookup_window(1_700_000_000.0)
     assert float(oldest) == 1_700_000_000.0 - eo.CLOCK_SKEW_SECONDS
@@ -54,10 +64,10 @@ def test_the_lookup_window_surrounds_the_claim():
 
 
 def test_the_claim_says_when_who_and_where():
-    claim = eo.claim_record(12.5, "run-2", "run-1", "1.000001")
+    claim = eo.claim_record(12.5, "run-2", "run-1", "#alerts", "1.000001")
     assert eo.is_claim(claim) and not eo.is_done(claim)
     assert claim == {"state": "claimed", "claimed_at": 12.5, "run_id": "run-2", "root_run_id": "run-1",
-                     "thread_ts": "1.000001"}
+                     "channel": "#alerts", "thread_ts": "1.000001"}
 
 
 def test_metadata_names_the_key_and_only_that_key_matches():
@@ -79,4 +89,4 @@ def test_metadata_names_the_key_and_only_that_key_matches():
 def test_a_claimed_digest_keeps_a_smaller_retry_in_its_thread():
     assert eo.is_storm(6, 5, None)
     assert not eo.is_storm(5, 5, None)
-    assert eo.is_storm(2, 5, eo.claim_record(1.0, "r", "r", None))  # 4 of 6 went out before the crash
+    assert eo.is_storm(2, 5, eo.claim_record(1.0, "r", "r", "#alerts", None))  # 4 of 6 went out before the crash

@@ -41,23 +41,33 @@ class PlatformSlackResource(SlackResource):
     rate_limit_retries: int = Field(default=3, description="Retries of a 429, each after Retry-After.")
 
     def get_client(self) -> WebClient:
-        """Connection errors are retried only when urllib failed to connect or send (URLError):
-        a connection that broke after the request went out may have posted, and a blind retry
-        would post twice; post_once's lookup settles those."""
+        """For reads: every connection error, 429 and 5xx is retried (reading twice is harmless)."""
+        client = WebClient(token=self.token, base_url=self.base_url, timeout=15)
+        client.retry_handlers = [
+            ConnectionErrorRetryHandler(max_retry_count=2),
+            RateLimitErrorRetryHandler(max_retry_count=self.rate_limit_retries),
+            ServerErrorRetryHandler(max_retry_count=2),
+        ]
+        return client
+
+    def _posting_client(self) -> WebClient:
+        """For posts: only what Slack cannot have taken is retried here (urllib could not connect
+        or send: URLError; a 429). A 5xx or a connection broken after sending may have posted: a
+        blind retry could post twice, so post_once looks the message up first."""
         client = WebClient(token=self.token, base_url=self.base_url, timeout=15)
         client.retry_handlers = [
             ConnectionErrorRetryHandler(max_retry_count=2, error_types=[URLError]),
             RateLimitErrorRetryHandler(max_retry_count=self.rate_limit_retries),
-            ServerErrorRetryHandler(max_retry_count=2),
         ]
         return client
 
     def post(self, channel: str, message: SlackMessage, thread_ts: str | None = None,
              metadata: dict[str, Any] | None = None) -> dict[str, Any]:
         """chat.postMessage (in a thread when `thread_ts`, with message metadata when given),
-        retrying 429s after Retry-After and 5xx a few times; SlackError when it is not sent."""
+        retrying 429s after Retry-After and refused connections; SlackError when it is not sent
+        (`maybe_sent` when it may have been)."""
         with _slack_errors("chat.postMessage to", channel):
-            response = self.get_client().chat_postMessage(
+            response = self._posting_client().chat_postMessage(
                 channel=channel, text=message.text, blocks=list(message.blocks) or None, thread_ts=thread_ts,
                 metadata=Metadata(**metadata) if metadata else None,
             )
@@ -95,7 +105,13 @@ class PlatformSlackResource(SlackResource):
 
 
 class SlackError(RuntimeError):
-    """A message Slack did not accept; the text never contains the token."""
+    """A call Slack did not answer ok; the text never contains the token. `maybe_sent`: the
+    request reached Slack and its outcome is unknown (a 5xx, a connection broken after sending,
+    a read timeout), so a post may have gone out."""
+
+    def __init__(self, text: str, maybe_sent: bool = False):
+        super().__init__(text)
+        self.maybe_sent = maybe_sent
 
 
 @contextmanager
@@ -104,8 +120,14 @@ def _slack_errors(what: str, channel: str) -> Iterator[None]:
     try:
         yield
     except SlackApiError as exc:
-        raise SlackError(f"{what} {channel}: {exc.response.get('error', 'error')}") from None
-    except (OSError, ValueError) as exc:  # URLError, timeouts, a dropped connection, bad URL
+        status = exc.response.status_code
+        error = exc.response.get("error", "error") if isinstance(exc.response.data, dict) else f"HTTP {status}"
+        raise SlackError(f"{what} {channel}: {error}", maybe_sent=status >= 500) from None
+    except URLError as exc:  # could not connect or send: Slack never had the request
+        raise SlackError(f"{what} {channel}: {type(exc).__name__}: {exc}") from None
+    except OSError as exc:  # the request went out; the answer did not come back
+        raise SlackError(f"{what} {channel}: {type(exc).__name__}: {exc}", maybe_sent=True) from None
+    except ValueError as exc:  # a bad URL or answer
         raise SlackError(f"{what} {channel}: {type(exc).__name__}: {exc}") from None
 
 
@@ -138,16 +160,39 @@ def post_once(slack: PlatformSlackResource, ledger: Ledger, key: str, channel: s
         return Delivery("busy", None)
     qualified = ledger.qualified(key)
     if step is exactly_once.Step.LOOKUP:
-        oldest, latest = exactly_once.lookup_window(record["claimed_at"])
-        found = slack.find_posted(channel, qualified, oldest, latest, record.get("thread_ts"))
+        found = _look_up(slack, record, qualified, channel)
         if exactly_once.after_lookup(found) is exactly_once.Step.DONE:
-            ledger.put(key, **exactly_once.confirmed_record(found, channel, run_id, found=True))
+            ledger.put(key, **exactly_once.confirmed_record(found, record.get("channel", channel), run_id, found=True))
             return Delivery("found", found)
-    ledger.put(key, **exactly_once.claim_record(time.time(), run_id, root_run_id, thread_ts))
-    posted = slack.post(channel, message, thread_ts=thread_ts,
-                        metadata=exactly_once.metadata(qualified, **(payload or {})))
-    ledger.put(key, **exactly_once.confirmed_record(posted["ts"], channel, run_id))
-    return Delivery("posted", posted["ts"])
+    claim = exactly_once.claim_record(time.time(), run_id, root_run_id, channel, thread_ts)
+    ledger.put(key, **claim)
+    ts, found = _post_looking_first(slack, claim, qualified, message,
+                                    exactly_once.metadata(qualified, **(payload or {})))
+    ledger.put(key, **exactly_once.confirmed_record(ts, channel, run_id, found=found))
+    return Delivery("found" if found else "posted", ts)
+
+
+def _look_up(slack: PlatformSlackResource, claim: dict, qualified: str, channel: str) -> str | None:
+    """The claimed message in the channel (and thread) the claim names, within its window."""
+    oldest, latest = exactly_once.lookup_window(claim["claimed_at"])
+    return slack.find_posted(claim.get("channel", channel), qualified, oldest, latest, claim.get("thread_ts"))
+
+
+def _post_looking_first(slack: PlatformSlackResource, claim: dict, qualified: str, message: SlackMessage,
+                        metadata: dict) -> tuple[str, bool]:
+    """Post; after a failure that may have reached Slack, look it up before posting again.
+    (ts, whether it was found rather than posted)."""
+    attempt = 0
+    while True:
+        try:
+            return slack.post(claim["channel"], message, thread_ts=claim["thread_ts"], metadata=metadata)["ts"], False
+        except SlackError as exc:
+            if exactly_once.after_failed_post(exc.maybe_sent, attempt) is exactly_once.Step.FAIL:
+                raise
+        found = _look_up(slack, claim, qualified, claim["channel"])
+        if exactly_once.after_lookup(found) is exactly_once.Step.DONE:
+            return found, True
+        attempt += 1
 
 
 class Pacer:

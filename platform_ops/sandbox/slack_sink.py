@@ -7,8 +7,8 @@ first, oldest/latest/inclusive, limit and cursor paging with `has_more` and
 `response_metadata.next_cursor`, metadata only with `include_all_metadata`), conversations.list
 (name -> ID), auth.test. A channel is created by its first post, under the name it was posted
 to, and gets a stable ID that posts accept too. Faults can be injected (HTTP 429 with
-Retry-After, API errors, 500s, and a post that is accepted but never answered: the connection
-drops, or the poster is killed). `GET /` shows the messages as an operator would read them;
+Retry-After, API errors, 500s, and a post that is kept but never answered ok: the connection
+drops, a 500 comes back, or the poster is killed). `GET /` shows the messages as an operator would read them;
 `GET /_sink/messages` returns them as JSON.
 """
 
@@ -34,7 +34,7 @@ CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{8,}$")
 BOT = {"user": "USANDBOXBOT", "bot_id": "BSANDBOX", "app_id": "ASANDBOX"}
 # faults that answer instead of the API; the others act on a post the API accepted (or is sent)
 ANSWER_FAULTS = {"rate_limit", "server_error", "error"}
-POST_FAULTS = {"accept_and_drop", "accept_and_kill", "kill"}
+POST_FAULTS = {"accept_and_drop", "accept_and_500", "accept_and_kill", "kill"}
 
 
 @dataclass
@@ -359,6 +359,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._kill(fault)  # kept, and the poster never reads the answer
         if kind == "accept_and_drop" and answer["ok"]:
             return None  # kept; the connection closes without an answer
+        if kind == "accept_and_500" and answer["ok"]:
+            return self._send(500, "internal error", "text/plain")  # kept, and a gateway's error answered
         self._send(200, answer)
 
     def _auth_problem(self, args: dict) -> str | None:
