@@ -140,22 +140,25 @@ def test_an_alert_that_never_reached_slack_is_posted_by_the_re_execution(world, 
     assert "killed-before-post" in alert["text"]
 
 
-@pytest.mark.parametrize("thread, skip", [(False, 0), (True, 2)], ids=["digest", "third reply"])
-def test_a_storm_killed_mid_way_ends_as_one_digest_with_each_reply_once_under_it(world, home, tmp_path, thread, skip):
+@pytest.mark.parametrize("kind, thread, skip, kept", [("accept_and_kill", False, 0, 1), ("accept_and_kill", True, 2, 4),
+                                                       ("kill", True, 2, 3)],
+                         ids=["digest kept", "third reply kept", "third reply never arrived"])
+def test_a_storm_killed_mid_way_ends_as_one_digest_with_each_reply_once_under_it(world, home, tmp_path, kind, thread,
+                                                                                skip, kept):
     names = [f"storm-{i}" for i in range(6)]  # digest_threshold is 5
     for name in names:
         world.run_flow("staging", name, width=1, faults=[OOM])
     run = killed_run(world, home, "alert_failed_executions", alert_config(world, home),
-                     {"kind": "accept_and_kill", "when": {"event_type": "platform_ops_alert", "thread": thread},
-                      "skip": skip}, tmp_path)
-    assert len(messages(world)) == (1 + 3 if thread else 1)  # the digest (and the first 3 replies) went out
+                     {"kind": kind, "when": {"event_type": "platform_ops_alert", "thread": thread}, "skip": skip},
+                     tmp_path)
+    assert len(messages(world)) == kept  # the digest, and the replies before the kill
     result = reexecute(home, alert_job, run)
     digest, *replies = messages(world)
     assert digest["text"].startswith("6 Metaflow runs failed") and digest["thread_ts"] is None
     assert len(replies) == 6 and {r["thread_ts"] for r in replies} == {digest["ts"]}
     assert sorted(n for r in replies for n in names if f"{n})" in r["text"]) == names  # each once
     counts = results(result)
-    assert counts.get("announced in digest thread (found in Slack)", 0) == (1 if thread else 0)
+    assert counts.get("announced in digest thread (found in Slack)", 0) == (1 if kept == 4 else 0)
     assert sum(v for k, v in counts.items() if k.startswith("announced")) + counts.get("already announced", 0) == 6
 
 
