@@ -121,10 +121,15 @@ class SandboxState:
         # accounts whose service events someone drains: moto's SQS send is O(queue length), so a
         # polled account's undrained queue would make every event slower than the last
         self.event_accounts: set[str] = set()
+        # jobs running out an `after_seconds`: job id -> its timer and how it ends (time_up ends them now)
+        self.timed: dict[str, tuple[threading.Timer, tuple]] = {}
 
     def reset(self) -> None:
         with self.lock:
             self.rules.clear()
+            timers, self.timed = [timer for timer, _ in self.timed.values()], {}
+        for timer in timers:
+            timer.cancel()
 
     def add_rule(self, rule: FaultRule) -> None:
         if rule.fault not in FAULTS:
@@ -249,11 +254,33 @@ def _finish(self: Any, include_start_attempt: bool, job: Any) -> None:
     job.log_stream_name = job._stream_name
     if outcome.after_seconds > 0:
         job.status = RUNNING
-        timer = threading.Timer(outcome.after_seconds, _complete, (self, include_start_attempt, job, outcome))
+        timer = threading.Timer(outcome.after_seconds, _time_up, (job.job_id,))
         timer.daemon = True
+        with STATE.lock:
+            STATE.timed[job.job_id] = (timer, (self, include_start_attempt, job, outcome))
         timer.start()
         return
     _complete(self, include_start_attempt, job, outcome)
+
+
+def _time_up(job_id: str) -> bool:
+    """End a job whose `after_seconds` is up, once, whether its timer or `time_up` gets here first."""
+    with STATE.lock:
+        entry = STATE.timed.pop(job_id, None)
+    if entry is None:
+        return False
+    timer, args = entry
+    timer.cancel()
+    _complete(*args)
+    return True
+
+
+def time_up(job_ids: list[str] | None = None) -> list[str]:
+    """End now the jobs still running out their `after_seconds` (all, or those named), as their
+    fault says: a test waits for this call, not for a clock. Returns the ids it ended."""
+    with STATE.lock:
+        pending = sorted(STATE.timed) if job_ids is None else [j for j in job_ids if j in STATE.timed]
+    return [job_id for job_id in pending if _time_up(job_id)]
 
 
 def _complete(self: Any, include_start_attempt: bool, job: Any, outcome: Outcome) -> None:

@@ -20,7 +20,9 @@ faults and submits its jobs. Users copy a scenario file to rehearse their own in
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,30 +148,67 @@ def play_round(sandbox: Any, scenario: Scenario, round_no: int) -> dict[str, int
     return done
 
 
-def wait_until_quiet(sandbox: Any, timeout: float = 20.0, quiet_for: float = 1.5) -> int:
-    """Wait until running executions stop making progress (finished, or waiting on a job that
-    will not start); returns how many are still RUNNING."""
-    import time
+def wait_until_quiet(sandbox: Any, timeout: float = 300.0) -> int:
+    """Wait until the Metaflow runs have done all they will do on their own: every execution
+    still RUNNING waits on Batch jobs that cannot start (RUNNABLE), with every other task's end
+    already in its history. A condition on the history and Batch's records, not a quiet spell,
+    so a slow machine only makes it later. Returns how many executions are still RUNNING;
+    raises TimeoutError naming them after `timeout` s (a deadline for a very busy machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        busy, blocked = _executions_in_flight(sandbox)
+        if not busy:
+            return blocked
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still making progress after {timeout:.0f} s: {', '.join(sorted(busy))}")
+        time.sleep(0.3)
 
+
+def _executions_in_flight(sandbox: Any) -> tuple[list[str], int]:
+    """(names of RUNNING executions that will still move on their own, how many are blocked)."""
     from platform_ops.sandbox.world import account_client
 
-    deadline, last, quiet_since = time.monotonic() + timeout, None, time.monotonic()
+    busy, blocked = [], 0
+    for env in sandbox.settings.environments.values():
+        sfn = account_client(sandbox.endpoint, "stepfunctions", env.account_id, env.region)
+        batch = account_client(sandbox.endpoint, "batch", env.account_id, env.region)
+        for machine in sfn.list_state_machines()["stateMachines"]:
+            for ex in sfn.list_executions(stateMachineArn=machine["stateMachineArn"],
+                                          statusFilter="RUNNING")["executions"]:
+                if _blocked(sfn, batch, ex["executionArn"]):
+                    blocked += 1
+                else:
+                    busy.append(ex["name"])
+    return busy, blocked
+
+
+TASK_ENDS = {"TaskSucceeded", "TaskFailed", "TaskTimedOut", "TaskAborted"}
+
+
+def _detail(event: dict) -> dict:
+    return next((v for k, v in event.items() if k.endswith("EventDetails") and isinstance(v, dict)), {})
+
+
+def _blocked(sfn: Any, batch: Any, arn: str) -> bool:
+    """Every task scheduled has submitted its job, every job that ended has its task's end in the
+    history, and at least one job waits in RUNNABLE: nothing moves until someone acts."""
+    events, kwargs = [], {"executionArn": arn, "maxResults": 1000}
     while True:
-        running, events = 0, 0
-        for env in sandbox.settings.environments.values():
-            sfn = account_client(sandbox.endpoint, "stepfunctions", env.account_id, env.region)
-            for machine in sfn.list_state_machines()["stateMachines"]:
-                for ex in sfn.list_executions(stateMachineArn=machine["stateMachineArn"],
-                                              statusFilter="RUNNING")["executions"]:
-                    running += 1
-                    events += len(sfn.get_execution_history(executionArn=ex["executionArn"],
-                                                             maxResults=1000)["events"])
-        now = time.monotonic()
-        if (running, events) != last:
-            last, quiet_since = (running, events), now
-        if running == 0 or now - quiet_since >= quiet_for or now > deadline:
-            return running
-        time.sleep(0.3)
+        page = sfn.get_execution_history(**kwargs)
+        events += page["events"]
+        if not page.get("nextToken"):
+            break
+        kwargs["nextToken"] = page["nextToken"]
+    types = [e["type"] for e in events if _detail(e).get("resourceType") == "batch"]  # not the DynamoDB reads
+    if types.count("TaskScheduled") != types.count("TaskSubmitted"):
+        return False  # a task is on its way to Batch
+    job_ids = [json.loads(e["taskSubmittedEventDetails"]["output"])["JobId"] for e in events
+               if e["type"] == "TaskSubmitted"]
+    statuses = [j["status"] for start in range(0, len(job_ids), 100)
+                for j in batch.describe_jobs(jobs=job_ids[start:start + 100])["jobs"]]
+    ended = sum(1 for s in statuses if s in ("SUCCEEDED", "FAILED"))
+    waiting = sum(1 for s in statuses if s == "RUNNABLE")
+    return waiting > 0 and ended + waiting == len(job_ids) and sum(t in TASK_ENDS for t in types) == ended
 
 
 class Driver:

@@ -8,6 +8,7 @@ world the way real incidents shape it:
   POST /_sandbox/faults       {"fault": "oom", "step": "train", "index": 2, ...}: next matching jobs fail so
   POST /_sandbox/jobs         {"environment", "queue", "count", "vcpus", "created_minutes_ago", ...}: bulk submit
   POST /_sandbox/job-status   {"environment", "job_id", "status"}: let the scheduler place a job (STARTING)
+  POST /_sandbox/time-up      {"job_ids": [...]} (or {} for all): jobs running out an after_seconds end now
   POST /_sandbox/deploy-flow  {"environment", "name", "max_workers"}: another DemoFlow deployment
   POST /_sandbox/start-flow   {"environment", "name", "width", "state_machine"}: a Metaflow run
   POST /_sandbox/aws-faults   AWS misbehaving: throttling, a broken role, a mangled history (aws_faults.py)
@@ -173,6 +174,8 @@ class _ControlApp:
                 moto_internals.set_job_status(account, region, body["job_id"], body["status"],
                                               body.get("attempt_stopped_minutes_ago"))
                 result = {"ok": True}
+            elif action == "time-up":
+                result = {"ended": moto_internals.time_up(body.get("job_ids"))}
             elif action == "deploy-flow":
                 env = self.sandbox.settings.environments[body["environment"]]
                 template = flows.DEPLOYMENTS[env.name].template

@@ -22,19 +22,25 @@ def execution_arn(world, environment, name):
     return f"arn:aws:states:{env.region}:{env.account_id}:execution:{flows.DEPLOYMENTS[environment].name}:{name}"
 
 
-def wait_for(world, environment, name, until=lambda d: d["status"] != "RUNNING", timeout=30):
+DEADLINE = 120  # seconds: a condition that holds takes well under one; this is for a busy machine
+
+
+def wait_for(world, environment, name, until=lambda d: d["status"] != "RUNNING"):
     client, arn = sfn(world, environment), execution_arn(world, environment, name)
-    deadline = time.monotonic() + timeout
-    while True:
-        description = client.describe_execution(executionArn=arn)
-        if until(description) or time.monotonic() > deadline:
-            return description
+    deadline = time.monotonic() + DEADLINE
+    while not until(description := client.describe_execution(executionArn=arn)):
+        assert time.monotonic() < deadline, f"{name}: still {description['status']} after {DEADLINE} s"
         time.sleep(0.2)
+    return description
 
 
 def history(world, environment, name):
     return sfn(world, environment).get_execution_history(
         executionArn=execution_arn(world, environment, name), maxResults=1000)["events"]
+
+
+def submitted_jobs(events):
+    return [json.loads(e["taskSubmittedEventDetails"]["output"])["JobId"] for e in events if e["type"] == "TaskSubmitted"]
 
 
 @pytest.mark.parametrize("environment", ["staging", "production"])
@@ -73,11 +79,18 @@ def test_a_failed_task_fails_the_execution_with_the_job_json_as_cause(world):
 def test_a_stuck_task_keeps_the_run_waiting_until_cancelled_then_it_fails_with_the_reason(world):
     world.fault(fault="stuck", run_id="stuck-run", step="train", index=0, created_minutes_ago=150)
     flows.trigger(world.sandbox.endpoint, world.settings.environments["staging"], width=2, name="stuck-run")
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + DEADLINE
     while not (stuck := world.batch().list_jobs(jobQueue="ml-staging", jobStatus="RUNNABLE")["jobSummaryList"]):
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    assert wait_for(world, "staging", "stuck-run", timeout=2)["status"] == "RUNNING"
+    # the task waits on a job that cannot start: once its submission is in the history, the run is
+    # RUNNING with nothing failed, however long anything took (no sleep stands in for "waited")
+    while stuck[0]["jobId"] not in submitted_jobs(events := history(world, "staging", "stuck-run")):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert not [e for e in events if e["type"] in ("TaskFailed", "MapIterationFailed", "ExecutionFailed")]
+    assert sfn(world, "staging").describe_execution(
+        executionArn=execution_arn(world, "staging", "stuck-run"))["status"] == "RUNNING"
     world.batch().cancel_job(jobId=stuck[0]["jobId"], reason="platform-ops reaper: RUNNABLE for 2h30m > 2h0m (X)")
     description = wait_for(world, "staging", "stuck-run")
     assert description["status"] == "FAILED"
@@ -133,7 +146,8 @@ def test_an_unnamed_execution_gets_a_uuid_name_as_on_aws(world):
     arn = client.start_execution(stateMachineArn=created["stateMachineArn"], input="{}")["executionArn"]
     name = arn.rsplit(":", 1)[-1]
     assert re.fullmatch(r"[0-9a-f-]{36}", name), arn
-    deadline = time.monotonic() + 10
-    while (done := client.describe_execution(executionArn=arn))["status"] == "RUNNING" and time.monotonic() < deadline:
+    deadline = time.monotonic() + DEADLINE
+    while (done := client.describe_execution(executionArn=arn))["status"] == "RUNNING":
+        assert time.monotonic() < deadline, f"{arn} still RUNNING after {DEADLINE} s"
         time.sleep(0.1)
     assert json.loads(done["output"]) == {"run": name}
