@@ -4,8 +4,12 @@ A WSGI layer in front of moto that the fault suite arms through `POST /_sandbox/
 Errors have the shape each protocol's real service sends, so botocore parses and retries them
 exactly as it would against AWS:
 
-  {"kind": "throttle", "services": ["batch", "states", "monitoring"]}
-      3 of every 10 calls to each service are throttled, never two in a row (a retry gets through)
+  {"kind": "throttle", "services": ["batch", "states", "monitoring"], "pattern": ".x..x..x.."}
+      calls to each service are throttled as the pattern says, one character per call, repeated
+      ("x" throttled, "." through), each service on its own count. SPREAD (the default) is 3 of
+      every 10, never two in a row; BURSTS is the same 30% the way AWS's token buckets do it,
+      several calls in a row while the bucket is empty. Retries are counted: a request whose
+      `amz-sdk-request` header says attempt > 1.
   {"kind": "deny-assume-role", "account": "222222222222"}
       sts:AssumeRole into that account is AccessDenied (its role's trust policy is broken)
   {"kind": "mangle-history", "execution": "<name>", "how": "malformed" | "cause-not-json" | "oversized"}
@@ -25,7 +29,9 @@ import threading
 from typing import Any
 from urllib.parse import parse_qs
 
-THROTTLED_OF_TEN = (1, 4, 7)
+SPREAD = ".x..x..x.."  # 3 of 10, never two in a row: one retry always gets through
+BURSTS = "....xxx.x......xx..."  # 6 of 20 (30%), up to 3 in a row: a bucket empties, refills, empties
+_ATTEMPT = re.compile(r"attempt=(\d+)")
 # service (signing name) -> (HTTP status, error code, extra headers) as that service answers
 THROTTLE_SHAPES = {
     "batch": (429, "TooManyRequestsException", {}),  # rest-json: x-amzn-ErrorType
@@ -46,8 +52,10 @@ class AwsFaults:
 
     def reset(self) -> None:
         with self._lock:
+            self.patterns: dict[str, str] = {}  # service -> its throttle pattern
             self.throttled: dict[str, int] = {}  # service -> calls seen
             self.throttle_count: dict[str, int] = {}  # service -> calls throttled
+            self.retry_count: dict[str, int] = {}  # service -> calls that were retries (attempt > 1)
             self.denied_accounts: set[str] = set()
             self.mangled: dict[str, str] = {}  # execution name -> how
             self.failures.reset()
@@ -59,9 +67,14 @@ class AwsFaults:
                 unknown = set(fault["services"]) - set(THROTTLE_SHAPES)
                 if unknown:
                     raise ValueError(f"cannot throttle {sorted(unknown)}: known {sorted(THROTTLE_SHAPES)}")
+                pattern = fault.get("pattern", SPREAD)
+                if not isinstance(pattern, str) or not pattern or set(pattern) - {"x", "."}:
+                    raise ValueError(f"throttle pattern: 'x' (throttled) and '.' (through), got {pattern!r}")
                 for service in fault["services"]:
+                    self.patterns[service] = pattern
                     self.throttled.setdefault(service, 0)
                     self.throttle_count.setdefault(service, 0)
+                    self.retry_count.setdefault(service, 0)
             elif kind == "deny-assume-role":
                 self.denied_accounts.add(str(fault["account"]))
             elif kind == "mangle-history":
@@ -74,14 +87,20 @@ class AwsFaults:
                 raise ValueError(f"unknown AWS fault kind {kind!r}")
 
     def counts(self) -> dict[str, int]:
+        """Calls throttled, per service."""
         with self._lock:
             return dict(self.throttle_count)
+
+    def retries(self) -> dict[str, int]:
+        """Calls to a throttled service that were a client's retry, per service."""
+        with self._lock:
+            return dict(self.retry_count)
 
     def wrap(self, app: Any) -> Any:
         def middleware(environ: dict, start_response: Any) -> Any:
             match = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
             service = match.group(1) if match else ""
-            if service in self.throttled and self._throttle_now(service):
+            if service in self.throttled and self._throttle_now(service, environ.get("HTTP_AMZ_SDK_REQUEST", "")):
                 return _error(start_response, service, *THROTTLE_SHAPES[service])
             failed = self.failures.answer(service, environ, start_response)
             if failed is not None:
@@ -101,11 +120,14 @@ class AwsFaults:
 
         return middleware
 
-    def _throttle_now(self, service: str) -> bool:
+    def _throttle_now(self, service: str, sdk_request: str) -> bool:
+        attempt = _ATTEMPT.search(sdk_request)
         with self._lock:
-            n = self.throttled[service]
+            if attempt and int(attempt.group(1)) > 1:
+                self.retry_count[service] += 1
+            n, pattern = self.throttled[service], self.patterns[service]
             self.throttled[service] = n + 1
-            if n % 10 in THROTTLED_OF_TEN:
+            if pattern[n % len(pattern)] == "x":
                 self.throttle_count[service] += 1
                 return True
             return False

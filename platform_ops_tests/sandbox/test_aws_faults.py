@@ -36,6 +36,31 @@ def test_throttling_is_3_calls_in_10_never_two_in_a_row(world, service, signing_
         call(retried)  # standard retries get every call through
 
 
+def test_throttling_comes_in_bursts_and_every_retry_is_counted(world):
+    """AWS throttles several calls in a row while a bucket is empty: the BURSTS pattern does, per
+    service; the product's clients ride out every burst, and the sandbox counts their retries."""
+    from platform_ops.sandbox.aws_faults import BURSTS
+
+    world.control("aws-faults", {"kind": "throttle", "services": ["batch", "states"], "pattern": BURSTS})
+    bare = client(world, "batch")
+    outcomes = []
+    for _ in range(len(BURSTS)):
+        try:
+            bare.list_jobs(jobQueue="ml-staging", jobStatus="RUNNABLE")
+            outcomes.append(".")
+        except ClientError as exc:
+            assert exc.response["Error"]["Code"] == "TooManyRequestsException"
+            outcomes.append("x")
+    assert "".join(outcomes) == BURSTS and "xxx" in BURSTS and BURSTS.count("x") * 10 == len(BURSTS) * 3
+    faults = world.sandbox.aws_faults
+    assert faults.counts() == {"batch": 6, "states": 0} and faults.retries() == {"batch": 0, "states": 0}
+    batch = world.resources()["aws_staging"].client("batch")  # the product's client, its retry policy
+    for _ in range(10):
+        batch.list_jobs(jobQueue="ml-staging", jobStatus="RUNNABLE")
+    # from the pattern's start: 4 calls through, the 5th refused 3 times in a row, the 6th once
+    assert faults.counts() == {"batch": 6 + 4, "states": 0} and faults.retries() == {"batch": 4, "states": 0}
+
+
 def test_a_broken_role_is_access_denied_and_other_roles_are_not(world):
     world.control("aws-faults", {"kind": "deny-assume-role", "account": "222222222222"})
     sts = client(world, "sts")
