@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from platform_ops.promotion import isolation
 from platform_ops.promotion.lint import lint_package
 from platform_ops.redaction import REDACTED
 from platform_ops.sandbox import flows
@@ -29,6 +30,7 @@ SECRET_KEY = "planted/secret/AccessKey+for+the+lint+test0"
 GOOD_SOURCE = (flows.HERE / flows.FLOW_FILE).read_text()
 RUNNER = """
 import io, json, os, sys, tarfile
+from platform_ops.promotion import isolation
 from platform_ops.promotion.lint import lint_package
 source = open(sys.argv[1]).read().replace("__RUN_PID__", str(os.getpid())).encode()
 raw = io.BytesIO()
@@ -74,7 +76,7 @@ def lint_in_a_run_process(tmp_path: Path, source: str, timeout: int = 120, isola
 READS = """
 def attempt(name, fn):
     try:
-        print(f"LEAKED {name}: {fn()!r}"[:400])
+        print(f"LEAKED {name}: {fn()!r}"[:120])
     except Exception as exc:
         print(f"BLOCKED {name}: {type(exc).__name__}")
 
@@ -86,6 +88,25 @@ attempt("home aws credentials", lambda: open(os.path.expanduser("~/.aws/credenti
 attempt("aws endpoint", lambda: socket.create_connection(ENDPOINT, timeout=5).getpeername())
 attempt("instance metadata", lambda: socket.create_connection(("169.254.169.254", 80), timeout=5).getpeername())
 attempt("task credentials", lambda: socket.create_connection(("169.254.170.2", 80), timeout=5).getpeername())
+
+
+def host_processes():
+    pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    if len(pids) > 3:  # bwrap's init, the check, and what it started
+        return pids
+    raise LookupError(f"only {len(pids)} processes")
+
+
+def nested_user_namespace():
+    import ctypes
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    if libc.unshare(0x10000000) != 0:  # CLONE_NEWUSER: every capability inside it, mounts included
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return "a user namespace of its own"
+
+
+attempt("host processes", host_processes)
+attempt("nested user namespace", nested_user_namespace)
 """
 
 
@@ -106,7 +127,8 @@ def test_reads_and_connections_are_all_blocked(sandbox, tmp_path):
     assert not result["passed"] and "failed (exit 3)" in result["detail"], result["detail"]
     seen = attempts(result["detail"])
     assert set(seen) == {"run process environ", "parent environ", "init environ", "aws credentials",
-                         "home aws credentials", "aws endpoint", "instance metadata", "task credentials"}, result["detail"]
+                         "home aws credentials", "aws endpoint", "instance metadata", "task credentials",
+                         "host processes", "nested user namespace"}, result["detail"]
     assert set(seen.values()) == {"BLOCKED"}, result["detail"]
     assert SECRET_TOKEN not in result["detail"] and SECRET_KEY not in result["detail"]
 
@@ -117,7 +139,7 @@ def test_without_isolation_the_same_code_reaches_the_endpoint_and_redaction_is_t
     result = lint_in_a_run_process(tmp_path, reads_source(sandbox, tmp_path), isolation="none")
     seen = attempts(result["detail"])
     assert seen["aws endpoint"] == "LEAKED" and seen["aws credentials"] == "LEAKED", result["detail"]
-    assert seen["run process environ"] == "LEAKED", result["detail"]
+    assert seen["run process environ"] == "LEAKED" and seen["host processes"] == "LEAKED", result["detail"]
     assert "UNSAFE" in result["detail"] and REDACTED in result["detail"]
     assert SECRET_TOKEN not in result["detail"] and SECRET_KEY not in result["detail"]
 
@@ -173,6 +195,76 @@ def test_code_that_never_ends_is_stopped_at_the_deadline(tmp_path):
     result = lint_in_a_run_process(tmp_path, hostile("time.sleep(10 ** 6)"), timeout=10)
     assert not result["passed"] and "did not finish in 10 s" in result["detail"], result["detail"]
     assert wait_for(lambda: not processes_of(65534)), processes_of(65534)
+
+
+def tarball(members: list[tarfile.TarInfo], data: dict[str, bytes] | None = None, mode: str = "w:gz") -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode=mode) as tar:
+        for info in members:
+            tar.addfile(info, io.BytesIO((data or {}).get(info.name, b"")))
+    return raw.getvalue()
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, size: int = 0, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.linkname = kind, size, link
+    return info
+
+
+def test_a_crafted_tarball_is_unpacked_in_the_sandbox_and_links_are_refused(tmp_path):
+    """Links are how tarfile's `data` filter is bypassed (CVE-2025-4517): none is unpacked, and
+    unpacking happens inside the sandbox anyway, as nobody, into its own tmpfs."""
+    target = tmp_path / "written-by-the-package"
+    for link in (member("a", tarfile.SYMTYPE, link=str(tmp_path)), member("b", tarfile.LNKTYPE, link="demoflow.py")):
+        payload = GOOD_SOURCE.encode()
+        result = lint_package(tarball([member("demoflow.py", size=len(payload)), link,
+                                       member(f"{link.name}/written-by-the-package", size=1)],
+                                      {"demoflow.py": payload, f"{link.name}/written-by-the-package": b"x"}),
+                              "demoflow.py", 60)
+        assert not result.passed and result.detail == (f"the code package holds {link.name!r}, which is neither a "
+                                                       "file nor a directory"), result.detail
+    assert not target.exists()
+
+
+def test_tar_bombs_are_refused_before_they_are_unpacked():
+    zeros = member("demoflow.py", size=80 << 20)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=1) as tar:
+        tar.addfile(zeros, io.BytesIO(bytes(80 << 20)))
+    big = lint_package(raw.getvalue(), "demoflow.py", 60)
+    assert not big.passed and big.detail == "the code package unpacks to more than 64 MiB", big.detail
+    many = lint_package(tarball([member(f"f{i}") for i in range(10_001)]), "demoflow.py", 60)
+    assert not many.passed and many.detail == "the code package has more than 10000 entries", many.detail
+
+
+def cgroups_available() -> bool:
+    group = isolation._Cgroup(isolation.Limits())
+    group.close()
+    return bool(group.dirs)
+
+
+@pytest.mark.skipif(not cgroups_available(),
+                    reason="this host gives us no writable memory cgroup (rlimits alone bound each process)")
+def test_memory_is_capped_for_the_whole_sandbox_not_just_per_process(tmp_path):
+    result = lint_in_a_run_process(tmp_path, hostile("""
+        children = []
+        for _ in range(6):  # each under RLIMIT_AS, together three times the sandbox's 2 GiB
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                hog = bytearray(1 << 30)
+                for j in range(0, len(hog), 4096):
+                    hog[j] = 1
+                os.write(w, b"1")
+                time.sleep(60)
+                os._exit(0)
+            os.read(r, 1)  # it holds its GiB, or it is dead
+            children.append(pid)
+        alive = [pid for pid in children if os.waitpid(pid, os.WNOHANG) == (0, 0)]
+        print(f"HELD {len(alive)} GiB")
+        """))
+    held = int(re.search(r"HELD (\d+) GiB", result["detail"])[1])
+    assert held <= 2, result["detail"]  # the cgroup's OOM killer took the rest, inside the sandbox only
 
 
 def test_a_well_behaved_package_passes_through_the_same_isolation():
