@@ -7,8 +7,12 @@ where it enters (the adapters) and again where records leave (Slack posts, S3 re
 - every secret value this process holds: the standard environment (`SLACK_BOT_TOKEN`, AWS keys
   and session token) and the assumed-role credentials the AWS adapter obtained (`remember`);
 - anything shaped like a credential: AWS access key ids (`AKIA…`, `ASIA…`), Slack tokens
-  (`xoxb-…`, `xoxp-…`, `xoxa-…`, `xoxr-…`), and the value after `aws_secret_access_key` /
-  `aws_session_token` / `SecretAccessKey` / `SessionToken` (`=` or `:`).
+  (`xoxb-…`, `xoxp-…`, `xoxa-…`, `xoxr-…`, `xoxe…`, `xapp-…`), and the value after
+  `aws_secret_access_key` / `aws_session_token` / `SecretAccessKey` / `SessionToken` /
+  `secret_key` / `token` (`=` or `:`; botocore's credential objects print the last two).
+
+Encodings (base64, URL-encoding, a secret split across lines) are not undone: with the lint
+isolated, staging code never sees a secret to encode; this is the last line for accidents.
 """
 
 from __future__ import annotations
@@ -24,16 +28,17 @@ MIN_SECRET_LENGTH = 8  # shorter values would redact ordinary words
 
 _SHAPES = re.compile(
     r"(?<![A-Za-z0-9])(?:AKIA|ASIA|AROA|AIDA|ANPA|AGPA)[A-Z0-9]{16}(?![A-Za-z0-9])"
-    r"|xox[abpr]-[A-Za-z0-9-]{8,}"
+    r"|(?:xox[abpre]|xapp)-[A-Za-z0-9-]{8,}"
 )
 _ASSIGNED = re.compile(
-    r"(?i)(aws_secret_access_key|aws_session_token|secret_?access_?key|session_?token)"
-    r"(\W{0,2}\s*[:=]\s*\W{0,2})[A-Za-z0-9/+=]{8,}"
+    r"(?i)(aws_secret_access_key|aws_session_token|secret_?access_?key|secret_?key|session_?token|security_?token"
+    r"|(?<![a-z])token)"
+    r"(\s*[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9/+=]{8,}"
 )
 
 # Cheap first look (substring tests run at memory speed, a regex scan ~50x slower): text that
 # holds none of these (most of a history's megabytes) skips the patterns.
-_MARKERS = ("AKIA", "ASIA", "AROA", "AIDA", "ANPA", "AGPA", "xoxa-", "xoxb-", "xoxp-", "xoxr-",
+_MARKERS = ("AKIA", "ASIA", "AROA", "AIDA", "ANPA", "AGPA", "xoxa-", "xoxb-", "xoxp-", "xoxr-", "xoxe", "xapp-",
             "ecret", "ECRET", "oken", "OKEN")
 
 _remembered: set[str] = set()

@@ -39,10 +39,12 @@ def test_credential_shapes_are_scrubbed_even_when_unknown():
         '{"AccessKeyId": "ASIAJEXAMPLEXEG2JICE", "SecretAccessKey": "9drTJvcXLB89EXAMPLELB8923FB892xMFI",',
         ' "SessionToken": "AQoXdzELDDY//////////wEaoAK1wvxJY12r2IrDEXAMPLE"}',
         "export SLACK_TOKEN=xoxp-1234-5678-abcdefghijkl and xoxa-2-abcdefghij and xoxr-abcdefghij",
+        "ReadOnlyCredentials(access_key='AKIAIOSFODNN7EXAMPL2', secret_key='Zm9vYmFyYmF6cXV4cXV1eA', token='IQoJb3Jp')",
+        "app token xapp-1-A0123-4567-abcdef",
     ])
     out = redact(text)
     for leaked in ("AKIAIOSFODNN7EXAMPLE", "je7MtGbClwBF", "FwoGZXIvYXdz", "ASIAJEXAMPLEXEG2JICE", "9drTJvcXLB89",
-                   "AQoXdzELDDY", "xoxp-1234", "xoxa-2-", "xoxr-abc"):
+                   "AQoXdzELDDY", "xoxp-1234", "xoxa-2-", "xoxr-abc", "Zm9vYmFy", "IQoJb3Jp", "xapp-1"):
         assert leaked not in out, (leaked, out)
     assert "aws_secret_access_key = [redacted]" in out and '"SecretAccessKey": "[redacted]"' in out
 
