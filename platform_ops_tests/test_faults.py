@@ -54,7 +54,8 @@ def test_the_suite_exercises_what_it_claims(suite):
     assert sum(r["alerts_expected"] for r in rows) >= 15 and sum(r["cancels_expected"] for r in rows) >= 25
     assert by_name["job moves to STARTING before the cancel"]["cancels_expected"] == 2
     assert by_name["more stuck jobs than the breaker allows"]["cancels_expected"] == 5
-    assert "no secret in logs, run metadata or messages" in by_name
+    assert "no secret in logs, metadata, Slack or records" in by_name
+    assert by_name["staging code prints our credentials"]["alerts_expected"] == 1
 
 
 def test_the_scan_finds_a_planted_credential(monkeypatch):
