@@ -136,6 +136,15 @@ def test_drill_down_a_foreach_with_mixed_failures():
     assert incident.execution_error == ""  # Batch explains it
 
 
+def test_tied_reasons_are_listed_in_name_order():
+    """What the e2e drill-down shows when both injected faults of its Map are in the history."""
+    oom = lambda i: job(i, exit_code=137, reason="OutOfMemoryError: Container killed due to memory usage")  # noqa: E731
+    events = foreach_history([None, oom, None, lambda i: job(i, exit_code=1)])
+    incident = core.drill_down(execution(), events, "production")
+    assert (incident.failed, incident.submitted) == (2, 5)
+    assert core.step_line({s.name: s for s in incident.steps}["train"]) == "• `train`: 2 of 4 failed: exit 1 1, out of memory 1"
+
+
 def test_events_after_execution_failed_still_count_and_duplicates_do_not():
     events = foreach_history([lambda i: job(i, exit_code=1)])
     h = History()

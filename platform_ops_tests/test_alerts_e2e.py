@@ -47,6 +47,26 @@ def metadata(result):
     return event.event_specific_data.metadata
 
 
+def history_figures(world, environment, name):
+    """From the execution's own history: the steps of the Batch tasks submitted, in order, and
+    the failed tasks' reasons (exit 137 is the sandbox's out of memory) with their counts."""
+    from collections import Counter
+
+    from platform_ops.sandbox import flows
+    from platform_ops.sandbox.world import account_client
+
+    env = world.settings.environments[environment]
+    sfn = account_client(world.sandbox.endpoint, "stepfunctions", env.account_id, env.region)
+    arn = f"arn:aws:states:{env.region}:{env.account_id}:execution:{flows.DEPLOYMENTS[environment].name}:{name}"
+    events = sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
+    submitted = [json.loads(e["taskSubmittedEventDetails"]["output"])["JobName"].split("--")[1] for e in events
+                 if e["type"] == "TaskSubmitted"]
+    causes = [json.loads(e["taskFailedEventDetails"]["cause"]) for e in events if e["type"] == "TaskFailed"]
+    failed = Counter("out of memory" if c["Attempts"][-1]["Container"]["ExitCode"] == 137 else
+                     f"exit {c['Attempts'][-1]['Container']['ExitCode']}" for c in causes)
+    return submitted, failed
+
+
 def alerts_only(world):
     return [m for m in world.messages if not m["text"].startswith("Reaper")]
 
@@ -63,9 +83,16 @@ def test_one_message_per_failed_execution_with_the_drill_down(world, instance):
     assert len(world.messages) == 2
     by_env = {("production" if "production" in m["text"] else "staging"): m for m in world.messages}
     prod = json.dumps(by_env["production"]["blocks"])
-    # the Map fails at its first failed iteration: start + 4 train tasks were submitted, join/end never
-    assert by_env["production"]["text"].startswith("DemoFlow failed in production (sfn-prod-oom): 2 of 5 tasks failed")
-    assert "`train`: 2 of 4 failed: exit 1 1, out of memory 1" in prod  # ties in name order
+    # The Map fails at the first failed iteration it sees; whether the other injected fault's task
+    # had failed (or been submitted) by then is thread timing, on AWS too. So the figures expected
+    # are the ones the execution's history proves, the alert's only source (the mixed-reason line
+    # itself is pinned in test_alerts_core).
+    submitted, failed = history_figures(world, "production", "prod-oom")
+    assert submitted[0] == "start" and 2 <= len(submitted) <= 5 and 1 <= sum(failed.values()) <= 2
+    assert by_env["production"]["text"].startswith(
+        f"DemoFlow failed in production (sfn-prod-oom): {sum(failed.values())} of {len(submitted)} tasks failed")
+    reasons = ", ".join(f"{r} {n}" for r, n in sorted(failed.items(), key=lambda rn: (-rn[1], rn[0])))
+    assert f"`train`: {sum(failed.values())} of {len(submitted) - 1} failed: {reasons}" in prod
     assert "<@U0ALICE>" in prod and "https://metaflow.example.com/DemoFlow/sfn-prod-oom" in prod
     assert "Killed" in prod or "ValueError" in prod  # the failed task's log tail
     assert "spot/host reclaimed" in by_env["staging"]["text"]

@@ -2,12 +2,14 @@
 
 import dataclasses
 import json
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import pytest
 
 from platform_ops.adapters.aws import AwsEnvironmentResource, count_calls
 from platform_ops.code_location import build_defs
+from platform_ops.reaper.core import format_duration
 from platform_ops.sandbox.server import SANDBOX_TOKEN
 
 
@@ -93,16 +95,24 @@ def test_reap_cancels_stuck_jobs_skips_protected_and_reports_once(world):
     defs = build_defs(world.settings)
     [request] = tick(defs).run_requests
     assert sorted(requested_ids(request)) == sorted(stuck + protected)
+    before = datetime.now(timezone.utc)
     with count_calls() as calls:
         result = run(defs, request)
+    decided_by = datetime.now(timezone.utc)
     assert result.success
     # describe candidates, cancel once (one category, <= 50 ids), describe to verify
     assert dict(calls) == {"Batch.DescribeJobs": 2, "Batch.CancelJobs": 1}
     after = world.describe("staging", stuck + protected)
+    # the reason gives the youngest job's age when the run decided: 2h30m on a quick machine, a
+    # minute or more later on a slow one; the bounds come from the run's own start and end
+    youngest = max(datetime.fromtimestamp(after[j]["createdAt"] / 1000, tz=timezone.utc) for j in stuck)
+    minutes = range(int((before - youngest).total_seconds() // 60), int((decided_by - youngest).total_seconds() // 60) + 1)
+    reasons = {f"platform-ops reaper: RUNNABLE for {format_duration(timedelta(minutes=m))} > 2h0m "
+               "(MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT)" for m in minutes}
+    assert minutes[0] >= 150 and len({after[j]["statusReason"] for j in stuck}) == 1  # one CancelJobs, one reason
     for job_id in stuck:
         assert after[job_id]["status"] == "FAILED"
-        assert after[job_id]["statusReason"] == (
-            "platform-ops reaper: RUNNABLE for 2h30m > 2h0m (MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT)")
+        assert after[job_id]["statusReason"] in reasons
     assert after[protected[0]]["status"] == "RUNNABLE"
     meta = run_metadata(result)
     assert meta["cancelled"].value == 3
