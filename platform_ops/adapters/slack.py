@@ -28,6 +28,7 @@ from slack_sdk.models.metadata import Metadata
 from platform_ops import exactly_once
 from platform_ops.adapters.ledger import Ledger
 from platform_ops.messages import SlackMessage
+from platform_ops.redaction import redact, redact_data
 
 SLACK_API_URL = WebClient.BASE_URL
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{8,}$")
@@ -65,10 +66,12 @@ class PlatformSlackResource(SlackResource):
              metadata: dict[str, Any] | None = None) -> dict[str, Any]:
         """chat.postMessage (in a thread when `thread_ts`, with message metadata when given),
         retrying 429s after Retry-After and refused connections; SlackError when it is not sent
-        (`maybe_sent` when it may have been)."""
+        (`maybe_sent` when it may have been). Text and blocks are redacted on the way out: staging
+        text went into them."""
         with _slack_errors("chat.postMessage to", channel):
             response = self._posting_client().chat_postMessage(
-                channel=channel, text=message.text, blocks=list(message.blocks) or None, thread_ts=thread_ts,
+                channel=channel, text=redact(message.text), blocks=redact_data(list(message.blocks)) or None,
+                thread_ts=thread_ts,
                 metadata=Metadata(**metadata) if metadata else None,
             )
         return {"channel": response.get("channel"), "ts": response.get("ts")}
