@@ -9,7 +9,9 @@ exactly as it would against AWS:
       ("x" throttled, "." through), each service on its own count. SPREAD (the default) is 3 of
       every 10, never two in a row; BURSTS is the same 30% the way AWS's token buckets do it,
       several calls in a row while the bucket is empty. Retries are counted: a request whose
-      `amz-sdk-request` header says attempt > 1.
+      `amz-sdk-request` header says attempt > 1. Step Functions' own calls into Batch (moto's
+      interpreter signs them with key "ak") are left alone: AWS retries its integrations, moto's
+      callback client never does, so one refusal would fail the run itself.
   {"kind": "deny-assume-role", "account": "222222222222"}
       sts:AssumeRole into that account is AccessDenied (its role's trust policy is broken)
   {"kind": "mangle-history", "execution": "<name>", "how": "malformed" | "cause-not-json" | "oversized"}
@@ -30,8 +32,9 @@ from typing import Any
 from urllib.parse import parse_qs
 
 SPREAD = ".x..x..x.."  # 3 of 10, never two in a row: one retry always gets through
-BURSTS = "....xxx.x......xx..."  # 6 of 20 (30%), up to 3 in a row: a bucket empties, refills, empties
+BURSTS = "xx.....xxx.x........"  # 6 of 20 (30%), up to 3 in a row, from the first call: a bucket empties, refills
 _ATTEMPT = re.compile(r"attempt=(\d+)")
+_INTERNAL = "Credential=ak/"  # moto's Step Functions interpreter calling a service integration
 # service (signing name) -> (HTTP status, error code, extra headers) as that service answers
 THROTTLE_SHAPES = {
     "batch": (429, "TooManyRequestsException", {}),  # rest-json: x-amzn-ErrorType
@@ -100,7 +103,9 @@ class AwsFaults:
         def middleware(environ: dict, start_response: Any) -> Any:
             match = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
             service = match.group(1) if match else ""
-            if service in self.throttled and self._throttle_now(service, environ.get("HTTP_AMZ_SDK_REQUEST", "")):
+            internal = _INTERNAL in environ.get("HTTP_AUTHORIZATION", "")
+            if service in self.throttled and not internal and self._throttle_now(
+                    service, environ.get("HTTP_AMZ_SDK_REQUEST", "")):
                 return _error(start_response, service, *THROTTLE_SHAPES[service])
             failed = self.failures.answer(service, environ, start_response)
             if failed is not None:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 MOTO_VERSION = "5.2.5"
@@ -649,6 +649,8 @@ def _execution_events(original: Callable[..., None]) -> Callable[..., None]:
     def terminated(self: Any) -> None:
         original(self)
         ex = self.execution
+        if getattr(ex, "_sandbox_wiped", False):
+            return  # stopped by a reset: its world is gone, the next one never heard of it
         machine = ex.exec_arn.replace(":execution:", ":stateMachine:").rsplit(":", 1)[0]
         put_service_event(ex.account_id, ex.region_name, "aws.states", "Step Functions Execution Status Change", {
             "executionArn": ex.exec_arn, "stateMachineArn": machine, "name": ex.name,
@@ -657,6 +659,30 @@ def _execution_events(original: Callable[..., None]) -> Callable[..., None]:
         }, [ex.exec_arn])
 
     return terminated
+
+
+def stop_executions(timeout: float = 120.0) -> int:
+    """Stop every running execution, before a reset wipes the world it runs in, and wait until
+    each has ended (a deadline for a very busy machine). moto's reset keeps the interpreter's
+    threads: a run it cut short went on polling Batch for a job that no longer existed, and when
+    that poll failed (e.g. throttled: the callback client never retries) it "failed" into the
+    next world, whose event queue announced an execution nobody could describe. Returns how many."""
+    from moto.stepfunctions.parser.api import ExecutionStatus
+    from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+    running = [ex for regions in list(stepfunctions_parser_backends.values()) for backend in list(regions.values())
+               for machine in list(backend.state_machines) for ex in list(getattr(machine, "executions", []))
+               if ex.exec_status == ExecutionStatus.RUNNING]
+    for ex in running:
+        ex._sandbox_wiped = True
+        ex.stop(stop_date=datetime.now(timezone.utc), error="Sandbox.Reset", cause="the sandbox was reset")
+    deadline = time.monotonic() + timeout
+    while any(ex.exec_status == ExecutionStatus.RUNNING for ex in running):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{sum(ex.exec_status == ExecutionStatus.RUNNING for ex in running)} executions "
+                               f"still running {timeout:.0f} s after they were stopped")
+        time.sleep(0.05)
+    return len(running)
 
 
 def job_state_change(job: Any, at: datetime | None = None) -> None:

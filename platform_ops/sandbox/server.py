@@ -101,6 +101,7 @@ class Sandbox:
     def reset(self) -> None:
         from moto.moto_api._internal.models import moto_api_backend
 
+        moto_internals.stop_executions()  # nothing of the wiped world runs on into the new one
         moto_api_backend.reset()
         moto_internals.STATE.reset()
         self.aws_faults.reset()

@@ -97,6 +97,35 @@ def test_a_stuck_task_keeps_the_run_waiting_until_cancelled_then_it_fails_with_t
     assert json.loads(description["cause"])["StatusReason"] == "platform-ops reaper: RUNNABLE for 2h30m > 2h0m (X)"
 
 
+def test_a_reset_stops_the_runs_of_the_world_it_wipes(world):
+    """moto's reset keeps its interpreter threads: a run cut short used to go on polling Batch for
+    a job that was gone and, once a poll failed, announce its failure into the next world (the
+    fault suite's throttled row then alerted on an execution nobody could describe). Now reset
+    returns only once every run has stopped, and their ends publish nothing."""
+    from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+    world.fault(fault="stuck", run_id="wiped", step="train", index=0, created_minutes_ago=150)
+    env = world.settings.environments["production"]  # event-driven: an end would be published
+    flows.trigger(world.sandbox.endpoint, env, width=1, name="wiped")
+    deadline = time.monotonic() + DEADLINE
+    while "wiped" not in [j["parameters"].get("metaflow.run_id") for j in world.describe(
+            "production", [s["jobId"] for s in world.batch("production").list_jobs(
+                jobQueue="ml-production", jobStatus="RUNNABLE")["jobSummaryList"]] or ["none"]).values()]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    [running] = [ex for machine in stepfunctions_parser_backends[env.account_id][env.region].state_machines
+                 for ex in machine.executions if ex.name == "wiped"]
+    world.control("reset", {})
+    assert running.exec_status.value != "RUNNING"  # stopped (moto records the cut-short poll as FAILED)
+    sqs = world.resources()["aws_production"].client("sqs")
+    url = sqs.get_queue_url(QueueName="platform-ops-events")["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+    assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "0"
+    assert sfn(world, "production").list_executions(
+        stateMachineArn=execution_arn(world, "production", "x").replace(":execution:", ":stateMachine:").rsplit(":", 1)[0]
+    )["executions"] == []
+
+
 def test_execution_history_pages_like_aws(world):
     """GetExecutionHistory: maxResults (default 100, at most 1000) with nextToken; reverseOrder."""
     flows.trigger(world.sandbox.endpoint, world.settings.environments["staging"], width=3, name="paged")
