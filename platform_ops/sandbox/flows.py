@@ -104,9 +104,10 @@ def deploy(endpoint: str, env: EnvironmentSettings, deployment: FlowDeployment |
     )["stateMachineArn"]
 
 
-def run_to_end(endpoint: str, env: EnvironmentSettings, name: str, width: int = 3, timeout: float = 30,
+def run_to_end(endpoint: str, env: EnvironmentSettings, name: str, width: int = 3, timeout: float = 180,
                state_machine: str | None = None) -> dict:
-    """Trigger a run and wait until it stops; DescribeExecution's answer."""
+    """Trigger a run and wait until it stops; DescribeExecution's answer. A run takes seconds;
+    `timeout` is a deadline for a very busy machine, not an expectation."""
     trigger(endpoint, env, width=width, name=name, state_machine=state_machine)
     sfn = account_client(endpoint, "stepfunctions", env.account_id, env.region)
     arn = (f"arn:aws:states:{env.region}:{env.account_id}:execution:"
