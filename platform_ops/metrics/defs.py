@@ -28,6 +28,8 @@ def metrics_defs(settings: Settings) -> dg.Definitions:
     m = settings.metrics
     aws_keys = {aws_resource_key(name) for name in settings.environments}
     status = dg.DefaultScheduleStatus.RUNNING if settings.sensors_running else dg.DefaultScheduleStatus.STOPPED
+    # a summary not materialized for metrics.freshness_minutes fails its policy (the daemon evaluates it)
+    fresh = dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=m.freshness_minutes))
 
     def aws(context, name: str) -> AwsEnvironmentResource:
         return getattr(context.resources, aws_resource_key(name))
@@ -58,7 +60,7 @@ def metrics_defs(settings: Settings) -> dg.Definitions:
         })
         return df
 
-    @dg.asset(group_name=GROUP, io_manager_key="metrics_io_manager", kinds={"pandas"},
+    @dg.asset(group_name=GROUP, io_manager_key="metrics_io_manager", kinds={"pandas"}, freshness_policy=fresh,
               description="Per queue: jobs per status, RUNNABLE count and oldest age, wait/run p50/p95/max, "
                           "failure rate, jobs reaped.")
     def batch_queue_summary(context: dg.AssetExecutionContext, batch_jobs: pd.DataFrame) -> pd.DataFrame:
@@ -75,7 +77,8 @@ def metrics_defs(settings: Settings) -> dg.Definitions:
         return summary
 
     @dg.asset(group_name=GROUP, required_resource_keys=aws_keys, io_manager_key="metrics_io_manager",
-              kinds={"pandas", "aws"}, description="Per compute environment: container instances and capacity.")
+              kinds={"pandas", "aws"}, freshness_policy=fresh,
+              description="Per compute environment: container instances and capacity.")
     def ecs_capacity_summary(context: dg.AssetExecutionContext) -> pd.DataFrame:
         now = datetime.now(timezone.utc)
         ledger = Ledger(context.instance, "metrics")
@@ -175,17 +178,13 @@ def metrics_defs(settings: Settings) -> dg.Definitions:
             "queues": dg.MetadataValue.json({f"{r.environment}/{r.queue}": round(r.failure_rate, 3)
                                              for r in high.itertuples()})})
 
-    freshness = dg.build_last_update_freshness_checks(
-        assets=[batch_queue_summary, ecs_capacity_summary], lower_bound_delta=timedelta(minutes=m.freshness_minutes))
     refresh = dg.define_asset_job("refresh_platform_metrics", selection=dg.AssetSelection.groups(GROUP))
     return dg.Definitions(
         assets=[batch_jobs, batch_queue_summary, ecs_capacity_summary, cloudwatch_metrics, cloudwatch_dashboards],
-        asset_checks=[runnable_age_check, failure_rate_check, *freshness],
+        asset_checks=[runnable_age_check, failure_rate_check],
         jobs=[refresh],
         schedules=[dg.ScheduleDefinition(name="platform_metrics_schedule", job=refresh, cron_schedule=m.cron,
                                          default_status=status)],
-        sensors=[dg.build_sensor_for_freshness_checks(freshness_checks=freshness, name="metrics_freshness_sensor",
-                                                      default_status=dg.DefaultSensorStatus(status.value))],
     )
 
 
