@@ -16,6 +16,11 @@ def aws_resource_key(environment: str) -> str:
     return f"aws_{environment}"
 
 
+def aws_for(context: Any, environment: str) -> AwsEnvironmentResource:
+    """The environment's AWS resource, from an op's or a sensor's context."""
+    return getattr(context.resources, aws_resource_key(environment))
+
+
 def build_resources(settings: Settings) -> dict[str, Any]:
     """One AWS resource per environment, plus Slack. Endpoints and credentials come from the
     standard AWS environment (AWS_ENDPOINT_URL, AWS_PROFILE, ...); the token from SLACK_BOT_TOKEN,

@@ -9,7 +9,7 @@ import pytest
 
 from platform_ops.adapters.aws import AwsEnvironmentResource, count_calls
 from platform_ops.code_location import build_defs
-from platform_ops.reaper.core import format_duration
+from platform_ops.vocabulary import format_duration
 from platform_ops.sandbox.server import SANDBOX_TOKEN
 
 

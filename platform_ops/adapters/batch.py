@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from platform_ops.adapters.aws import aws_errors, pages
 from platform_ops.observations import BatchJob, CancelResult
 from platform_ops.redaction import redact, redact_data
+from platform_ops.vocabulary import from_epoch_ms
 
 DESCRIBE_CHUNK = 100  # DescribeJobs takes at most 100 ids
 CANCEL_CHUNK = 50  # CancelJobs takes at most 50 ids
@@ -16,7 +17,7 @@ LIST_PAGE = 1000  # ListJobs with jobStatus returns at most 1000 a page
 
 
 def _ts(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return None if ms is None else from_epoch_ms(ms)
 
 
 def _definition_name(arn_or_name: str) -> str:

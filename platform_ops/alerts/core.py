@@ -16,8 +16,8 @@ from typing import Any
 
 from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, SlackMessage, escape, pack
 from platform_ops.observations import Execution
-from platform_ops.reaper.core import REASON_PREFIX as REAPER_PREFIX
-from platform_ops.reaper.core import format_duration
+from platform_ops.vocabulary import REASON_PREFIX as REAPER_PREFIX
+from platform_ops.vocabulary import format_duration, from_epoch_ms
 
 FAILED_STATUSES = ("FAILED", "TIMED_OUT", "ABORTED")
 SUCCEEDED = "SUCCEEDED"
@@ -56,19 +56,13 @@ def executions_from_events(bodies: Iterable[str]) -> tuple[list[Execution], int]
             ex = Execution(
                 arn=detail["executionArn"], name=detail.get("name") or detail["executionArn"].rsplit(":", 1)[-1],
                 state_machine_arn=detail["stateMachineArn"], status=detail["status"],
-                started_at=_from_epoch_ms(detail["startDate"]), stopped_at=_from_epoch_ms(detail["stopDate"]),
+                started_at=from_epoch_ms(detail["startDate"]), stopped_at=from_epoch_ms(detail["stopDate"]),
                 error=detail.get("error") or "", cause=detail.get("cause") or "")
         except (ValueError, KeyError, TypeError):
             other += 1
             continue
         by_arn[ex.arn] = ex
     return list(by_arn.values()), other
-
-
-def _from_epoch_ms(value: Any) -> datetime:
-    from datetime import timezone
-
-    return datetime.fromtimestamp(int(value) / 1000, tz=timezone.utc)
 
 
 # ---- classification ----

@@ -3,7 +3,6 @@
 plus thread replies in a storm), exactly once; `platform_ops_run_failure_sensor` reports this code
 location's own failed runs through the same Slack resource."""
 
-import hashlib
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -11,13 +10,15 @@ import dagster as dg
 
 from platform_ops import exactly_once
 from platform_ops.adapters import logs, stepfunctions
-from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError, count_calls
+from platform_ops.adapters.aws import AwsError, count_calls
 from platform_ops.adapters.ledger import Ledger
 from platform_ops.adapters.slack import Pacer, PlatformSlackResource, SlackError, next_step, post_once
 from platform_ops.alerts import core
 from platform_ops.metadata import table as metadata_table
-from platform_ops.resources import aws_resource_key, dagster_run_url
+from platform_ops.resources import aws_for, aws_resource_key, dagster_run_url
+from platform_ops.sensors import end_tick
 from platform_ops.settings import Settings
+from platform_ops.vocabulary import from_epoch_ms, ids_digest, to_epoch_ms
 
 
 ALERT_JOB = "alert_failed_executions"
@@ -34,18 +35,6 @@ class AlertConfig(dg.Config):
 
     failures: list[ExecutionRef] = []
     recoveries: list[ExecutionRef] = []
-
-
-def _ms(dt: datetime) -> int:
-    return int(dt.timestamp() * 1000)
-
-
-def _from_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-
-
-def _digest(arns: list[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(arns)).encode()).hexdigest()[:20]
 
 
 def refs(env_name: str, machine_arn: str, failed: list, succeeded: list) -> tuple[list, list]:
@@ -67,7 +56,7 @@ def alert_request(instance: dg.DagsterInstance, failures: list, successes: list)
     recoveries = [s for s in successes if s.state_machine_arn in opened or s.state_machine_arn in failing]
     if not failures and not recoveries:
         return None
-    key = _digest([f.execution_arn for f in failures] + [f"ok:{r.execution_arn}" for r in recoveries])
+    key = ids_digest([f.execution_arn for f in failures] + [f"ok:{r.execution_arn}" for r in recoveries])
     return dg.RunRequest(
         run_key=f"alert:{key}",
         job_name=ALERT_JOB,
@@ -95,7 +84,7 @@ def _announce(ledger: Ledger, send, incident: core.Incident, message, thread_ts:
         row.update(result="in flight in another run")
         return
     ledger.open_failure(ex.state_machine_arn, thread_ts=thread_ts or sent.ts,
-                        stopped_ms=_ms(ex.stopped_at) if ex.stopped_at else 0, execution=ex.name)
+                        stopped_ms=to_epoch_ms(ex.stopped_at) if ex.stopped_at else 0, execution=ex.name)
     row.update(result="announced" + (" in digest thread" if thread_ts else "") +
                (" (found in Slack)" if sent.how == "found" else ""), detail=sent.ts)
 
@@ -109,7 +98,7 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
         env = settings.environments.get(name)
         if env is None:
             raise dg.Failure(f"environment {name!r} is not in the settings (known: {', '.join(settings.environments)})")
-        aws: AwsEnvironmentResource = getattr(context.resources, aws_resource_key(name))
+        aws = aws_for(context, name)
         return env, aws
 
     @dg.op(
@@ -171,7 +160,7 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                                                         f"{incident.headline_reason}")
 
             thread_ts = None
-            digest_key = f"digest/{_digest([f.execution_arn for f in config.failures])}"
+            digest_key = f"digest/{ids_digest([f.execution_arn for f in config.failures])}"
             storm = bool(pending) and exactly_once.is_storm(len(pending), a.digest_threshold, ledger.get(digest_key))
             if storm:
                 try:
@@ -199,7 +188,7 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                     continue
                 env, aws = env_of(context, ref.environment)
                 execution = stepfunctions.describe_execution(aws.client("stepfunctions"), ref.execution_arn)
-                if not execution.stopped_at or _ms(execution.stopped_at) <= opened.get("stopped_ms", 0):
+                if not execution.stopped_at or to_epoch_ms(execution.stopped_at) <= opened.get("stopped_ms", 0):
                     row.update(result="recovery: older than the failure")
                     continue
                 flow = execution.state_machine_name.rsplit(".", 1)[-1]
@@ -254,10 +243,10 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
         problems: list[str] = []
         for env in settings.environments.values():
             mark = f"reconciled:{env.name}"
-            if env.event_driven and _ms(now) - cursor.get(mark, 0) < a.reconcile_interval_seconds * 1000:
+            if env.event_driven and to_epoch_ms(now) - cursor.get(mark, 0) < a.reconcile_interval_seconds * 1000:
                 new_cursor.update({k: v for k, v in cursor.items() if f":{env.account_id}:" in k or k == mark})
                 continue  # events carry this environment; polling only reconciles now and then
-            aws: AwsEnvironmentResource = getattr(context.resources, aws_resource_key(env.name))
+            aws = aws_for(context, env.name)
             try:
                 machines = stepfunctions.list_state_machines(aws.client("stepfunctions"), env.state_machine_prefixes)
             except AwsError as exc:  # not reconciled: try again next tick
@@ -265,9 +254,9 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                 new_cursor.update({k: v for k, v in cursor.items() if f":{env.account_id}:" in k})
                 continue
             if env.event_driven:
-                new_cursor[mark] = _ms(now)
+                new_cursor[mark] = to_epoch_ms(now)
             for machine in machines:
-                since = _from_ms(cursor[machine.arn]) if machine.arn in cursor else default_since
+                since = from_epoch_ms(cursor[machine.arn]) if machine.arn in cursor else default_since
                 try:
                     executions = list(stepfunctions.recent_executions(aws.client("stepfunctions"), machine.arn,
                                                                       since - lookback))
@@ -277,20 +266,14 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                         new_cursor[machine.arn] = cursor[machine.arn]
                     continue
                 failed, succeeded, newest = core.scan(executions, since)
-                new_cursor[machine.arn] = _ms(newest)
+                new_cursor[machine.arn] = to_epoch_ms(newest)
                 new_failures, new_successes = refs(env.name, machine.arn, failed, succeeded)
                 failures += new_failures
                 successes += new_successes
-        for problem in problems:
-            context.log.error(problem)
-        cursor_json = json.dumps(new_cursor, sort_keys=True)
         request = alert_request(context.instance, failures, successes)
-        if request:
-            return dg.SensorResult(run_requests=[request], cursor=cursor_json)
-        if problems:
-            raise RuntimeError("failed_executions_sensor could not read: " + "; ".join(problems))
-        return dg.SensorResult(skip_reason=f"no newly failed executions in {len(new_cursor)} state machines",
-                               cursor=cursor_json)
+        return end_tick(context, "failed_executions_sensor", [request] if request else [],
+                        json.dumps(new_cursor, sort_keys=True), problems,
+                        f"no newly failed executions in {len(new_cursor)} state machines")
 
     @dg.run_failure_sensor(name="platform_ops_run_failure_sensor", default_status=status,
                            description="Reports this code location's own failed runs to Slack.")

@@ -17,7 +17,8 @@ from platform_ops.adapters.aws import AwsError
 from platform_ops.alerts import core as alerts_core
 from platform_ops.alerts.defs import ExecutionRef, alert_request, refs
 from platform_ops.reaper.defs import requests_from_job_events
-from platform_ops.resources import aws_resource_key
+from platform_ops.resources import aws_for, aws_resource_key
+from platform_ops.sensors import end_tick
 from platform_ops.settings import Settings
 
 MAX_EVENTS_PER_TICK = 500  # the rest waits for the next tick (10 s): a tick stays short
@@ -49,7 +50,7 @@ def events_defs(settings: Settings, alert_job: dg.JobDefinition, reap_job: dg.Jo
         received = 0
         now = datetime.now(timezone.utc)
         for env in event_envs:
-            client = getattr(context.resources, aws_resource_key(env.name)).client("sqs")
+            client = aws_for(context, env.name).client("sqs")
             try:
                 url = urls.get(env.name) or sqs.queue_url(client, env.events_queue)
                 urls[env.name] = url
@@ -74,15 +75,9 @@ def events_defs(settings: Settings, alert_job: dg.JobDefinition, reap_job: dg.Jo
                 new_failures, new_successes = refs(env.name, machine_arn, failed, succeeded)
                 failures += new_failures
                 successes += new_successes
-        for problem in problems:
-            context.log.error(problem)
-        cursor_json = json.dumps({"pending": new_pending, "urls": urls}, sort_keys=True)
         alert = alert_request(context.instance, failures, successes)
-        requests = ([alert] if alert else []) + reaps
-        if requests:
-            return dg.SensorResult(run_requests=requests, cursor=cursor_json)
-        if problems:
-            raise RuntimeError("aws_events_sensor could not read: " + "; ".join(problems))
-        return dg.SensorResult(skip_reason=f"{received} events, nothing new to alert or reap", cursor=cursor_json)
+        return end_tick(context, "aws_events_sensor", ([alert] if alert else []) + reaps,
+                        json.dumps({"pending": new_pending, "urls": urls}, sort_keys=True), problems,
+                        f"{received} events, nothing new to alert or reap")
 
     return dg.Definitions(sensors=[aws_events_sensor])

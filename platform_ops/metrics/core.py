@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from platform_ops.observations import BatchJob
-from platform_ops.reaper.core import REASON_PREFIX as REAPER_PREFIX
+from platform_ops.vocabulary import REASON_PREFIX as REAPER_PREFIX
 
 STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
 ACTIVE = STATUSES[:5]

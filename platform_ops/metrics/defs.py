@@ -13,9 +13,9 @@ from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError, count_ca
 from platform_ops.adapters.ledger import Ledger
 from platform_ops.metadata import table as metadata_table
 from platform_ops.metrics import charts, core
-from platform_ops.reaper.core import format_duration
 from platform_ops.resources import aws_resource_key
 from platform_ops.settings import Settings
+from platform_ops.vocabulary import format_duration
 
 GROUP = "platform_metrics"
 

@@ -27,7 +27,7 @@ from platform_ops.naming import NamingError
 from platform_ops.promotion import core
 from platform_ops.promotion.lint import lint_package, package_sha
 from platform_ops.redaction import redact_data
-from platform_ops.resources import aws_resource_key
+from platform_ops.resources import aws_for, aws_resource_key
 from platform_ops.settings import EnvironmentSettings, PromotionSettings, Settings
 
 GROUP = "promotion"
@@ -108,7 +108,7 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
     rules = core.DEFAULT_RULES + tuple(core.forbid_rule(r.name, r.description, r.forbid) for r in p.rules)
 
     def aws(context: Any, env: EnvironmentSettings) -> AwsEnvironmentResource:
-        return getattr(context.resources, aws_resource_key(env.name))
+        return aws_for(context, env.name)
 
     def valid(request: core.PromotionRequest, needs_reason: bool) -> None:
         try:

@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 
 from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, SlackMessage, escape, pack
 from platform_ops.observations import BatchJob, CancelResult
+from platform_ops.vocabulary import REASON_PREFIX, format_duration
 
-REASON_PREFIX = "platform-ops reaper:"
 RUNNABLE = "RUNNABLE"
 
 
@@ -25,18 +25,6 @@ class ReapPolicy:
     dry_run: bool
     max_cancels: int
     protect_tag: str
-
-
-def format_duration(delta: timedelta) -> str:
-    """2h14m, 45m, 3d2h: the resolution an operator reads at a glance."""
-    minutes = max(0, int(delta.total_seconds() // 60))
-    days, minutes = divmod(minutes, 24 * 60)
-    hours, minutes = divmod(minutes, 60)
-    if days:
-        return f"{days}d{hours}h"
-    if hours:
-        return f"{hours}h{minutes}m"
-    return f"{minutes}m"
 
 
 def runnable_since(job: BatchJob) -> datetime:

@@ -6,7 +6,6 @@ events sensor tracks RUNNABLE jobs from "Batch Job State Change" events
 (`requests_from_job_events`) and the listing only reconciles, every reconcile interval.
 """
 
-import hashlib
 import json
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -14,14 +13,16 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 
 from platform_ops.adapters import batch
-from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError, count_calls
+from platform_ops.adapters.aws import AwsError, count_calls
 from platform_ops.adapters.ledger import Ledger
 from platform_ops.adapters.slack import SlackError, post_once
 from platform_ops.metadata import table as metadata_table
 from platform_ops.observations import BatchJob, CancelResult
 from platform_ops.reaper import core
-from platform_ops.resources import aws_resource_key, dagster_run_url
+from platform_ops.resources import aws_for, aws_resource_key, dagster_run_url
+from platform_ops.sensors import end_tick
 from platform_ops.settings import EnvironmentSettings, Settings
+from platform_ops.vocabulary import from_epoch_ms, ids_digest, to_epoch_ms
 
 REAP_JOB = "reap_stuck_jobs"
 
@@ -47,7 +48,7 @@ def _policy(settings: Settings, queue: str) -> core.ReapPolicy:
 def reap_request(environment: str, queue: str, job_ids: list[str]) -> dg.RunRequest:
     """One reap run for these jobs; keyed by the set, so polling and events asking for the same
     jobs make one run."""
-    digest = hashlib.sha256("\n".join(sorted(job_ids)).encode()).hexdigest()[:20]
+    digest = ids_digest(job_ids)
     return dg.RunRequest(
         run_key=f"reap:{environment}:{queue}:{digest}",
         job_name=REAP_JOB,
@@ -76,11 +77,11 @@ def update_watch(instance: dg.DagsterInstance, environment: str,
     small; an update lost to one is redone by the next reconciliation, and the age bound caps it."""
     ledger, key = Ledger(instance, "reaper"), f"runnable/{environment}"
     stored = (ledger.get(key) or {}).get("jobs", {})
-    before = {job_id: (queue, datetime.fromtimestamp(ms / 1000, tz=timezone.utc))
+    before = {job_id: (queue, from_epoch_ms(ms))
               for job_id, (queue, ms) in stored.items()}
     watch = change(before)
     if watch != before:
-        ledger.put(key, jobs={job_id: [queue, int(since.timestamp() * 1000)] for job_id, (queue, since) in watch.items()})
+        ledger.put(key, jobs={job_id: [queue, to_epoch_ms(since)] for job_id, (queue, since) in watch.items()})
     return watch
 
 
@@ -126,7 +127,7 @@ def reaper_defs(settings: Settings) -> dg.Definitions:
             raise dg.Failure(f"queue {config.queue!r} is not watched in {env.name} "
                              f"(job_queues: {', '.join(env.job_queues)})")
         policy = _policy(settings, config.queue)
-        aws: AwsEnvironmentResource = getattr(context.resources, aws_resource_key(env.name))
+        aws = aws_for(context, env.name)
         client = aws.client("batch")
         with count_calls() as calls:
             described_at = datetime.now(timezone.utc)
@@ -206,9 +207,9 @@ def reaper_defs(settings: Settings) -> dg.Definitions:
         for env in settings.environments.values():
             mark = f"reconciled:{env.name}"
             if env.event_driven:
-                if (now.timestamp() - cursor.get(mark, 0) / 1000) < settings.reaper.reconcile_interval_seconds:
+                if to_epoch_ms(now) - cursor.get(mark, 0) < settings.reaper.reconcile_interval_seconds * 1000:
                     continue  # events carry this environment; listing only reconciles now and then
-            aws: AwsEnvironmentResource = getattr(context.resources, aws_resource_key(env.name))
+            aws = aws_for(context, env.name)
             reconciled = True
             listed: dict[str, list[str]] = {}
             for queue in env.job_queues:
@@ -228,14 +229,8 @@ def reaper_defs(settings: Settings) -> dg.Definitions:
             if env.event_driven and listed:  # each queue listed in full corrects the events-fed watch
                 reconcile_watch(context.instance, env.name, listed, now)
             if env.event_driven and reconciled:
-                cursor[mark] = int(now.timestamp() * 1000)
-        for problem in problems:
-            context.log.error(problem)
-        cursor_json = json.dumps(cursor, sort_keys=True)
-        if requests:
-            return dg.SensorResult(run_requests=requests, cursor=cursor_json)
-        if problems:
-            raise RuntimeError("stuck_jobs_sensor could not read: " + "; ".join(problems))
-        return dg.SensorResult(skip_reason=f"no stuck jobs among {seen} RUNNABLE", cursor=cursor_json)
+                cursor[mark] = to_epoch_ms(now)
+        return end_tick(context, "stuck_jobs_sensor", requests, json.dumps(cursor, sort_keys=True), problems,
+                        f"no stuck jobs among {seen} RUNNABLE")
 
     return dg.Definitions(jobs=[reap_stuck_jobs], sensors=[stuck_jobs_sensor])

@@ -24,10 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from platform_ops.reaper.core import REASON_PREFIX
 from platform_ops.sandbox import flows, moto_internals
 from platform_ops.sandbox.daemon import Daemon
 from platform_ops.sandbox.world import account_client
+from platform_ops.vocabulary import REASON_PREFIX
 
 SCAN_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "SLACK_BOT_TOKEN")
 

@@ -1,0 +1,40 @@
+"""The words several capabilities share, so that no capability's core imports another's (pure,
+stdlib only): the reaper's cancel-reason prefix (alerting and metrics recognise reaped jobs by
+it), how a duration reads, epoch milliseconds (AWS timestamps, cursors, the ledger), and the
+digest that keys a run by the set of ids it is about.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
+
+REASON_PREFIX = "platform-ops reaper:"  # how every statusReason the reaper writes begins
+
+
+def format_duration(delta: timedelta) -> str:
+    """2h14m, 45m, 3d2h: the resolution an operator reads at a glance."""
+    minutes = max(0, int(delta.total_seconds() // 60))
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    return f"{minutes}m"
+
+
+def to_epoch_ms(dt: datetime) -> int:
+    """Milliseconds since the epoch, as AWS, the sensors' cursors and the ledger keep time."""
+    return int(dt.timestamp() * 1000)
+
+
+def from_epoch_ms(ms: int | float | str) -> datetime:
+    """The UTC datetime of milliseconds since the epoch (an AWS timestamp, a stored cursor)."""
+    return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)
+
+
+def ids_digest(ids: Iterable[str]) -> str:
+    """20 hex characters naming a collection of ids whatever its order (a run key, a ledger key)."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:20]

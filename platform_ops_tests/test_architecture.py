@@ -1,0 +1,106 @@
+"""The import rules, read from the source (ast; function-local imports count): a capability's core
+is pure (no boto3, no dagster) and imports no other capability; no two modules import each other."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "platform_ops"
+CAPABILITIES = ("alerts", "reaper", "metrics", "promotion", "events")
+FORBIDDEN_IN_CORE = ("boto3", "botocore", "dagster")
+# sandbox/world.py creates the world, which deploys the flows (flows.deploy); flows.py uses
+# world's clients: the one circle left, both sides sandbox code (issue 15, item 6)
+KNOWN_CIRCLES = {frozenset({"platform_ops.sandbox.flows", "platform_ops.sandbox.world"})}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module `path` imports anywhere in it (function-local imports too), absolute; `from a
+    import b` counts as a and as a.b (b may be a module)."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+GRAPH = {name: {i for i in _imports(path) if i in MODULES and i != name} for name, path in MODULES.items()}
+
+
+@pytest.mark.parametrize("core", sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.glob("*/core.py")))
+def test_a_core_imports_neither_io_nor_another_capability(core):
+    path = PACKAGE / core
+    own = path.parent.name
+    imported = _imports(path)
+    io = sorted(i for i in imported if i.split(".")[0] in FORBIDDEN_IN_CORE)
+    others = sorted(i for i in imported
+                    if i.startswith("platform_ops.") and i.split(".")[1] in CAPABILITIES and i.split(".")[1] != own)
+    assert not io, f"{core} imports {io}"
+    assert not others, f"{core} imports another capability: {others}"
+
+
+def test_the_cores_are_found():
+    assert {p.parent.name for p in PACKAGE.glob("*/core.py")} >= {"alerts", "reaper", "metrics", "promotion"}
+    assert "platform_ops.vocabulary" in MODULES and GRAPH["platform_ops.alerts.core"]  # the graph is read
+
+
+def _circles() -> set[frozenset[str]]:
+    """Each set of modules that reach each other through imports (Tarjan's strongly connected
+    components with more than one module)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: set[frozenset[str]] = set()
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(GRAPH[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.add(frozenset(component))
+
+    for v in sorted(GRAPH):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circle():
+    circles = _circles()
+    assert circles - KNOWN_CIRCLES == set(), [sorted(c) for c in circles - KNOWN_CIRCLES]
+
+
+def test_the_circle_check_sees_function_local_imports():
+    assert "platform_ops.sandbox.flows" in GRAPH["platform_ops.sandbox.world"]  # imported inside a function
