@@ -70,7 +70,7 @@ def test_a_retried_job_is_judged_from_its_last_attempt_not_its_creation():
                                                 "stoppedAt": MS(NOW - timedelta(minutes=30))}])
     assert core.runnable_since(job_from_api(retried)) == NOW - timedelta(minutes=30)
     plan = core.plan_reap(["retried"], jobs(retried), POLICY, NOW)
-    assert [d.action for d in plan.decisions] == [core.SKIP_RETRIED]
+    assert [d.action for d in plan.decisions] == [core.Outcome.SKIP_RETRIED]
 
 
 def test_plan_skips_protected_gone_and_moved_on_jobs():
@@ -78,8 +78,8 @@ def test_plan_skips_protected_gone_and_moved_on_jobs():
                    detail("started", 300, status="STARTING", reason=""))
     plan = core.plan_reap(["stuck", "protected", "started", "gone"], details, POLICY, NOW)
     actions = {d.job_id: d.action for d in plan.decisions}
-    assert actions == {"stuck": core.CANCEL, "protected": core.SKIP_PROTECTED,
-                       "started": core.SKIP_NOT_RUNNABLE, "gone": core.SKIP_GONE}
+    assert actions == {"stuck": core.Outcome.CANCEL, "protected": core.Outcome.SKIP_PROTECTED,
+                       "started": core.Outcome.SKIP_NOT_RUNNABLE, "gone": core.Outcome.SKIP_GONE}
     assert not plan.breaker_tripped
 
 
@@ -87,14 +87,14 @@ def test_breaker_cancels_the_oldest_up_to_the_cap_and_none_past_it():
     details = jobs(*[detail(f"j{i}", 200 + i) for i in range(5)])
     plan = core.plan_reap(list(details), details, core.ReapPolicy(timedelta(hours=2), False, 2, "p"), NOW)
     assert plan.breaker_tripped and plan.eligible == 5
-    assert sorted(d.job_id for d in plan.with_action(core.CANCEL)) == ["j3", "j4"]
-    assert len(plan.with_action(core.SKIP_BREAKER)) == 3
+    assert sorted(d.job_id for d in plan.with_action(core.Outcome.CANCEL)) == ["j3", "j4"]
+    assert len(plan.with_action(core.Outcome.SKIP_BREAKER)) == 3
 
 
 def test_dry_run_decides_but_plans_no_cancel():
     details = jobs(detail("a", 300))
     plan = core.plan_reap(["a"], details, core.ReapPolicy(timedelta(hours=2), True, 50, "p"), NOW)
-    assert [d.action for d in plan.decisions] == [core.WOULD_CANCEL]
+    assert [d.action for d in plan.decisions] == [core.Outcome.WOULD_CANCEL]
     assert core.cancel_batches(plan, POLICY.threshold) == []
 
 
@@ -139,16 +139,16 @@ def test_verify_reports_a_job_that_raced_into_starting_as_not_cancelled():
     reason = core.cancel_batches(plan, POLICY.threshold)[0].reason
     after = jobs(detail("a", 300, status="FAILED", reason=reason), detail("b", 300, status="STARTING", reason=""))
     results = {r.job_id: r.result for r in core.verify(plan, CancelResult(("a", "b"), {"c": "ClientException: boom"}), after)}
-    assert results == {"a": core.CANCELLED, "b": "not cancelled: moved on to STARTING",
+    assert results == {"a": core.Outcome.CANCELLED, "b": "not cancelled: moved on to STARTING",
                        "c": "cancel failed: ClientException: boom"}
 
 
 def test_report_is_one_message_within_block_kit_limits_even_for_500_jobs():
     details = jobs(*[detail(f"job-{i:04}-" + "x" * 30, 130 + i) for i in range(500)])
     plan = core.plan_reap(list(details), details, core.ReapPolicy(timedelta(hours=2), False, 50, "p"), NOW)
-    results = core.verify(plan, CancelResult(tuple(d.job_id for d in plan.with_action(core.CANCEL)), {}), {
+    results = core.verify(plan, CancelResult(tuple(d.job_id for d in plan.with_action(core.Outcome.CANCEL)), {}), {
         d.job_id: job_from_api(detail(d.job_id, 200, status="FAILED", reason="platform-ops reaper: x"))
-        for d in plan.with_action(core.CANCEL)})
+        for d in plan.with_action(core.Outcome.CANCEL)})
     msg = core.report("staging", "ml-staging", POLICY, plan, results, "http://dagster/runs/abc")
     assert len(msg.blocks) <= MAX_BLOCKS
     assert all(len(b.get("text", {}).get("text", "")) <= MAX_SECTION_CHARS for b in msg.blocks)

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, SlackMessage, escape, pack
 from platform_ops.observations import BatchJob, CancelResult
@@ -175,20 +176,29 @@ def hint(category: str) -> tuple[str, str]:
     return REASON_HINTS.get(category, UNKNOWN_HINT)
 
 
-# Decision kinds
-CANCEL = "cancel"
-WOULD_CANCEL = "would cancel (dry run)"
-SKIP_GONE = "skipped: Batch no longer knows the job"
-SKIP_NOT_RUNNABLE = "skipped: no longer RUNNABLE"
-SKIP_PROTECTED = "skipped: protected by tag"
-SKIP_RETRIED = "skipped: re-entered RUNNABLE after a retry, under the threshold"
-SKIP_BREAKER = "skipped: breaker tripped"
+class Outcome(StrEnum):
+    """What the reaper decided for a job, then what became of it; each value is the words the
+    run's metadata and the Slack report show."""
+
+    # decided, from fresh details
+    CANCEL = "cancel"
+    WOULD_CANCEL = "would cancel (dry run)"
+    SKIP_GONE = "skipped: Batch no longer knows the job"
+    SKIP_NOT_RUNNABLE = "skipped: no longer RUNNABLE"
+    SKIP_PROTECTED = "skipped: protected by tag"
+    SKIP_RETRIED = "skipped: re-entered RUNNABLE after a retry, under the threshold"
+    SKIP_BREAKER = "skipped: breaker tripped"
+    # found after the cancel
+    CANCELLED = "cancelled"
+    CANCEL_PENDING = "cancel requested, still RUNNABLE"
+    NOT_CANCELLED = "not cancelled"  # shown with the status it moved on to
+    CANCEL_FAILED = "cancel failed"  # shown with the error
 
 
 @dataclass(frozen=True)
 class Decision:
     job_id: str
-    action: str
+    action: Outcome
     job: BatchJob | None = None
     runnable_for: timedelta = timedelta(0)
 
@@ -203,7 +213,7 @@ class ReapPlan:
     eligible: int  # stuck jobs that passed every filter, before the breaker
     breaker_tripped: bool
 
-    def with_action(self, action: str) -> list[Decision]:
+    def with_action(self, action: Outcome) -> list[Decision]:
         return [d for d in self.decisions if d.action == action]
 
 
@@ -216,21 +226,21 @@ def plan_reap(candidate_ids: Iterable[str], details: Mapping[str, BatchJob], pol
     for job_id in dict.fromkeys(candidate_ids):
         job = details.get(job_id)
         if job is None:
-            decisions.append(Decision(job_id, SKIP_GONE))
+            decisions.append(Decision(job_id, Outcome.SKIP_GONE))
             continue
         age = now - runnable_since(job)
         if job.status != RUNNABLE:
-            decisions.append(Decision(job_id, SKIP_NOT_RUNNABLE, job, age))
+            decisions.append(Decision(job_id, Outcome.SKIP_NOT_RUNNABLE, job, age))
         elif policy.protect_tag in job.tags:
-            decisions.append(Decision(job_id, SKIP_PROTECTED, job, age))
+            decisions.append(Decision(job_id, Outcome.SKIP_PROTECTED, job, age))
         elif age < policy.threshold:
-            decisions.append(Decision(job_id, SKIP_RETRIED, job, age))
+            decisions.append(Decision(job_id, Outcome.SKIP_RETRIED, job, age))
         else:
-            eligible.append(Decision(job_id, CANCEL, job, age))
+            eligible.append(Decision(job_id, Outcome.CANCEL, job, age))
     eligible.sort(key=lambda d: (-d.runnable_for, d.job_id))
-    act = WOULD_CANCEL if policy.dry_run else CANCEL
+    act = Outcome.WOULD_CANCEL if policy.dry_run else Outcome.CANCEL
     for i, d in enumerate(eligible):
-        decisions.append(Decision(d.job_id, act if i < policy.max_cancels else SKIP_BREAKER, d.job, d.runnable_for))
+        decisions.append(Decision(d.job_id, act if i < policy.max_cancels else Outcome.SKIP_BREAKER, d.job, d.runnable_for))
     return ReapPlan(tuple(decisions), len(eligible), len(eligible) > policy.max_cancels)
 
 
@@ -250,7 +260,7 @@ def cancel_batches(plan: ReapPlan, threshold: timedelta, chunk: int = 50) -> lis
     """CancelJobs takes one reason for up to 50 ids: group by category, oldest first, and state
     the youngest age in each group (every job in it has been RUNNABLE at least that long)."""
     by_category: dict[str, list[Decision]] = {}
-    for d in plan.with_action(CANCEL):
+    for d in plan.with_action(Outcome.CANCEL):
         by_category.setdefault(d.category, []).append(d)
     batches = []
     for category, decisions in by_category.items():
@@ -261,13 +271,6 @@ def cancel_batches(plan: ReapPlan, threshold: timedelta, chunk: int = 50) -> lis
     return batches
 
 
-# Results after verification
-CANCELLED = "cancelled"
-CANCEL_PENDING = "cancel requested, still RUNNABLE"
-NOT_CANCELLED = "not cancelled: moved on to {status}"
-CANCEL_ERROR = "cancel failed: {error}"
-
-
 @dataclass(frozen=True)
 class JobResult:
     job_id: str
@@ -275,7 +278,13 @@ class JobResult:
     runnable_for: timedelta
     status_reason: str
     category: str
-    result: str
+    outcome: Outcome
+    detail: str = ""  # the status a job moved on to, the error a cancel met
+
+    @property
+    def result(self) -> str:
+        """The outcome as the metadata and the report show it, e.g. 'not cancelled: moved on to STARTING'."""
+        return self.outcome.value + (f": {self.detail}" if self.detail else "")
 
 
 def verify(plan: ReapPlan, cancel: CancelResult | None, after: Mapping[str, BatchJob]) -> list[JobResult]:
@@ -284,58 +293,59 @@ def verify(plan: ReapPlan, cancel: CancelResult | None, after: Mapping[str, Batc
     results = []
     for d in plan.decisions:
         job = d.job
-        result = d.action
-        if d.action == CANCEL:
+        outcome, detail = d.action, ""
+        if d.action is Outcome.CANCEL:
             error = cancel.errors.get(d.job_id) if cancel else "not sent"
             now_job = after.get(d.job_id)
             if error:
-                result = CANCEL_ERROR.format(error=error)
+                outcome, detail = Outcome.CANCEL_FAILED, error
             elif now_job is None:
-                result = SKIP_GONE
+                outcome = Outcome.SKIP_GONE
             elif now_job.status == "FAILED" and now_job.status_reason.startswith(REASON_PREFIX):
-                result = CANCELLED
+                outcome = Outcome.CANCELLED
             elif now_job.status == RUNNABLE:
-                result = CANCEL_PENDING
+                outcome = Outcome.CANCEL_PENDING
             else:
-                result = NOT_CANCELLED.format(status=now_job.status)
-        elif d.action == SKIP_NOT_RUNNABLE and job:
-            result = NOT_CANCELLED.format(status=job.status)
+                outcome, detail = Outcome.NOT_CANCELLED, f"moved on to {now_job.status}"
+        elif d.action is Outcome.SKIP_NOT_RUNNABLE and job:
+            outcome, detail = Outcome.NOT_CANCELLED, f"moved on to {job.status}"
         results.append(JobResult(
             job_id=d.job_id,
             name=job.name if job else "",
             runnable_for=d.runnable_for,
             status_reason=job.status_reason if job else "",
             category=d.category,
-            result=result,
+            outcome=outcome,
+            detail=detail,
         ))
     return results
 
 
 MAX_JOB_LINES = 40
-QUIET_RESULTS = {SKIP_GONE, SKIP_PROTECTED, SKIP_RETRIED, SKIP_NOT_RUNNABLE}
+QUIET_OUTCOMES = {Outcome.SKIP_GONE, Outcome.SKIP_PROTECTED, Outcome.SKIP_RETRIED, Outcome.SKIP_NOT_RUNNABLE,
+                  Outcome.NOT_CANCELLED}
 
 
 def worth_reporting(plan: ReapPlan, results: list[JobResult]) -> bool:
     """A run that only re-met protected, retried or vanished jobs stays off Slack (its metadata
     still says so); anything cancelled, pending, failed or held back by the breaker is reported."""
-    return plan.breaker_tripped or any(
-        r.result not in QUIET_RESULTS and not r.result.startswith("not cancelled") for r in results)
+    return plan.breaker_tripped or any(r.outcome not in QUIET_OUTCOMES for r in results)
 
 
 def report(environment: str, queue: str, policy: ReapPolicy, plan: ReapPlan, results: list[JobResult],
            run_url: str | None = None) -> SlackMessage:
     """One Slack message per reap run: counts, the breaker, and per category what it means and
     which jobs, summarised past the first MAX_JOB_LINES to stay inside Block Kit's limits."""
-    counts = Counter(r.result for r in results)
-    cancelled = counts[CANCELLED]
-    would = counts[WOULD_CANCEL]
+    outcomes = Counter(r.outcome for r in results)
+    cancelled = outcomes[Outcome.CANCELLED]
+    would = outcomes[Outcome.WOULD_CANCEL]
     verb = f"Would cancel {would}" if policy.dry_run else f"Cancelled {cancelled}"
     title = f"Reaper: {verb} stuck job{'s' if (would or cancelled) != 1 else ''} in {environment} / {queue}"
     summary = [f"*{verb}* of {len(results)} RUNNABLE longer than {format_duration(policy.threshold)} "
                f"in `{escape(queue)}` ({environment})."]
     if policy.dry_run:
         summary.append("Dry run: nothing was cancelled.")
-    others = {k: v for k, v in counts.items() if k not in (CANCELLED, WOULD_CANCEL)}
+    others = Counter(r.result for r in results if r.outcome not in (Outcome.CANCELLED, Outcome.WOULD_CANCEL))
     if others:
         summary.append("Not cancelled: " + ", ".join(f"{v} {k}" for k, v in sorted(others.items())) + ".")
     blocks: list[dict] = [
@@ -345,7 +355,7 @@ def report(environment: str, queue: str, policy: ReapPolicy, plan: ReapPlan, res
     if plan.breaker_tripped:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": (
             f":rotating_light: *Breaker tripped*: {plan.eligible} stuck jobs > max_cancels_per_run "
-            f"{policy.max_cancels}; {counts[SKIP_BREAKER]} left RUNNABLE. Something is wrong with the queue "
+            f"{policy.max_cancels}; {outcomes[Outcome.SKIP_BREAKER]} left RUNNABLE. Something is wrong with the queue "
             f"or its compute environment: look before raising the cap.")}})
     by_category: dict[str, list[JobResult]] = {}
     for r in sorted(results, key=lambda r: -r.runnable_for):

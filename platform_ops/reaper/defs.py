@@ -109,7 +109,7 @@ def reconcile_watch(instance: dg.DagsterInstance, environment: str, listed: dict
 
 def _table(results: list[core.JobResult]) -> dg.MetadataValue:
     return metadata_table(
-        ({**vars(r), "runnable_for": core.format_duration(r.runnable_for)} for r in results),
+        ({**vars(r), "runnable_for": core.format_duration(r.runnable_for), "result": r.result} for r in results),
         ["job_id", "name", "runnable_for", "category", "result", "status_reason"])
 
 
@@ -152,7 +152,7 @@ def reaper_defs(settings: Settings) -> dg.Definitions:
         message = core.report(env.name, config.queue, policy, plan, results,
                               dagster_run_url(settings, context.run_id))
         counts = {k: sum(1 for r in results if r.result == k) for k in {r.result for r in results}}
-        cancelled = counts.get(core.CANCELLED, 0)
+        cancelled = sum(r.outcome is core.Outcome.CANCELLED for r in results)
         if plan.breaker_tripped:
             context.log.error(f"Breaker tripped: {plan.eligible} stuck jobs > max_cancels_per_run "
                               f"{policy.max_cancels}; cancelled none past the cap")
