@@ -126,6 +126,38 @@ def test_reap_cancels_stuck_jobs_skips_protected_and_reports_once(world):
     assert "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT" in body and "1 skipped: protected by tag" in body
 
 
+def test_a_reap_retried_after_a_failed_cancel_reports_every_job_it_cancelled_once(world, monkeypatch):
+    """An AWS failure that outlasts botocore's attempts fails the op and its retry policy runs it
+    again: the retry describes afresh, knows what the first attempt cancelled (the run's record),
+    cancels only the rest and reports all of them, once."""
+    import platform_ops.reaper.defs as reaper_defs
+
+    monkeypatch.setattr(reaper_defs, "REAP_RETRY", dg.RetryPolicy(max_retries=1))  # no 30 s wait here
+    too_big = world.stuck(count=2, minutes=200)  # the oldest: its category's CancelJobs goes first
+    world.fault(fault="stuck", remaining=2, created_minutes_ago=150)
+    no_capacity = world.submit(count=2)  # CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY: the second CancelJobs
+    world.control("aws-faults", {"kind": "fail-operation", "service": "batch", "operation": "CancelJobs",
+                                 "match": "INSUFFICIENT_INSTANCE_CAPACITY", "times": 1})
+    defs = build_defs(world.settings)
+    [request] = tick(defs).run_requests
+    with dg.instance_for_test() as instance, count_calls() as calls:
+        result = run(defs, request, instance=instance)
+    assert result.success
+    assert [e.event_type_value for e in result.all_events].count("STEP_UP_FOR_RETRY") == 1
+    # attempt 1: describe, CancelJobs (accepted), CancelJobs (refused); attempt 2: describe, one
+    # CancelJobs for the two still RUNNABLE, the verifying describe
+    assert dict(calls) == {"Batch.DescribeJobs": 3, "Batch.CancelJobs": 3}
+    after = world.describe("staging", too_big + no_capacity)
+    assert {after[j]["status"] for j in too_big + no_capacity} == {"FAILED"}
+    meta = run_metadata(result)
+    assert meta["cancelled"].value == 4
+    rows = {r.data["job_id"]: (r.data["result"], r.data["category"]) for r in meta["jobs"].value.records}
+    assert rows == {**{j: ("cancelled", "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT") for j in too_big},
+                    **{j: ("cancelled", "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY") for j in no_capacity}}
+    [message] = world.messages
+    assert message["text"].startswith("Reaper: Cancelled 4 stuck jobs in staging / ml-staging")
+
+
 def test_a_job_that_raced_into_starting_is_not_cancelled_and_is_reported(world):
     stuck = world.stuck(count=2)
     defs = build_defs(world.settings)

@@ -8,6 +8,7 @@ events sensor tracks RUNNABLE jobs from "Batch Job State Change" events
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -113,30 +114,60 @@ def _table(results: list[core.JobResult]) -> dg.MetadataValue:
         ["job_id", "name", "runnable_for", "category", "result", "status_reason"])
 
 
+# AWS calls that still fail after botocore's attempts (a long throttling spell) fail the op, and
+# the op is retried whole: it describes afresh, and what an earlier attempt cancelled is known
+# from its record (`_cancelled_earlier`), so a retry neither cancels twice nor loses the report.
+REAP_RETRY = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+
+def _cancelled_earlier(sent: dict[str, dict], details: dict[str, BatchJob]) -> dict[str, core.JobResult]:
+    """Jobs an earlier attempt of this run (an op retry, a re-execution) sent to CancelJobs that
+    Batch now shows cancelled with that very reason: this run's cancellations, reported as such."""
+    done = {}
+    for job_id, was in sent.items():
+        job = details.get(job_id)
+        if job is not None and job.status == "FAILED" and job.status_reason == was["reason"]:
+            done[job_id] = core.JobResult(
+                job_id=job_id, name=was["name"], runnable_for=timedelta(seconds=was["runnable_for_s"]),
+                status_reason=was["status_reason"], category=was["category"], outcome=core.Outcome.CANCELLED)
+    return done
+
+
 def reaper_defs(settings: Settings) -> dg.Definitions:
     aws_keys = {aws_resource_key(name) for name in settings.environments}
 
-    @dg.op(required_resource_keys=aws_keys | {"slack"}, out=dg.Out(dict))
+    @dg.op(required_resource_keys=aws_keys | {"slack"}, out=dg.Out(dict), retry_policy=REAP_RETRY)
     def reap(context: dg.OpExecutionContext, config: ReapConfig):
         """Describe, decide, cancel, verify, report: one Slack message per run."""
         env = settings.environments.get(config.environment)
         if env is None:
             raise dg.Failure(f"environment {config.environment!r} is not in the settings "
-                             f"(known: {', '.join(settings.environments)})")
+                             f"(known: {', '.join(settings.environments)})", allow_retries=False)
         if config.queue not in env.job_queues:
             raise dg.Failure(f"queue {config.queue!r} is not watched in {env.name} "
-                             f"(job_queues: {', '.join(env.job_queues)})")
+                             f"(job_queues: {', '.join(env.job_queues)})", allow_retries=False)
         policy = _policy(settings, config.queue)
         aws = aws_for(context, env.name)
         client = aws.client("batch")
+        ledger, root = Ledger(context.instance, "reaper"), context.dagster_run.root_run_id or context.run_id
+        sent = (ledger.get(f"cancels/{root}") or {}).get("jobs", {})
         with count_calls() as calls:
             described_at = datetime.now(timezone.utc)
             details = batch.describe_jobs(client, config.job_ids)
             observed = [(config.job_ids, details, described_at)]
-            plan = core.plan_reap(config.job_ids, details, policy, datetime.now(timezone.utc))
+            done = _cancelled_earlier(sent, details)
+            plan = core.plan_reap([j for j in config.job_ids if j not in done], details,
+                                  replace(policy, max_cancels=max(0, policy.max_cancels - len(done))),
+                                  datetime.now(timezone.utc))
+            plan = replace(plan, eligible=plan.eligible + len(done))
             cancel_result = after = None
             batches = core.cancel_batches(plan, policy.threshold)
-            if batches:
+            if batches:  # recorded before it is sent: a retry must know what this run asked for
+                decided = {d.job_id: d for d in plan.decisions}
+                ledger.put(f"cancels/{root}", jobs={**sent, **{job_id: {
+                    "reason": b.reason[:1024], "name": decided[job_id].job.name, "category": decided[job_id].category,
+                    "runnable_for_s": decided[job_id].runnable_for.total_seconds(),
+                    "status_reason": decided[job_id].job.status_reason} for b in batches for job_id in b.job_ids}})
                 accepted, errors = [], {}
                 for b in batches:
                     r = batch.cancel_jobs(client, b.job_ids, b.reason)
@@ -146,7 +177,7 @@ def reaper_defs(settings: Settings) -> dg.Definitions:
                 sent, verified_at = [i for b in batches for i in b.job_ids], datetime.now(timezone.utc)
                 after = batch.describe_jobs(client, sent)
                 observed.append((sent, after, verified_at))
-            results = core.verify(plan, cancel_result, after or {})
+            results = [*done.values(), *core.verify(plan, cancel_result, after or {})]
         if env.event_driven:  # this run saw its jobs afresh: the events-fed watch forgets what moved on
             settle_watch(context.instance, env.name, observed)
         message = core.report(env.name, config.queue, policy, plan, results,
@@ -182,7 +213,7 @@ def reaper_defs(settings: Settings) -> dg.Definitions:
         yield dg.Output({"cancelled": cancelled, "results": counts}, metadata=metadata)
         if slack_error:
             raise dg.Failure(f"the reaper's Slack report was not sent ({slack_error}); "
-                             "what was cancelled is in this run's metadata")
+                             "what was cancelled is in this run's metadata", allow_retries=False)
 
     @dg.job(name=REAP_JOB, executor_def=dg.in_process_executor, tags={"platform_ops/kind": "reaper"},
             description="Cancel Batch jobs stuck in RUNNABLE past the threshold (never RUNNING ones).")

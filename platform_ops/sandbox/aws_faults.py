@@ -219,6 +219,8 @@ def _operation(service: str, environ: dict) -> str:
     target = environ.get("HTTP_X_AMZ_TARGET", "")
     if target:
         return target.rsplit(".", 1)[-1]
+    if service == "batch":  # rest-json: POST /v1/canceljobs is CancelJobs (compared without case)
+        return environ.get("PATH_INFO", "").removeprefix("/v1/")
     if service == "s3" and environ.get("PATH_INFO", "").strip("/").count("/") >= 1 and not environ.get("QUERY_STRING"):
         return {"GET": "GetObject", "PUT": "PutObject", "HEAD": "HeadObject"}.get(environ.get("REQUEST_METHOD", ""), "")
     return ""
@@ -249,7 +251,7 @@ class OperationFailures:
         if not self.rules:
             return None
         operation = _operation(service, environ)
-        candidates = [r for r in self.rules if (r["service"], r["operation"]) == (service, operation)]
+        candidates = [r for r in self.rules if (r["service"], r["operation"].lower()) == (service, operation.lower())]
         if not candidates:
             return None
         seen = _buffer(environ).decode(errors="replace") + environ.get("PATH_INFO", "")
