@@ -19,7 +19,7 @@ import botocore.session
 from botocore.config import Config
 from botocore.credentials import DeferredRefreshableCredentials
 from dagster_aws.utils import ResourceWithBoto3Configuration
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from platform_ops.redaction import remember
 
@@ -67,10 +67,16 @@ class AwsEnvironmentResource(ResourceWithBoto3Configuration):
     role_external_id: str | None = None
     role_session_name: str = "platform-ops"
 
+    # AWS throttles in bursts: while a service's token bucket is empty every call is refused.
+    # botocore's standard mode waits rand(0, min(2^i, 20)) s before attempt i+1 of a throttled
+    # call (exponential backoff, full jitter), so 10 attempts outlast 9 refusals in a row (about
+    # a minute); dagster-aws's default, 5 retries, gave up inside a long burst.
+    max_attempts: int = Field(default=10, ge=1, description="Attempts per AWS call, the first one included.")
+
     _clients: dict = PrivateAttr(default_factory=dict)
 
     def _retry_config(self) -> Config:
-        return Config(retries={"max_attempts": self.max_attempts, "mode": "standard"})
+        return Config(retries={"total_max_attempts": self.max_attempts, "mode": "standard"})
 
     def _base_session(self) -> boto3.session.Session:
         return boto3.session.Session(
@@ -137,6 +143,14 @@ _REQUEST_SCOPED = {"ClientException", "ValidationException", "ResourceNotFoundEx
                    "InvalidParameterValueException", "StateMachineDoesNotExist", "ExecutionDoesNotExist"}
 
 
+# What AWS answers when it throttles (botocore's standard mode retries these): one that reaches
+# the caller outlasted every attempt, and the step is worth retrying whole, not reporting as data.
+_THROTTLED = {"Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+              "TooManyRequestsException", "ProvisionedThroughputExceededException", "RequestLimitExceeded",
+              "BandwidthLimitExceeded", "LimitExceededException", "RequestThrottled", "SlowDown",
+              "PriorRequestNotComplete", "EC2ThrottledException"}
+
+
 class AwsError(RuntimeError):
     """An AWS failure in words an operator can act on, without credentials in it."""
 
@@ -144,6 +158,7 @@ class AwsError(RuntimeError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.request_scoped = code in _REQUEST_SCOPED
+        self.throttled = code in _THROTTLED
 
 
 def pages(method: Any, token_key: str = "nextToken", next_key: str | None = None, **kwargs: Any) -> Iterator[dict]:
