@@ -110,3 +110,47 @@ def test_one_environment_failing_still_materializes_the_other(world, settings):
     assert "production/ml-production: EndpointConnectionError" in json.dumps(meta["batch_jobs"]["errors"].value)
     rows = {r.data["queue"]: r.data for r in meta["batch_queue_summary"]["summary"].value.records}
     assert rows["ml-staging"]["RUNNABLE"] == 1 and rows["ml-production"]["RUNNABLE"] == 0
+
+
+def test_a_refused_publish_is_retried_and_no_datum_goes_out_twice(world, settings, monkeypatch):
+    """An AWS failure that outlasts botocore's attempts fails the step and the job's retry policy
+    runs it again; the datums carry the run's time and the batches put before the failure are
+    not put again, so CloudWatch holds every sample once."""
+    import platform_ops.metrics.defs as metrics
+
+    monkeypatch.setattr(metrics, "METRICS_RETRY", dg.RetryPolicy(max_retries=1))  # no 30 s wait here
+    world.stuck("staging", count=1)
+    world.stuck("production", count=1)
+    world.control("aws-faults", {"kind": "fail-operation", "service": "monitoring", "operation": "PutMetricData",
+                                 "match": "production", "times": 1})  # staging's call goes first, and in
+    defs = build_defs(settings)
+    with dg.instance_for_test() as instance, count_calls() as calls:
+        result = refresh(defs, instance)
+    assert result.success
+    retried = [e.step_key for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert retried == ["cloudwatch_metrics"]
+    assert calls["CloudWatch.PutMetricData"] == 3  # staging; production refused; production again
+    cw = world.resources()["aws_staging"].client("cloudwatch")
+    now = datetime.now(timezone.utc)
+    [point] = cw.get_metric_statistics(
+        Namespace="PlatformOps/Batch", MetricName="RunnableJobs", Statistics=["SampleCount", "Maximum"],
+        Dimensions=[{"Name": "Environment", "Value": "staging"}, {"Name": "JobQueue", "Value": "ml-staging"}],
+        StartTime=now - timedelta(hours=1), EndTime=now + timedelta(minutes=5), Period=3600)["Datapoints"]
+    assert (point["SampleCount"], point["Maximum"]) == (1, 1)
+    assert stat(world, "production", "RunnableJobs", {"Environment": "production", "JobQueue": "ml-production"}) == 1
+
+
+def test_throttling_that_outlasts_the_client_fails_the_step_instead_of_leaving_a_gap(world, settings):
+    """A broken environment is recorded and the rest materializes (above); a throttle that got
+    through every attempt is not a fact about the queue: the step fails, for its retry policy."""
+    world.stuck("staging", count=1)
+    world.control("aws-faults", {"kind": "throttle", "services": ["batch"], "pattern": "x" + "." * 99})
+    impatient = AwsEnvironmentResource(environment="staging", account_id="111111111111", region_name="us-east-1",
+                                       max_attempts=1)
+    [asset] = [a for a in metrics_defs(settings).assets if a.key.path[0] == "batch_jobs"]
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([asset], resources={**build_resources(settings), "aws_staging": impatient},
+                                instance=instance, raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "TooManyRequestsException" in str(failure.event_specific_data.error)

@@ -18,6 +18,9 @@ from platform_ops.settings import Settings
 from platform_ops.vocabulary import format_duration
 
 GROUP = "platform_metrics"
+# A step whose AWS calls still fail after botocore's attempts (a long throttling spell) runs again,
+# reading its inputs from the IO manager; each step is idempotent (see cloudwatch_metrics).
+METRICS_RETRY = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 def _table(df: pd.DataFrame, limit: int = 200) -> dg.MetadataValue:
@@ -46,6 +49,8 @@ def metrics_defs(settings: Settings) -> dg.Definitions:
                     try:
                         jobs = [j for status in core.STATUSES for j in batch.iter_jobs(client, queue, status)]
                     except AwsError as exc:
+                        if exc.throttled:  # outlasted the client's attempts: the step's retry, not a gap in the data
+                            raise
                         errors.append(f"{env.name}/{queue}: {exc}")
                         context.log.error(errors[-1])
                         if exc.request_scoped:
@@ -82,7 +87,7 @@ def metrics_defs(settings: Settings) -> dg.Definitions:
     def ecs_capacity_summary(context: dg.AssetExecutionContext) -> pd.DataFrame:
         now = datetime.now(timezone.utc)
         ledger = Ledger(context.instance, "metrics")
-        rows, known, gone, errors = [], [], {}, []
+        rows, known, gone, errors, seen = [], [], {}, [], {}
         for env in settings.environments.values():
             try:
                 client = aws(context, env.name).client("batch")
@@ -98,10 +103,14 @@ def metrics_defs(settings: Settings) -> dg.Definitions:
                     previous = set((ledger.get(key) or {}).get("arns", []))
                     arns = {r["arn"] for r in current}
                     gone[(env.name, ce)] = len(previous - arns)
-                    ledger.put(key, arns=sorted(arns))
+                    seen[key] = sorted(arns)
             except AwsError as exc:
+                if exc.throttled:
+                    raise
                 errors.append(f"{env.name}: {exc}")
                 context.log.error(errors[-1])
+        for key, arns in seen.items():  # stored once every read is done: a retried step compares with the same
+            ledger.put(key, arns=arns)
         instances = pd.DataFrame(rows, columns=core.INSTANCE_COLUMNS)
         summary = core.capacity_summary(instances, now - timedelta(hours=m.window_hours), gone, known)
         context.add_output_metadata({"summary": _table(summary), "instances": len(instances),
@@ -112,15 +121,22 @@ def metrics_defs(settings: Settings) -> dg.Definitions:
               description=f"Both summaries as CloudWatch metrics in {m.namespace}, per environment's account.")
     def cloudwatch_metrics(context: dg.AssetExecutionContext, batch_queue_summary: pd.DataFrame,
                            ecs_capacity_summary: pd.DataFrame) -> dg.MaterializeResult:
-        now = datetime.now(timezone.utc)
+        # Idempotent under the step's retry: the datums carry the run's time, not the attempt's, and
+        # the batches an earlier attempt put are recorded and not put again (no doubled samples).
+        now = context.instance.get_run_record_by_id(context.run_id).create_timestamp  # UTC, aware
         datums = core.metric_data(batch_queue_summary, ecs_capacity_summary)
+        ledger, key = Ledger(context.instance, "metrics"), f"published/{context.run_id}"
+        put = dict(ledger.get(key) or {})  # environment -> batches put
         published = {}
         with count_calls() as calls:
             for env in settings.environments.values():
-                mine = [d.api(now) for d in datums if d.environment == env.name]
+                mine = core.batches([d.api(now) for d in datums if d.environment == env.name])
+                for i in range(put.get(env.name, 0), len(mine)):
+                    cloudwatch.put_metric_data(aws(context, env.name).client("cloudwatch"), m.namespace, [mine[i]])
+                    put[env.name] = i + 1
+                    ledger.put(key, **put)
                 if mine:
-                    published[env.name] = cloudwatch.put_metric_data(
-                        aws(context, env.name).client("cloudwatch"), m.namespace, core.batches(mine))
+                    published[env.name] = sum(len(b) for b in mine)
         return dg.MaterializeResult(metadata={
             "metrics_published": sum(published.values()), "by_environment": dg.MetadataValue.json(published),
             "put_metric_data_calls": calls.get("CloudWatch.PutMetricData", 0),
@@ -178,7 +194,8 @@ def metrics_defs(settings: Settings) -> dg.Definitions:
             "queues": dg.MetadataValue.json({f"{r.environment}/{r.queue}": round(r.failure_rate, 3)
                                              for r in high.itertuples()})})
 
-    refresh = dg.define_asset_job("refresh_platform_metrics", selection=dg.AssetSelection.groups(GROUP))
+    refresh = dg.define_asset_job("refresh_platform_metrics", selection=dg.AssetSelection.groups(GROUP),
+                                  op_retry_policy=METRICS_RETRY)
     return dg.Definitions(
         assets=[batch_jobs, batch_queue_summary, ecs_capacity_summary, cloudwatch_metrics, cloudwatch_dashboards],
         asset_checks=[runnable_age_check, failure_rate_check],

@@ -221,6 +221,8 @@ def _operation(service: str, environ: dict) -> str:
         return target.rsplit(".", 1)[-1]
     if service == "batch":  # rest-json: POST /v1/canceljobs is CancelJobs (compared without case)
         return environ.get("PATH_INFO", "").removeprefix("/v1/")
+    if "/operation/" in environ.get("PATH_INFO", ""):  # smithy-rpc-v2-cbor (CloudWatch): .../operation/PutMetricData
+        return environ["PATH_INFO"].rsplit("/operation/", 1)[1]
     if service == "s3" and environ.get("PATH_INFO", "").strip("/").count("/") >= 1 and not environ.get("QUERY_STRING"):
         return {"GET": "GetObject", "PUT": "PutObject", "HEAD": "HeadObject"}.get(environ.get("REQUEST_METHOD", ""), "")
     return ""
