@@ -267,3 +267,12 @@ def test_recovery_and_run_failure_messages():
     failure = core.render_run_failure("reap_stuck_jobs", "abcdef12-3456", "boom ``` here", "http://d/runs/abcdef12")
     _assert_within_limits(failure)
     assert "reap_stuck_jobs" in failure.text
+
+
+def test_announced_outcomes_keep_their_words():
+    assert core.announced(in_thread=False, found=False) == "announced"
+    assert core.announced(in_thread=True, found=False) == "announced in digest thread"
+    assert core.announced(in_thread=False, found=True) == "announced (found in Slack)"
+    assert core.announced(in_thread=True, found=True) == "announced in digest thread (found in Slack)"
+    assert core.ANNOUNCED == {core.announced(t, f) for t in (False, True) for f in (False, True)}
+    assert "already announced" not in core.ANNOUNCED and core.Outcome.RECOVERY_ANNOUNCED not in core.ANNOUNCED

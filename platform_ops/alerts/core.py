@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, SlackMessage, escape, pack
@@ -99,6 +100,37 @@ def classify(job: Mapping[str, Any]) -> tuple[str, str]:
     if isinstance(exit_code, int) and exit_code != 0:
         return EXIT, f"exit {exit_code}"
     return UNKNOWN, status_reason or container_reason or UNKNOWN
+
+
+# ---- what became of each execution in an alert run ----
+
+class Outcome(StrEnum):
+    """An execution's result in an alert run; each value is the words the run's metadata shows
+    (a record already done reads "already <its state>")."""
+
+    TO_ANNOUNCE = "to announce"
+    ANNOUNCED = "announced"
+    ANNOUNCED_IN_THREAD = "announced in digest thread"
+    FOUND = "announced (found in Slack)"
+    FOUND_IN_THREAD = "announced in digest thread (found in Slack)"
+    NOT_SENT = "not sent"
+    IN_FLIGHT = "in flight in another run"
+    MUTED = "muted"
+    RECOVERY_NOTHING_OPEN = "recovery: nothing open"
+    RECOVERY_OLDER = "recovery: older than the failure"
+    RECOVERY_NOT_SENT = "recovery not sent"
+    RECOVERY_IN_FLIGHT = "recovery in flight in another run"
+    RECOVERY_ANNOUNCED = "recovery announced"
+
+
+ANNOUNCED = frozenset({Outcome.ANNOUNCED, Outcome.ANNOUNCED_IN_THREAD, Outcome.FOUND, Outcome.FOUND_IN_THREAD})
+
+
+def announced(in_thread: bool, found: bool) -> Outcome:
+    """An alert that went out: in a digest's thread or not, posted now or found in Slack."""
+    if found:
+        return Outcome.FOUND_IN_THREAD if in_thread else Outcome.FOUND
+    return Outcome.ANNOUNCED_IN_THREAD if in_thread else Outcome.ANNOUNCED
 
 
 # ---- drill-down ----

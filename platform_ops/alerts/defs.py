@@ -78,15 +78,14 @@ def _announce(ledger: Ledger, send, incident: core.Incident, message, thread_ts:
         sent = send(f"execution/{ex.arn}", message, thread_ts, kind="execution", execution_arn=ex.arn)
     except SlackError as exc:
         errors.append(f"{ex.name}: {exc}")
-        row.update(result="not sent", detail=str(exc))
+        row.update(result=core.Outcome.NOT_SENT, detail=str(exc))
         return
     if sent.how == "busy":
-        row.update(result="in flight in another run")
+        row.update(result=core.Outcome.IN_FLIGHT)
         return
     ledger.open_failure(ex.state_machine_arn, thread_ts=thread_ts or sent.ts,
                         stopped_ms=to_epoch_ms(ex.stopped_at) if ex.stopped_at else 0, execution=ex.name)
-    row.update(result="announced" + (" in digest thread" if thread_ts else "") +
-               (" (found in Slack)" if sent.how == "found" else ""), detail=sent.ts)
+    row.update(result=core.announced(in_thread=bool(thread_ts), found=sent.how == "found"), detail=sent.ts)
 
 
 def alerts_defs(settings: Settings) -> dg.Definitions:
@@ -138,7 +137,7 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                                detail=record.get("ts", ""))
                     continue
                 if step is exactly_once.Step.BUSY:
-                    row.update(result="in flight in another run", detail=record.get("run_id") or "")
+                    row.update(result=core.Outcome.IN_FLIGHT, detail=record.get("run_id") or "")
                     continue
                 env, aws = env_of(context, ref.environment)
                 sfn = aws.client("stepfunctions")
@@ -146,7 +145,7 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                 silence = next((s for s in a.silences if s.mutes(execution.state_machine_name, now)), None)
                 if silence:
                     ledger.mute(ref.execution_arn, reason=silence.reason, until=silence.until.isoformat())
-                    row.update(result="muted", detail=f"{silence.reason} (until {silence.until:%Y-%m-%d %H:%M})")
+                    row.update(result=core.Outcome.MUTED, detail=f"{silence.reason} (until {silence.until:%Y-%m-%d %H:%M})")
                     continue
                 events = stepfunctions.execution_history(sfn, ref.execution_arn)
                 incident = core.drill_down(execution, events, env.name)
@@ -156,7 +155,7 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                 first = incident.first_failure
                 tail = logs.tail(aws.client("logs"), first.log_stream, a.log_lines) if first else None
                 pending.append((incident, tail))
-                row.update(result="to announce", detail=f"{incident.failed}/{incident.submitted} tasks: "
+                row.update(result=core.Outcome.TO_ANNOUNCE, detail=f"{incident.failed}/{incident.submitted} tasks: "
                                                         f"{incident.headline_reason}")
 
             thread_ts = None
@@ -169,7 +168,7 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                     thread_ts = digest.ts
                     if digest.how == "busy":
                         for incident, _ in pending:
-                            row_of[incident.execution.arn].update(result="in flight in another run")
+                            row_of[incident.execution.arn].update(result=core.Outcome.IN_FLIGHT)
                 except SlackError as exc:
                     errors.append(f"digest: {exc}")
             if not storm or thread_ts:  # in a storm, details only go out under a digest
@@ -184,12 +183,12 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                        "state_machine": ref.state_machine_arn.rsplit(":", 1)[-1]}
                 rows.append(row)
                 if not opened:
-                    row.update(result="recovery: nothing open")
+                    row.update(result=core.Outcome.RECOVERY_NOTHING_OPEN)
                     continue
                 env, aws = env_of(context, ref.environment)
                 execution = stepfunctions.describe_execution(aws.client("stepfunctions"), ref.execution_arn)
                 if not execution.stopped_at or to_epoch_ms(execution.stopped_at) <= opened.get("stopped_ms", 0):
-                    row.update(result="recovery: older than the failure")
+                    row.update(result=core.Outcome.RECOVERY_OLDER)
                     continue
                 flow = execution.state_machine_name.rsplit(".", 1)[-1]
                 try:
@@ -197,21 +196,21 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                                 opened["thread_ts"], kind="recovery", execution_arn=ref.execution_arn)
                 except SlackError as exc:
                     errors.append(f"recovery {execution.name}: {exc}")
-                    row.update(result="recovery not sent", detail=str(exc))
+                    row.update(result=core.Outcome.RECOVERY_NOT_SENT, detail=str(exc))
                     continue
                 if sent.how == "busy":
-                    row.update(result="recovery in flight in another run")
+                    row.update(result=core.Outcome.RECOVERY_IN_FLIGHT)
                     continue
                 ledger.close_failure(ref.state_machine_arn)
-                row.update(result="recovery announced", detail=opened["thread_ts"])
+                row.update(result=core.Outcome.RECOVERY_ANNOUNCED, detail=opened["thread_ts"])
 
         counts: dict[str, int] = {}
-        for r in rows:
-            counts[r["result"]] = counts.get(r["result"], 0) + 1
-        announced = sum(v for k, v in counts.items() if k.startswith("announced"))
+        for r in rows:  # keyed by the words (plain str), as the metadata shows them
+            counts[str(r["result"])] = counts.get(str(r["result"]), 0) + 1
+        announced = sum(1 for r in rows if r["result"] in core.ANNOUNCED)
         metadata = {
             "announced": announced,
-            "muted": counts.get("muted", 0),
+            "muted": counts.get(core.Outcome.MUTED.value, 0),
             "results": dg.MetadataValue.json(counts),
             "executions": metadata_table(rows, ["execution", "state_machine", "environment", "result", "detail"]),
             "aws_calls": dg.MetadataValue.json(dict(calls)),
