@@ -4,6 +4,9 @@
   python -m platform_ops.sandbox demo  [--scenario default]   the same, plus `dagster dev` on 127.0.0.1:3000
   python -m platform_ops.sandbox smoke [scenario] [--postgres-url URL] [--faults [--faults-report F]]
                                                               one headless end-to-end pass, one JSON line
+  python -m platform_ops.sandbox faults [--only NAME] [--repeat N]
+                                                              the fault suite alone (or the scenarios whose
+                                                              function name contains NAME), N times over
 """
 
 from __future__ import annotations
@@ -78,6 +81,29 @@ def demo(args: argparse.Namespace) -> int:
         sandbox.stop()
 
 
+def faults(args: argparse.Namespace) -> int:
+    """The fault suite without the smoke pass before it, `repeat` times in one sandbox: a table per
+    round on stderr, then one line `passed P of R rounds`; exit 1 unless every row of every round passed."""
+    from platform_ops.sandbox.faults import distinctive_credentials, run_suite, table
+    from platform_ops.sandbox.server import Sandbox
+    from platform_ops.settings import SETTINGS_ENV_VAR, load_settings
+
+    settings_path = os.environ.get(SETTINGS_ENV_VAR) or str(SANDBOX_SETTINGS)
+    settings = load_settings(settings_path)
+    sandbox = Sandbox(settings).start()
+    passed = 0
+    try:
+        os.environ.update({**sandbox.product_env(), SETTINGS_ENV_VAR: settings_path, **distinctive_credentials()})
+        for round_no in range(1, args.repeat + 1):
+            results = run_suite(sandbox, settings, only=args.only)
+            print(f"round {round_no}:\n{table(results)}", file=sys.stderr, flush=True)
+            passed += all(f.passed for f in results)
+    finally:
+        sandbox.stop()
+    print(f"passed {passed} of {args.repeat} rounds")
+    return 0 if passed == args.repeat else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m platform_ops.sandbox", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,12 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--postgres-url", help="run on a Postgres-backed Dagster instance (postgresql://...)")
     p.add_argument("--faults", action="store_true", help="then run the fault suite; adds faults_passed/faults_total")
     p.add_argument("--faults-report", help="write the fault suite's rows to this file, one JSON line each")
+    p = sub.add_parser("faults")
+    p.add_argument("--only", help="only the scenarios whose function name contains this, e.g. throttling")
+    p.add_argument("--repeat", type=int, default=1, help="rounds, each on a freshly reset sandbox per scenario")
     args = parser.parse_args(argv)
     if args.command == "smoke":
         from platform_ops.sandbox.smoke import main as smoke
 
         return smoke(args.scenario, args.postgres_url, args.faults, args.faults_report)
-    return {"serve": serve, "demo": demo}[args.command](args)
+    return {"serve": serve, "demo": demo, "faults": faults}[args.command](args)
 
 
 if __name__ == "__main__":

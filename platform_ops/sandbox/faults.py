@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from platform_ops.sandbox import flows, moto_internals
+from platform_ops.sandbox.aws_faults import BURSTS
 from platform_ops.sandbox.daemon import Daemon
 from platform_ops.sandbox.world import account_client
 from platform_ops.vocabulary import REASON_PREFIX
@@ -43,6 +44,7 @@ class Figures:
     cancels_made: int = 0
     cancels_wrong: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # other exact figures, shown beside "ok"
 
     @property
     def passed(self) -> bool:
@@ -98,12 +100,12 @@ class FaultBox:
             flows.trigger(self.sandbox.endpoint, env, width=1, name=name)
         sfn = account_client(self.sandbox.endpoint, "stepfunctions", env.account_id, env.region)
         machine = flows.DEPLOYMENTS[env.name].name
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a run takes seconds; this is for a very busy machine
         for name in names:
             arn = f"arn:aws:states:{env.region}:{env.account_id}:execution:{machine}:{name}"
             while sfn.describe_execution(executionArn=arn)["status"] == "RUNNING":
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} still RUNNING after 60 s")
+                    raise TimeoutError(f"{name} still RUNNING after 180 s")
                 time.sleep(0.2)
         return names
 
@@ -260,16 +262,38 @@ def scenario_slack_5xx(box: FaultBox, daemon: Daemon) -> Figures:
 
 
 def scenario_slack_refused(box: FaultBox, daemon: Daemon) -> Figures:
-    """Nothing listens on Slack's port for 2.5 s (connection refused), then it is back."""
+    """Nothing listens on Slack's port (connection refused) until the product has met it: Slack
+    comes back once an alert op has failed on it and waits for its retry, whatever time that
+    took (a condition, not a timer)."""
     load = box.workload("refused", failures={"staging": 1, "production": 1})
     box.sandbox.sink.go_down()
-    timer = threading.Timer(2.5, box.sandbox.sink.come_back)
-    timer.start()
+    done = threading.Event()
+    watcher = threading.Thread(target=_back_when_retrying, args=(box, daemon.instance, done), daemon=True)
+    watcher.start()
     try:
         settle(daemon)
     finally:
-        timer.join()
-    return box.count("Slack down (connection refused), then back", load)
+        done.set()
+        watcher.join()
+    figures = box.count("Slack down (connection refused), then back", load)
+    if not _retried(daemon.instance):
+        figures.problems.append("no alert op ever met the refused connection")
+    return figures
+
+
+def _retried(instance: Any) -> bool:
+    """Whether some run's op failed and waits for (or had) its retry."""
+    import dagster as dg
+
+    return any(instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
+               for run in instance.get_runs())
+
+
+def _back_when_retrying(box: FaultBox, instance: Any, done: threading.Event) -> None:
+    """Slack's port listens again as soon as an op is up for retry (or when the scenario is done)."""
+    while not done.is_set() and not _retried(instance):
+        done.wait(0.05)
+    box.sandbox.sink.come_back()
 
 
 def scenario_slack_429(box: FaultBox, daemon: Daemon) -> Figures:
@@ -295,24 +319,53 @@ def scenario_slack_answer_lost(box: FaultBox, daemon: Daemon) -> Figures:
     return figures
 
 
+THROTTLED = ("batch", "states", "monitoring", "logs")
+
+
 def scenario_aws_throttling(box: FaultBox, daemon: Daemon) -> Figures:
-    """3 of every 10 calls to Batch, Step Functions and CloudWatch are throttled, each with its
-    service's error shape; metrics are refreshed and published too."""
+    """30% of the calls to Batch, Step Functions, CloudWatch and CloudWatch Logs are throttled,
+    up to 3 in a row per service (aws_faults.BURSTS), each in its service's error shape, through
+    a full round: ticks, reaps, alerts (their log tails), events, the metrics refresh and its
+    PutMetricData. Every refusal must be retried (the sandbox counts both), no tick and no run
+    may fail."""
     load = box.workload("throttle", **STANDARD)
-    box.aws_fault(kind="throttle", services=["batch", "states", "monitoring"])
+    box.aws_fault(kind="throttle", services=list(THROTTLED), pattern=BURSTS)
     settle(daemon)
     metrics = daemon.defs.resolve_job_def("refresh_platform_metrics").execute_in_process(
         instance=daemon.instance, raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
     daemon.runs.append(metrics)
-    figures = box.count("AWS throttling: 30% of Batch, SFN, CloudWatch", load)
-    throttled = box.sandbox.aws_faults.counts()
+    throttled, retried = box.sandbox.aws_faults.counts(), box.sandbox.aws_faults.retries()
+    box.sandbox.aws_faults.reset()  # the ground truth is read unthrottled
+    figures = box.count("AWS throttling in bursts: Batch, SFN, CW, Logs", load)
+    figures.notes.append(f"{sum(throttled.values())} calls throttled "
+                         f"({', '.join(f'{s} {n}' for s, n in throttled.items())}), {sum(retried.values())} retried")
     missing = [s for s, n in throttled.items() if n == 0]
     if missing:
         figures.problems.append(f"never throttled: {missing}")
+    given_up = {s: throttled[s] - retried.get(s, 0) for s in throttled if retried.get(s, 0) < throttled[s]}
+    if given_up:
+        figures.problems.append(f"throttled calls never retried: {given_up}")
+    if daemon.ticks_failed:
+        figures.problems.append(f"{daemon.ticks_failed} sensor ticks failed under throttling: "
+                                + "; ".join(daemon.tick_errors))
     if daemon.runs_failed:
-        figures.problems.append(f"{daemon.runs_failed} runs failed under throttling")
+        figures.problems.append(f"{daemon.runs_failed} runs failed under throttling: " + "; ".join(failed_runs(daemon)))
     return figures
+
+
+def failed_runs(daemon: Daemon) -> list[str]:
+    """Each failed run's job and its first step failure, so a failed row says why."""
+    out = []
+    for run in daemon.runs:
+        if not run.success:
+            failures = [e for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
+            error = failures[0].event_specific_data.error if failures else None
+            why = error.message.strip() if error else "failed"
+            if error and error.cause:  # "Exceeded max_retries of 3" says when, its cause says why
+                why += f" ({error.cause.message.strip()})"
+            out.append(f"{run.job_def.name}: {why}"[:500])
+    return out
 
 
 def scenario_starting_before_cancel(box: FaultBox, daemon: Daemon) -> Figures:
@@ -450,7 +503,8 @@ SCENARIOS: list[tuple[Callable[[FaultBox, Daemon], Figures], Callable[[Any], Any
     (scenario_daemon_restart, None),
     (scenario_lost_cursor, None),
     (scenario_slack_5xx, None),
-    (scenario_slack_refused, None),
+    # the op's retries give the watcher 1 + 2 + 4 + 8 + 16 + 32 s to see the outage met; the first is enough
+    (scenario_slack_refused, lambda s: dataclasses.replace(s, alerts=dataclasses.replace(s.alerts, retries=6))),
     (scenario_slack_429, None),
     (scenario_slack_answer_lost, None),
     (scenario_aws_throttling, None),
@@ -512,8 +566,9 @@ def table(results: list[Figures]) -> str:
                          enumerate(zip(values, COLUMNS))) + "  " + str(values[-1])
 
     head = line([title for _, title, _ in COLUMNS] + ["result"])
-    rows = [line([getattr(f, key) for key, _, _ in COLUMNS] + ["ok" if f.passed else "FAILED: " + "; ".join(f.problems)])
-            for f in results]
+    rows = [line([getattr(f, key) for key, _, _ in COLUMNS] + [
+        ("ok" + "".join(f" ({n})" for n in f.notes)) if f.passed else "FAILED: " + "; ".join(f.problems)])
+        for f in results]
     totals = ["total"] + [sum(getattr(f, key) for f in results) for key, _, _ in COLUMNS[1:]]
     passed = sum(f.passed for f in results)
     return "\n".join([head, *rows, line(totals + [f"{passed}/{len(results)} passed"])])
