@@ -673,10 +673,14 @@ def stop_executions(timeout: float = 120.0) -> int:
     running = [ex for regions in list(stepfunctions_parser_backends.values()) for backend in list(regions.values())
                for machine in list(backend.state_machines) for ex in list(getattr(machine, "executions", []))
                if ex.exec_status == ExecutionStatus.RUNNING]
+    deadline = time.monotonic() + timeout
     for ex in running:
         ex._sandbox_wiped = True
+        while ex.exec_worker is None or ex.exec_worker.env is None:  # just started: its thread builds the env
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{ex.exec_arn} never started its interpreter")
+            time.sleep(0.01)
         ex.stop(stop_date=datetime.now(timezone.utc), error="Sandbox.Reset", cause="the sandbox was reset")
-    deadline = time.monotonic() + timeout
     while any(ex.exec_status == ExecutionStatus.RUNNING for ex in running):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{sum(ex.exec_status == ExecutionStatus.RUNNING for ex in running)} executions "
