@@ -61,3 +61,21 @@ def test_nested_records_are_scrubbed_keys_and_values():
     out = redact_data(record)
     assert TOKEN not in json.dumps(out) and SECRET not in json.dumps(out)
     assert out["checks"][0]["detail"] == f"printed {REDACTED}" and out["n"] == 3 and out[REDACTED] == ("x", REDACTED)
+
+
+def test_ambient_credentials_not_in_the_environment_are_remembered_when_a_session_is_made(tmp_path, monkeypatch):
+    """As an ECS task role's are (they come from 169.254.170.2): here, a shared credentials file."""
+    from platform_ops.adapters.aws import AwsEnvironmentResource, forget_sessions
+
+    secret = "profile/only/SecretKey+0123456789abcdefghij"
+    (tmp_path / "credentials").write_text(f"[ops]\naws_access_key_id = AKIAPROFILEONLY00001\n"
+                                          f"aws_secret_access_key = {secret}\n")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    forget_sessions()
+    assert secret in redact(f"leaked {secret}")
+    AwsEnvironmentResource(environment="ops", account_id="333333333333", region_name="us-east-1",
+                           profile_name="ops").client("sts")
+    assert redact(f"leaked {secret}") == f"leaked {REDACTED}"
+    forget_sessions()

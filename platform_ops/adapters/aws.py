@@ -52,6 +52,20 @@ def _on_call(model: Any, **_: Any) -> None:
             counter[key] += 1
 
 
+def _remember_credentials(session: boto3.session.Session) -> None:
+    """Ambient credentials become secrets to redact: an ECS task role's or an instance role's come
+    from a credential endpoint, never from the environment, so redaction cannot know them else."""
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        creds = session.get_credentials()
+        frozen = creds.get_frozen_credentials() if creds is not None else None
+    except BotoCoreError:  # no credentials yet: the first call will say so, in its own words
+        return
+    if frozen is not None:
+        remember(frozen.access_key, frozen.secret_key, frozen.token)
+
+
 def forget_sessions() -> None:
     """Drop cached sessions and credentials (e.g. after the accounts behind them were reset)."""
     with _sessions_lock:
@@ -92,6 +106,7 @@ class AwsEnvironmentResource(ResourceWithBoto3Configuration):
         base.events.register("before-call", _on_call)
         if not self.role_arn:
             session = base
+            _remember_credentials(base)
         else:
             sts = base.client("sts", endpoint_url=self.endpoint_url, config=self._retry_config(),
                               use_ssl=self.use_ssl, verify=self.verify)
