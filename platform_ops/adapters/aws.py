@@ -90,7 +90,9 @@ class AwsEnvironmentResource(ResourceWithBoto3Configuration):
     _clients: dict = PrivateAttr(default_factory=dict)
 
     def _retry_config(self) -> Config:
-        return Config(retries={"total_max_attempts": self.max_attempts, "mode": "standard"})
+        # A 10 s connect timeout (botocore's is 60): with 10 attempts, an endpoint that never
+        # answers holds a tick about 2 minutes, not 10; AWS endpoints connect in milliseconds.
+        return Config(retries={"total_max_attempts": self.max_attempts, "mode": "standard"}, connect_timeout=10)
 
     def _base_session(self) -> boto3.session.Session:
         return boto3.session.Session(
