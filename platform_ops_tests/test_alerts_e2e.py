@@ -118,6 +118,22 @@ def test_a_repeated_tick_requests_nothing_new_and_a_lost_cursor_duplicates_nothi
     assert len(world.messages) == 1
 
 
+def test_an_execution_that_no_longer_exists_does_not_cost_the_others_their_alert(world, instance):
+    """Its state machine was deleted (or it aged out of Step Functions' retention) between the tick
+    and the run: it is recorded as gone, the rest of the run goes on, nothing is retried for it."""
+    world.run_flow("production", "still-here", faults=[OOM])
+    defs = build_defs(alert_settings(world))
+    [request] = tick(defs, instance).run_requests
+    config = json.loads(json.dumps(request.run_config))
+    failures = config["ops"]["alert"]["config"]["failures"]
+    gone = {**failures[0], "execution_arn": failures[0]["execution_arn"].rsplit(":", 1)[0] + ":vanished"}
+    config["ops"]["alert"]["config"]["failures"] = [gone, *failures]
+    result = run(defs, SimpleNamespace(run_config=config, tags=request.tags), instance)
+    assert result.success
+    assert metadata(result)["results"].value == {"execution no longer exists": 1, "announced": 1}
+    assert len(world.messages) == 1 and "still-here" in world.messages[0]["text"]
+
+
 def test_a_storm_is_one_digest_with_details_in_its_thread(world, instance):
     for i in range(6):
         world.run_flow("production", f"storm-{i}", width=2, faults=[{**OOM, "index": 0}])

@@ -49,6 +49,17 @@ def describe_execution(client: Any, arn: str) -> Execution:
         return execution_from_api(client.describe_execution(executionArn=arn))
 
 
+def describe_execution_if_exists(client: Any, arn: str) -> Execution | None:
+    """DescribeExecution, or None when AWS no longer has it (its state machine was deleted, or it
+    is past Step Functions' 90-day retention): retrying cannot bring it back."""
+    try:
+        return describe_execution(client, arn)
+    except AwsError as exc:
+        if exc.code == "ExecutionDoesNotExist":
+            return None
+        raise
+
+
 def execution_history(client: Any, arn: str) -> list[dict[str, Any]]:
     """Every event, oldest first, 1000 a page; every string in them (causes, inputs, outputs: staging
     code writes them) redacted."""

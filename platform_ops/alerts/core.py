@@ -116,6 +116,7 @@ class Outcome(StrEnum):
     NOT_SENT = "not sent"
     IN_FLIGHT = "in flight in another run"
     MUTED = "muted"
+    GONE = "execution no longer exists"
     RECOVERY_NOTHING_OPEN = "recovery: nothing open"
     RECOVERY_OLDER = "recovery: older than the failure"
     RECOVERY_NOT_SENT = "recovery not sent"

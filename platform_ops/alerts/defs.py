@@ -141,7 +141,10 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                     continue
                 env, aws = env_of(context, ref.environment)
                 sfn = aws.client("stepfunctions")
-                execution = stepfunctions.describe_execution(sfn, ref.execution_arn)
+                execution = stepfunctions.describe_execution_if_exists(sfn, ref.execution_arn)
+                if execution is None:  # e.g. its state machine was deleted: nothing to drill into
+                    row.update(result=core.Outcome.GONE)
+                    continue
                 silence = next((s for s in a.silences if s.mutes(execution.state_machine_name, now)), None)
                 if silence:
                     ledger.mute(ref.execution_arn, reason=silence.reason, until=silence.until.isoformat())
@@ -186,7 +189,10 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
                     row.update(result=core.Outcome.RECOVERY_NOTHING_OPEN)
                     continue
                 env, aws = env_of(context, ref.environment)
-                execution = stepfunctions.describe_execution(aws.client("stepfunctions"), ref.execution_arn)
+                execution = stepfunctions.describe_execution_if_exists(aws.client("stepfunctions"), ref.execution_arn)
+                if execution is None:
+                    row.update(result=core.Outcome.GONE)
+                    continue
                 if not execution.stopped_at or to_epoch_ms(execution.stopped_at) <= opened.get("stopped_ms", 0):
                     row.update(result=core.Outcome.RECOVERY_OLDER)
                     continue
