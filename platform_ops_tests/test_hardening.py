@@ -4,8 +4,10 @@ environment. Run as `nobody` with Debian's Python, because root may read any pro
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,8 +31,22 @@ def as_nobody(*args: str) -> list[str]:
     return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", *args]
 
 
-def environ_seen_by_a_peer(mode: str) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "SLACK_BOT_TOKEN": "xoxb-hardening-test-token"}
+@pytest.fixture(scope="module")
+def importable_by_nobody():
+    """hardening.py (stdlib only) where nobody can import it: the checkout may sit in a 0700
+    directory (a CI clone under mktemp -d)."""
+    where = Path(tempfile.mkdtemp(prefix="platform-ops-hardening-"))
+    (where / "platform_ops").mkdir()
+    (where / "platform_ops" / "__init__.py").write_text("")
+    shutil.copy(ROOT / "platform_ops" / "hardening.py", where / "platform_ops" / "hardening.py")
+    for path in (where, where / "platform_ops", *(where / "platform_ops").iterdir()):
+        path.chmod(0o755)
+    yield where
+    shutil.rmtree(where)
+
+
+def environ_seen_by_a_peer(mode: str, pythonpath: Path) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(pythonpath), "SLACK_BOT_TOKEN": "xoxb-hardening-test-token"}
     holder = subprocess.Popen(as_nobody("-c", HOLDER, mode), env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "ready"
@@ -41,14 +57,14 @@ def environ_seen_by_a_peer(mode: str) -> subprocess.CompletedProcess:
         holder.wait()
 
 
-def test_a_same_uid_peer_reads_an_ordinary_process_environment():
+def test_a_same_uid_peer_reads_an_ordinary_process_environment(importable_by_nobody):
     """The contrast: without hardening the token is there for the taking."""
-    peek = environ_seen_by_a_peer("plain")
+    peek = environ_seen_by_a_peer("plain", importable_by_nobody)
     assert "xoxb-hardening-test-token" in peek.stdout, peek.stderr
 
 
-def test_a_non_dumpable_process_environment_is_refused_to_a_same_uid_peer():
-    peek = environ_seen_by_a_peer("harden")
+def test_a_non_dumpable_process_environment_is_refused_to_a_same_uid_peer(importable_by_nobody):
+    peek = environ_seen_by_a_peer("harden", importable_by_nobody)
     assert peek.returncode != 0 and "PermissionError" in peek.stderr, (peek.stdout, peek.stderr)
     assert "xoxb-hardening-test-token" not in peek.stdout
 

@@ -82,13 +82,14 @@ def command(argv: list[str], data_dir: str, env: dict[str, str], limits: Limits,
             cmd += ["--ro-bind", top, top]
     if os.path.exists("/etc/ld.so.cache"):
         cmd += ["--perms", "0755", "--dir", "/etc", "--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    # /tmp first: a virtualenv under /tmp (a CI clone) is then bound on top of it, not hidden by it
+    cmd += ["--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
     trees = _python_trees()
     for source in trees:  # mount points readable by nobody (bwrap would make them 0700)
         cmd += [arg for parent in _parents(source) if not _inside(parent, trees)
                 for arg in ("--perms", "0755", "--dir", parent)]
         cmd += ["--ro-bind", source, source]
-    cmd += ["--ro-bind", data_dir, DATA_DIR, "--proc", "/proc", "--dev", "/dev",
-            "--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp", "--chdir", "/tmp"]
+    cmd += ["--ro-bind", data_dir, DATA_DIR, "--proc", "/proc", "--dev", "/dev", "--chdir", "/tmp"]
     for key, value in sorted(env.items()):
         cmd += ["--setenv", key, value]
     if as_root:  # drop to nobody: a real unprivileged uid, so RLIMIT_NPROC holds
