@@ -462,6 +462,35 @@ def bench_load() -> None:
          target_seconds=6, baseline="import dagster alone", baseline_seconds_median=round(sorted(baseline)[1], 3))
 
 
+def bench_lint_isolation(runs: int = 3) -> None:
+    """The promotion lint of the sandbox's DemoFlow package in bubblewrap against the same steps
+    unisolated (`lint_isolation: none`, the naive baseline); and redaction over a wide-foreach-sized
+    history (6,000 events of 4 KB), the cost of scrubbing what staging wrote before anything
+    else reads it."""
+    from platform_ops.promotion.lint import lint_package
+    from platform_ops.redaction import redact_data
+    from platform_ops.sandbox import flows
+
+    blob, _ = flows.code_package()
+    seconds: dict[str, list[float]] = {"namespaces": [], "none": []}
+    for _ in range(runs):
+        for mode in seconds:
+            started = time.perf_counter()
+            assert lint_package(blob, flows.FLOW_FILE, 300, isolation=mode).passed
+            seconds[mode].append(time.perf_counter() - started)
+    median = {mode: round(sorted(s)[len(s) // 2], 3) for mode, s in seconds.items()}
+    emit(bench="lint_isolation", variant="platform-ops", isolation="namespaces", seconds_median=median["namespaces"],
+         baseline_isolation="none", baseline_seconds_median=median["none"],
+         overhead_seconds=round(median["namespaces"] - median["none"], 3))
+    cause = json.dumps({"Container": {"Command": ["bash", "-c", "x" * 2000],
+                                      "Environment": [{"Name": f"K{i}", "Value": "v" * 40} for i in range(30)]}})
+    events = [{"id": i, "type": "TaskFailed", "taskFailedEventDetails": {"cause": cause}} for i in range(6000)]
+    started = time.perf_counter()
+    redact_data(events)
+    emit(bench="redaction", events=len(events), megabytes=round(len(cause) * len(events) / 1e6, 1),
+         seconds=round(time.perf_counter() - started, 3))
+
+
 def main() -> None:
     # the latency bench's daemon may leave a launched run writing its history as it is stopped
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
@@ -472,6 +501,7 @@ def main() -> None:
         bench_sensor_calls(settings)
         bench_alert_latency(Path(tmp))
     bench_metrics()
+    bench_lint_isolation()
     bench_load()
 
 
