@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 REASON_PREFIX = "platform-ops reaper:"  # how every statusReason the reaper writes begins
 
@@ -32,7 +32,7 @@ def to_epoch_ms(dt: datetime) -> int:
 
 def from_epoch_ms(ms: int | float | str) -> datetime:
     """The UTC datetime of milliseconds since the epoch (an AWS timestamp, a stored cursor)."""
-    return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
 
 
 def ids_digest(ids: Iterable[str]) -> str:

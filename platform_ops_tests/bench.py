@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import yaml
@@ -101,7 +101,7 @@ def naive_reap(settings) -> int:
     from platform_ops.resources import build_resources
 
     client = build_resources(settings)["aws_staging"].client("batch")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     cancelled = 0
     for queue in QUEUES:
         ids = [j.job_id for j in batch.iter_jobs(client, queue, "RUNNABLE")]
@@ -458,8 +458,9 @@ def bench_load() -> None:
         out = subprocess.run([sys.executable, "-c", "import time; t=time.perf_counter(); import dagster; "
                               "print(time.perf_counter()-t)"], env=env, capture_output=True, text=True, check=True)
         baseline.append(float(out.stdout.strip().splitlines()[-1]))
-    emit(bench="code_location_load", seconds_median=round(sorted(samples)[1], 3), samples=[round(s, 3) for s in samples],
-         target_seconds=6, baseline="import dagster alone", baseline_seconds_median=round(sorted(baseline)[1], 3))
+    emit(bench="code_location_load", seconds_median=round(sorted(samples)[1], 3),
+         samples=[round(s, 3) for s in samples], target_seconds=6,
+         baseline="import dagster alone", baseline_seconds_median=round(sorted(baseline)[1], 3))
 
 
 def bench_lint_isolation(runs: int = 3) -> None:
@@ -532,15 +533,15 @@ def bench_sensor_calls(settings_path: Path, machines: int = 200) -> None:
         for i in range(machines - 1):  # + DemoFlow, already deployed
             sfn.create_state_machine(name=f"mlplatform.prod.Flow{i}Flow", definition=definition,
                                      roleArn=f"arn:aws:iam::{prod.account_id}:role/mf-sfn")
-        polled = dataclasses.replace(settings, environments={"production": dataclasses.replace(prod, events_queue=None)},
-                                     promotion=None)
+        polled = dataclasses.replace(
+            settings, environments={"production": dataclasses.replace(prod, events_queue=None)}, promotion=None)
         evented = dataclasses.replace(polled, environments={
             "production": dataclasses.replace(prod, events_queue="platform-ops-events")})
         per_hour = {}
         for mode, s in (("polling", polled), ("events", evented)):
             defs = build_defs(s)
             with tempfile.TemporaryDirectory() as home, dg.instance_for_test(temp_dir=home) as instance:
-                def tick(name, cursor=None):
+                def tick(name, cursor=None, defs=defs, instance=instance):  # this mode's, bound now
                     with dg.build_sensor_context(instance=instance, resources=defs.resources, cursor=cursor) as ctx:
                         return defs.resolve_sensor_def(name).evaluate_tick(ctx).cursor
 
@@ -550,10 +551,11 @@ def bench_sensor_calls(settings_path: Path, machines: int = 200) -> None:
                 if mode == "polling":
                     per_hour[mode] = {"calls_per_tick": sum(poll_calls.values()),
                                       "ticks_per_hour": 3600 // s.alerts.interval_seconds}
-                    per_hour[mode]["calls_per_hour"] = per_hour[mode]["calls_per_tick"] * per_hour[mode]["ticks_per_hour"]
+                    polling = per_hour[mode]
+                    polling["calls_per_hour"] = polling["calls_per_tick"] * polling["ticks_per_hour"]
                     continue
                 cursor = tick("aws_events_sensor")
-                _, _, event_calls = timed(lambda: tick("aws_events_sensor", cursor))
+                _, _, event_calls = timed(lambda cursor=cursor: tick("aws_events_sensor", cursor))
                 reconcile_calls = sum(poll_calls.values())
                 ticks = 3600 // s.alerts.events_interval_seconds
                 reconciles = 3600 // s.alerts.reconcile_interval_seconds

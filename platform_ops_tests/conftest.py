@@ -22,7 +22,6 @@ from platform_ops.sandbox.smoke import SANDBOX_SETTINGS
 from platform_ops.settings import SETTINGS_ENV_VAR, Settings, load_settings
 
 
-
 @pytest.fixture(scope="session")
 def sandbox_settings() -> Settings:
     return load_settings(SANDBOX_SETTINGS)

@@ -122,7 +122,7 @@ class FaultBox:
         self.sandbox.aws_faults.arm(fault)
 
     # -- the product ------------------------------------------------------------------------
-    def run(self, scenario: Callable[["FaultBox", Any], Figures], settings: Any = None) -> Figures:
+    def run(self, scenario: Callable[[FaultBox, Any], Figures], settings: Any = None) -> Figures:
         import dagster as dg
 
         from platform_ops.code_location import build_defs
@@ -392,7 +392,8 @@ def scenario_breaker(box: FaultBox, daemon: Daemon) -> Figures:
     daemon.cycle(["stuck_jobs_sensor"])
     reports = box.reaper_reports()
     tripped = [m for m in reports if "Breaker tripped" in m["text"]]
-    figures = box.count("more stuck jobs than the breaker allows", load, extra_alerts=1, extra_sent=min(1, len(tripped)))
+    figures = box.count("more stuck jobs than the breaker allows", load,
+                        extra_alerts=1, extra_sent=min(1, len(tripped)))
     figures.alerts_duplicated += max(0, len(reports) - 1)
     return figures
 
@@ -563,7 +564,7 @@ def table(results: list[Figures]) -> str:
     """One table of figures, a row per scenario and a total."""
     def line(values: list[Any]) -> str:
         return "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, (_, _, w)) in
-                         enumerate(zip(values, COLUMNS))) + "  " + str(values[-1])
+                         enumerate(zip(values, COLUMNS, strict=False))) + "  " + str(values[-1])
 
     head = line([title for _, title, _ in COLUMNS] + ["result"])
     rows = [line([getattr(f, key) for key, _, _ in COLUMNS] + [

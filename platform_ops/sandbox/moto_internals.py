@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 MOTO_VERSION = "5.2.5"
@@ -680,7 +680,7 @@ def stop_executions(timeout: float = 120.0) -> int:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{ex.exec_arn} never started its interpreter")
             time.sleep(0.01)
-        ex.stop(stop_date=datetime.now(timezone.utc), error="Sandbox.Reset", cause="the sandbox was reset")
+        ex.stop(stop_date=datetime.now(UTC), error="Sandbox.Reset", cause="the sandbox was reset")
     while any(ex.exec_status == ExecutionStatus.RUNNING for ex in running):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{sum(ex.exec_status == ExecutionStatus.RUNNING for ex in running)} executions "

@@ -404,14 +404,17 @@ def _render_block(block: dict) -> str:
     if kind == "header":
         return f"<h3>{html.escape(_emoji(text))}</h3>"
     if kind == "section":
-        fields = "".join(f"<div class='field'>{_mrkdwn(f.get('text', ''))}</div>" for f in block.get("fields") or [])
+        fields = "".join(f"<div class='field'>{_mrkdwn(f.get('text', ''))}</div>"
+                         for f in block.get("fields") or [])
         return f"<div class='section'>{_mrkdwn(text)}<div class='fields'>{fields}</div></div>"
     if kind == "context":
-        return "<div class='context'>" + " · ".join(_mrkdwn(e.get("text", "")) for e in block.get("elements", [])) + "</div>"
+        elements = " · ".join(_mrkdwn(e.get("text", "")) for e in block.get("elements", []))
+        return f"<div class='context'>{elements}</div>"
     if kind == "actions":
-        return "<div class='actions'>" + "".join(
-            f"<a class='button' href='{html.escape(e.get('url', '#'))}'>{html.escape((e.get('text') or {}).get('text', ''))}</a>"
-            for e in block.get("elements", [])) + "</div>"
+        buttons = "".join(f"<a class='button' href='{html.escape(e.get('url', '#'))}'>"
+                          f"{html.escape((e.get('text') or {}).get('text', ''))}</a>"
+                          for e in block.get("elements", []))
+        return f"<div class='actions'>{buttons}</div>"
     if kind == "divider":
         return "<hr>"
     return f"<pre>{html.escape(json.dumps(block))}</pre>"
@@ -430,7 +433,8 @@ body{{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto;color:#1d
 .meta{{color:#616061;font-size:12px}} .context{{color:#616061;font-size:13px;margin-top:6px}}
 .section{{margin:6px 0}} .fields{{display:grid;grid-template-columns:1fr 1fr;gap:4px}}
 code{{background:#f4f4f4;padding:0 3px;border-radius:3px}} pre{{background:#f8f8f8;padding:8px;overflow:auto}}
-.mention{{background:#e8f5fa;color:#1264a3}} .button{{border:1px solid #bbb;border-radius:4px;padding:3px 10px;margin-right:6px;text-decoration:none}}
+.mention{{background:#e8f5fa;color:#1264a3}}
+.button{{border:1px solid #bbb;border-radius:4px;padding:3px 10px;margin-right:6px;text-decoration:none}}
 </style></head><body><h2>Sandbox Slack: {len(messages)} message{'s' if len(messages) != 1 else ''}</h2>
 {''.join(items) or '<p>No messages yet.</p>'}</body></html>"""
 
@@ -455,7 +459,7 @@ class SlackSink:
         """What SLACK_API_URL should be (slack_sdk appends the method name)."""
         return f"{self.url}/api/"
 
-    def start(self) -> "SlackSink":
+    def start(self) -> SlackSink:
         self._thread.start()
         return self
 

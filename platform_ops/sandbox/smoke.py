@@ -77,8 +77,9 @@ def main(scenario_name: str = "smoke", postgres_url: str | None = None, faults: 
                 for run in daemon.cycle():
                     for event in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_OUTPUT):
                         metadata = event.dagster_event.step_output_data.metadata
-                        totals["stuck_jobs_cancelled"] += metadata["cancelled"].value if "cancelled" in metadata else 0
-                        totals["failed_executions_alerted"] += metadata["announced"].value if "announced" in metadata else 0
+                        for key, total in (("cancelled", "stuck_jobs_cancelled"),
+                                           ("announced", "failed_executions_alerted")):
+                            totals[total] += metadata[key].value if key in metadata else 0
                 wait_until_quiet(sandbox)
             for error in daemon.tick_errors:
                 print(f"sensor tick failed: {error}", file=sys.stderr)

@@ -29,7 +29,7 @@ def test_throttling_is_3_calls_in_10_never_two_in_a_row(world, service, signing_
         except ClientError as exc:
             outcomes.append(exc.response["Error"]["Code"])
     assert outcomes.count(code) == 6 and outcomes.count("ok") == 14
-    assert all(not (a == b == code) for a, b in zip(outcomes, outcomes[1:]))
+    assert all(not (a == b == code) for a, b in zip(outcomes, outcomes[1:], strict=False))
     retried = boto3.client(service, endpoint_url=world.sandbox.endpoint, region_name="us-east-1",
                            config=Config(retries={"total_max_attempts": 3, "mode": "standard"}))
     for _ in range(10):
@@ -65,7 +65,8 @@ def test_a_broken_role_is_access_denied_and_other_roles_are_not(world):
     world.control("aws-faults", {"kind": "deny-assume-role", "account": "222222222222"})
     sts = client(world, "sts")
     with pytest.raises(ClientError) as denied:
-        sts.assume_role(RoleArn="arn:aws:iam::222222222222:role/platform-ops", RoleSessionName="test", ExternalId="sandbox-external-id")
+        sts.assume_role(RoleArn="arn:aws:iam::222222222222:role/platform-ops", RoleSessionName="test",
+                        ExternalId="sandbox-external-id")
     assert denied.value.response["Error"]["Code"] == "AccessDenied"
     assert sts.assume_role(RoleArn="arn:aws:iam::333333333333:role/other", RoleSessionName="test")["Credentials"]
 

@@ -98,7 +98,7 @@ def test_list_jobs_paginates_and_defaults_to_running(world):
             break
         kwargs["nextToken"] = page["nextToken"]
     assert pages == [1000, 1000, 500]
-    assert batch.list_jobs(jobQueue="ml-staging", jobStatus="RUNNABLE", maxResults=5000)["jobSummaryList"].__len__() == 1000
+    assert len(batch.list_jobs(jobQueue="ml-staging", jobStatus="RUNNABLE", maxResults=5000)["jobSummaryList"]) == 1000
     world.submit(count=2)  # SUCCEEDED
     assert batch.list_jobs(jobQueue="ml-staging")["jobSummaryList"] == []
 

@@ -17,7 +17,8 @@ def test_post_message_is_kept_and_rendered(world):
     posted = slack.post("#alerts", msg)
     [kept] = world.messages
     assert posted["channel"] == kept["channel_id"] and posted["channel"].startswith("C")  # Slack answers the ID
-    assert kept["channel"] == "#alerts" and kept["text"] == "fallback" and kept["blocks"][1]["text"]["text"] == "*3* jobs <@U0ALICE>"
+    assert kept["channel"] == "#alerts" and kept["text"] == "fallback"
+    assert kept["blocks"][1]["text"]["text"] == "*3* jobs <@U0ALICE>"
     page = render_page(world.messages)
     assert "<h3>Reaper</h3>" in page and "<b>3</b>" in page and "@U0ALICE" in page
 
@@ -28,7 +29,8 @@ def test_slack_rules_are_enforced(world):
     with pytest.raises(SlackApiError, match="invalid_blocks"):
         client.chat_postMessage(channel="#a", text="t", blocks=too_many)
     with pytest.raises(SlackApiError, match="invalid_blocks"):
-        client.chat_postMessage(channel="#a", text="t", blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": "x" * 3001}}])
+        client.chat_postMessage(channel="#a", text="t",
+                                blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": "x" * 3001}}])
     with pytest.raises(SlackApiError, match="invalid_auth"):
         WebClient(token="not-a-token", base_url=world.sandbox.sink.api_url).chat_postMessage(channel="#a", text="t")
     assert world.messages == []

@@ -40,7 +40,8 @@ def history(world, environment, name):
 
 
 def submitted_jobs(events):
-    return [json.loads(e["taskSubmittedEventDetails"]["output"])["JobId"] for e in events if e["type"] == "TaskSubmitted"]
+    return [json.loads(e["taskSubmittedEventDetails"]["output"])["JobId"]
+            for e in events if e["type"] == "TaskSubmitted"]
 
 
 @pytest.mark.parametrize("environment", ["staging", "production"])
@@ -121,9 +122,8 @@ def test_a_reset_stops_the_runs_of_the_world_it_wipes(world):
     url = sqs.get_queue_url(QueueName="platform-ops-events")["QueueUrl"]
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
     assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "0"
-    assert sfn(world, "production").list_executions(
-        stateMachineArn=execution_arn(world, "production", "x").replace(":execution:", ":stateMachine:").rsplit(":", 1)[0]
-    )["executions"] == []
+    machine = execution_arn(world, "production", "x").replace(":execution:", ":stateMachine:").rsplit(":", 1)[0]
+    assert sfn(world, "production").list_executions(stateMachineArn=machine)["executions"] == []
 
 
 def test_execution_history_pages_like_aws(world):
