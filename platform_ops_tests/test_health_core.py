@@ -105,10 +105,10 @@ def test_state_round_trips_through_the_cursor():
 
 def test_messages_say_what_is_wrong_and_escape_the_error():
     problem = Problem(ProblemKind.FAILING_TICKS, "stuck_jobs_sensor", NOW, 4, "<script> & more\n" * 20)
-    message = problem_message(problem, "production", "http://dagster/sensors")
+    message = problem_message(problem, "http://dagster/sensors")
     text = message.blocks[0]["text"]["text"]
     assert "sensor `stuck_jobs_sensor` failed 4 ticks in a row" in message.text
     assert "&lt;script&gt; &amp; more" in text and "<script>" not in text
     assert text.count("&lt;script&gt;") == 6  # the first lines, not the whole trace
     assert "<http://dagster/sensors|Open in Dagster>" in text
-    assert "after 12m" in resolved_message(problem, "production", "12m").text
+    assert "after 12m" in resolved_message(problem, "12m").text

@@ -158,7 +158,7 @@ def _first_lines(text: str, lines: int = 6) -> str:
     return "\n".join(text.strip().splitlines()[:lines])
 
 
-def problem_message(problem: Problem, environment_label: str, link: str) -> SlackMessage:
+def problem_message(problem: Problem, link: str) -> SlackMessage:
     """What on-call reads: what is wrong with the watcher, since when, the last error, where to click."""
     what = {
         ProblemKind.FAILING_TICKS: f"sensor `{problem.subject}` failed {problem.count} ticks in a row",
@@ -170,18 +170,18 @@ def problem_message(problem: Problem, environment_label: str, link: str) -> Slac
         ProblemKind.STOPPED: "what it watches is not being watched until someone starts it",
         ProblemKind.FAILING_RUNS: "its work is not getting done",
     }[problem.kind]
-    text = f":warning: platform-ops ({environment_label}): {what}: {consequence}"
+    text = f":warning: platform-ops: {what}: {consequence}"
     lines = [f"*{escape(text)}*", f"<{link}|Open in Dagster>"]
     if problem.detail:
         lines.append("```" + escape(_first_lines(problem.detail))[:2500] + "```")
     return SlackMessage(text=text, blocks=({"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)}},))
 
 
-def resolved_message(problem: Problem, environment_label: str, duration: str) -> SlackMessage:
+def resolved_message(problem: Problem, duration: str) -> SlackMessage:
     subject = {ProblemKind.FAILING_TICKS: f"sensor `{problem.subject}` ticks again",
                ProblemKind.STOPPED: f"`{problem.subject}` runs again",
                ProblemKind.FAILING_RUNS: f"job `{problem.subject}` succeeds again"}[problem.kind]
-    text = f":white_check_mark: platform-ops ({environment_label}): {subject} (after {duration})"
+    text = f":white_check_mark: platform-ops: {subject} (after {duration})"
     return SlackMessage(text=text, blocks=({"type": "section", "text": {"type": "mrkdwn", "text": escape(text)}},))
 
 
