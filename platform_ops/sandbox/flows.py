@@ -1,8 +1,12 @@
 """Metaflow-shaped Step Functions deployments in the sandbox.
 
-The definitions are the real ones Metaflow 2.19.38 generated for `demoflow.py` (a foreach over
-`train` with @retry), copied from shared/fixtures/metaflow and pointed at the sandbox account's
-queue, job definition and DynamoDB table. Names follow Metaflow's @project scheme.
+The definitions are the real ones Metaflow 2.19.38 generated for `demoflow.py` (@project
+mlplatform; start, a foreach over `train` with @retry(times=2), join, end) with `python demoflow.py
+--branch feature_x step-functions create --only-json` (sm_branch.json) and `--production`
+(sm_prod_full.json), METAFLOW_BATCH_EMIT_TAGS=true, user alice, us-east-1. Generated against fake
+values (account 111122223333, queue mf-queue, job definition metaflow_0123abcd:1, datastore
+s3://mf-bucket/metaflow, DynamoDB table metaflow-sfn-table, code SHA 0123...4567 as a placeholder),
+which `definition_for` points at the sandbox account's. Names follow Metaflow's @project scheme.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from platform_ops.sandbox.world import JOB_DEFINITION, account_client
+from platform_ops.sandbox.accounts import JOB_DEFINITION, account_client
 from platform_ops.settings import EnvironmentSettings
 
 HERE = Path(__file__).parent / "metaflow"

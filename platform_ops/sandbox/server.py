@@ -27,9 +27,10 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from platform_ops.sandbox import flows, moto_internals
+from platform_ops.sandbox.accounts import JOB_DEFINITION, SANDBOX_CREDENTIALS
 from platform_ops.sandbox.aws_faults import AwsFaults
 from platform_ops.sandbox.slack_sink import SlackSink
-from platform_ops.sandbox.world import JOB_DEFINITION, SANDBOX_CREDENTIALS, create_world
+from platform_ops.sandbox.world import create_world
 from platform_ops.settings import Settings
 
 SANDBOX_TOKEN = "xoxb-sandbox-0000000000-not-a-real-token"
@@ -72,7 +73,7 @@ class Sandbox:
             "SLACK_BOT_TOKEN": SANDBOX_TOKEN,
         }
 
-    def start(self) -> "Sandbox":
+    def start(self) -> Sandbox:
         _quiet_known_moto_thread_errors()
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 
@@ -84,8 +85,8 @@ class Sandbox:
         moto_internals.STATE.event_accounts = {e.account_id for e in self.settings.environments.values()
                                                if e.event_driven}
         moto_app = DomainDispatcherApplication(create_backend_app)
-        self._server = make_server(self.host, self.aws_port, _ControlApp(self.aws_faults.wrap(moto_app), self), threaded=True,
-                                   request_handler=MotoRequestHandler)
+        self._server = make_server(self.host, self.aws_port, _ControlApp(self.aws_faults.wrap(moto_app), self),
+                                   threaded=True, request_handler=MotoRequestHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="sandbox-aws")
         self._thread.start()
         self.sink.start()
@@ -124,7 +125,8 @@ class Sandbox:
             _, job_id, _ = backend.submit_job(
                 body.get("name", "sandbox-job").format(i=i), body.get("job_definition", JOB_DEFINITION),
                 body["queue"], array_properties={},
-                container_overrides={"resourceRequirements": resources, "environment": body.get("environment_vars", [])},
+                container_overrides={"resourceRequirements": resources,
+                                     "environment": body.get("environment_vars", [])},
                 parameters=body.get("parameters") or {}, tags=body.get("tags") or {},
             )
             ids.append(job_id)

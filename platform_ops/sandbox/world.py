@@ -10,33 +10,16 @@ production.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
-import boto3
-
+from platform_ops.sandbox.accounts import JOB_DEFINITION, account_client
+from platform_ops.sandbox.flows import datastore_bucket, deploy
 from platform_ops.settings import EnvironmentSettings, Settings
 
 INSTANCE_TYPES = ["m5.large", "m5.xlarge", "m5.2xlarge"]
-JOB_DEFINITION = "metaflow_sandbox"
 STACK_TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "cloudformation" / "platform-ops-account.yaml"
 STACK_NAME = "platform-ops"
 SANDBOX_PRINCIPAL = "arn:aws:iam::{account}:user/sandbox"  # who the base (staging) credentials are
-SANDBOX_CREDENTIALS = {"aws_access_key_id": "sandbox", "aws_secret_access_key": "sandbox"}
-
-
-@lru_cache(maxsize=64)
-def account_client(endpoint: str, service: str, account: str, region: str) -> Any:
-    """A client acting in `account` (moto's x-moto-account-id header): the sandbox's own
-    back door for seeding, never used by product code."""
-    client = boto3.client(service, endpoint_url=endpoint, region_name=region, **SANDBOX_CREDENTIALS)
-
-    def add_header(request: Any, **_: Any) -> None:
-        request.headers["x-moto-account-id"] = account
-
-    client.meta.events.register("before-sign", add_header)
-    return client
 
 
 def compute_environment_name(env: EnvironmentSettings) -> str:
@@ -78,8 +61,6 @@ def create_environment(endpoint: str, env: EnvironmentSettings) -> None:
 
 def stack_parameters(env: EnvironmentSettings, settings: Settings) -> dict[str, str]:
     """deploy/cloudformation's parameters for one account, from the settings."""
-    from platform_ops.sandbox.flows import datastore_bucket
-
     home = next(e for e in settings.environments.values() if not e.role_arn)
     target = settings.promotion is not None and env.name == settings.promotion.target
     return {
@@ -96,8 +77,8 @@ def stack_parameters(env: EnvironmentSettings, settings: Settings) -> dict[str, 
 def deploy_stack(endpoint: str, env: EnvironmentSettings, settings: Settings) -> dict[str, str]:
     """platform-ops' CloudFormation stack in one account; its outputs."""
     cfn = account_client(endpoint, "cloudformation", env.account_id, env.region)
-    cfn.create_stack(StackName=STACK_NAME, TemplateBody=STACK_TEMPLATE.read_text(), Capabilities=["CAPABILITY_NAMED_IAM"],
-                     Parameters=[{"ParameterKey": k, "ParameterValue": v}
+    cfn.create_stack(StackName=STACK_NAME, TemplateBody=STACK_TEMPLATE.read_text(),
+                     Capabilities=["CAPABILITY_NAMED_IAM"], Parameters=[{"ParameterKey": k, "ParameterValue": v}
                                  for k, v in stack_parameters(env, settings).items()])
     [stack] = cfn.describe_stacks(StackName=STACK_NAME)["Stacks"]
     if stack["StackStatus"] != "CREATE_COMPLETE":
@@ -110,8 +91,6 @@ def deploy_stack(endpoint: str, env: EnvironmentSettings, settings: Settings) ->
 
 
 def create_world(endpoint: str, settings: Settings) -> None:
-    from platform_ops.sandbox.flows import datastore_bucket, deploy
-
     for env in settings.environments.values():
         create_environment(endpoint, env)
         account_client(endpoint, "s3", env.account_id, env.region).create_bucket(Bucket=datastore_bucket(env))
@@ -121,7 +100,8 @@ def create_world(endpoint: str, settings: Settings) -> None:
 
 def _cluster(endpoint: str, env: EnvironmentSettings) -> str:
     batch = account_client(endpoint, "batch", env.account_id, env.region)
-    [ce] = batch.describe_compute_environments(computeEnvironments=[compute_environment_name(env)])["computeEnvironments"]
+    [ce] = batch.describe_compute_environments(
+        computeEnvironments=[compute_environment_name(env)])["computeEnvironments"]
     return ce["ecsClusterArn"]
 
 
