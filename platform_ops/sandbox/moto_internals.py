@@ -1,15 +1,30 @@
 """Everything that reaches into moto 5.2.5's private internals, in one place.
 
-moto is the sandbox's AWS, but on the paths platform-ops uses it differs from AWS (facts and root
-causes in shared/notes/moto.md). Each patch below makes it behave like the AWS API reference says.
-`apply()` fails loudly, naming the internal, when a moto upgrade moves something we rely on; the
-smoke test in platform_ops_tests/sandbox pins that.
+moto is the sandbox's AWS, but on the paths platform-ops uses it differs from AWS. Found in moto
+5.2.5 (and on getmoto/moto main as of Aug 2026), with Docker-less Batch (batch.use_docker false)
+and the real Step Functions interpreter (stepfunctions.execute_state_machine true):
+- Batch: a job cannot stay RUNNABLE (batch_simple finishes it inside SubmitJob); CancelJob and
+  TerminateJob never change a job's status; DescribeJobs drops container.exitCode/reason and
+  ignores its 100-id limit; ListJobs without jobStatus returns every status, not RUNNING, and
+  never pages; CancelJobs is not implemented; no logs are written.
+- Step Functions interpreter: bug 1, `_normalise_parameters`/`_normalise_response` are empty
+  stubs, so every batch:submitJob(.sync) fails with States.Runtime 'JobName'; bug 2, a failed Map
+  iteration's States.* error is rejected by CustomErrorName and becomes States.Runtime; bug 3,
+  callback clients sign with key 'ak' and act in the default account, not the execution's;
+  bug 4, a multi-key JSONPath `$.['A', 'B']` gives a list, not an object; bug 5,
+  GetExecutionHistory never pages; bug 6, ListStateMachineVersions is missing; bug 7,
+  StartExecution without a name leaves the name None.
+- Gap 8: no service publishes state-change events to EventBridge.
+Each patch below makes it behave like the AWS API reference says. `apply()` fails loudly, naming
+the internal and, for a function, the parameters it expected and found, when a moto upgrade moves
+or changes something we rely on; platform_ops_tests/sandbox/test_moto_fixes.py pins that.
 
 Only the sandbox process imports this module. Product code never does.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -439,13 +454,64 @@ def _cancel_jobs_response(self: Any) -> str:
     return json.dumps({"successful": successful, "errors": errors})
 
 
+# The parameters (inspect.signature, in order) of every moto function the patches wrap, replace or
+# call, as moto 5.2.5 has them; keyed by owner (class, or module's last name) and attribute.
+SIGNATURES: dict[str, tuple[str, ...]] = {
+    "Job.terminate": ("self", "reason"),
+    "Job.describe": ("self",),
+    "Job._mark_stopped": ("self", "success"),
+    "Job._start_attempt": ("self",),
+    "Job.describe_short": ("self",),
+    "BatchBackend.describe_jobs": ("self", "jobs"),
+    "BatchBackend.list_jobs": ("self", "job_queue_name", "array_job_id", "job_status", "filters"),
+    "BatchBackend.cancel_job": ("self", "job_id", "reason"),
+    "BatchResponse.listjobs": ("self",),
+    "BatchSimpleBackend._mark_job_as_finished": ("self", "include_start_attempt", "job"),
+    "StateTaskServiceBatch._to_boto_request": ("self", "parameters", "structure_shape"),
+    "StateTaskServiceBatch._from_boto_response": ("self", "response", "structure_shape"),
+    "StateTaskServiceBatch._eval_service_task": (
+        "self", "env", "resource_runtime_part", "normalised_parameters", "state_credentials"),
+    "StateTaskServiceBatch._build_sync_resolver": (
+        "self", "env", "resource_runtime_part", "normalised_parameters", "state_credentials"),
+    "StateTaskServiceBatch._get_boto_service_name": ("self", "boto_service_name"),
+    "StateTaskServiceBatch._get_boto_service_action": ("self", "service_action_name"),
+    "StateTaskServiceBatch._normalise_parameters": ("self", "parameters", "boto_service_name", "service_action_name"),
+    "StateTaskServiceBatch._normalise_response": ("self", "response", "boto_service_name", "service_action_name"),
+    "StateTaskServiceDynamoDB._eval_service_task": (
+        "self", "env", "resource_runtime_part", "normalised_parameters", "state_credentials"),
+    "ErrorName.__init__": ("self", "error_name"),
+    "StepFunctionResponse.get_execution_history": ("self",),
+    "BaseExecutionWorkerCommunication.terminated": ("self",),
+    "StepFunctionsParserBackend.start_execution": ("self", "state_machine_arn", "name", "execution_input",
+                                                   "trace_header"),
+    "json_path.extract_json": ("path", "data"),
+    "string_expression.extract_json": ("path", "data"),
+    "state_task_service_batch.boto_client_for": ("region", "service", "state_credentials"),
+    "state_task_service_dynamodb.boto_client_for": ("region", "service", "state_credentials"),
+    "ext.parse": ("path", "debug"),
+}
+
+
 def _require(obj: Any, name: str) -> Any:
+    """`obj.name`, checked to exist and, for the functions in SIGNATURES, to take the parameters
+    moto 5.2.5's did: a patch around a function whose arguments changed would pass the wrong ones."""
+    owner = getattr(obj, "__name__", type(obj).__name__)
+    where = f"{getattr(obj, '__module__', None) or owner}.{owner}" if inspect.isclass(obj) else owner
     if not hasattr(obj, name):
-        raise RuntimeError(
-            f"moto internals moved: {getattr(obj, '__module__', obj)}.{getattr(obj, '__name__', '')}"
-            f" has no {name!r}; the sandbox is written against moto {MOTO_VERSION}"
-        )
-    return getattr(obj, name)
+        raise RuntimeError(f"moto internals moved: {where} has no {name!r}; "
+                           f"the sandbox is written against moto {MOTO_VERSION}")
+    found = getattr(obj, name)
+    expected = SIGNATURES.get(f"{owner.rpartition('.')[2]}.{name}")
+    if expected is not None:
+        try:
+            params = tuple(inspect.signature(found).parameters)
+        except (TypeError, ValueError):
+            params = None
+        if params != expected:
+            shown = "no signature" if params is None else f"({', '.join(params)})"
+            raise RuntimeError(f"moto internals changed: {where}.{name} takes {shown}; the sandbox is "
+                               f"written against moto {MOTO_VERSION}'s ({', '.join(expected)})")
+    return found
 
 
 # ---- Step Functions interpreter (moto's ASL parser, ported from LocalStack) ----
@@ -585,10 +651,12 @@ def _apply_stepfunctions() -> None:
     batch_cls = _require(batch_mod, "StateTaskServiceBatch")
     dynamodb_cls = _require(dynamodb_mod, "StateTaskServiceDynamoDB")
     for name in ("_to_boto_request", "_from_boto_response", "_eval_service_task", "_build_sync_resolver",
-                 "_get_boto_service_name", "_get_boto_service_action"):
+                 "_get_boto_service_name", "_get_boto_service_action", "_normalise_parameters", "_normalise_response"):
         _require(batch_cls, name)
+    _require(dynamodb_cls, "_eval_service_task")
     _require(iteration_worker, "CustomErrorName")
     error_name_cls = _require(error_name_mod, "ErrorName")
+    _require(error_name_cls, "__init__")
 
     from moto.stepfunctions import responses as sfn_responses
 

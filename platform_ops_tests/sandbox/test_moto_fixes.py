@@ -1,6 +1,8 @@
 """Each moto fix, pinned by the AWS behaviour it reproduces (AWS Batch API reference wording),
 exercised over HTTP through real boto3 clients."""
 
+import subprocess
+import sys
 import time
 
 import boto3
@@ -23,6 +25,45 @@ def test_a_moved_internal_fails_loudly(monkeypatch):
     monkeypatch.delattr(models.BatchSimpleBackend, "_mark_job_as_finished")
     with pytest.raises(RuntimeError, match="has no '_mark_job_as_finished'"):
         moto_internals._require(models.BatchSimpleBackend, "_mark_job_as_finished")
+
+
+def test_an_internal_whose_parameters_changed_fails_naming_both_signatures(monkeypatch):
+    from moto.batch_simple import models
+
+    monkeypatch.setattr(models.BatchSimpleBackend, "_mark_job_as_finished", lambda self, job, attempt=True: None)
+    with pytest.raises(RuntimeError) as changed:
+        moto_internals._require(models.BatchSimpleBackend, "_mark_job_as_finished")
+    assert str(changed.value) == (
+        "moto internals changed: moto.batch_simple.models.BatchSimpleBackend._mark_job_as_finished takes "
+        "(self, job, attempt); the sandbox is written against moto 5.2.5's (self, include_start_attempt, job)")
+
+
+def test_a_module_function_is_checked_too(monkeypatch):
+    from moto.stepfunctions.parser.asl.utils import json_path
+
+    monkeypatch.setattr(json_path, "extract_json", lambda data, path: None)  # same names, another order
+    with pytest.raises(RuntimeError, match=r"json_path.extract_json takes \(data, path\);.*\(path, data\)"):
+        moto_internals._require(json_path, "extract_json")
+    monkeypatch.setattr(json_path, "extract_json", "not a function")
+    with pytest.raises(RuntimeError, match="extract_json takes no signature"):
+        moto_internals._require(json_path, "extract_json")
+
+
+def test_every_recorded_signature_is_checked_against_the_installed_moto():
+    """In a fresh process, where nothing is patched yet: every SIGNATURES entry is one `apply()`
+    checks (a stale entry would check nothing), and moto 5.2.5 passes them all."""
+    code = ("from platform_ops.sandbox import moto_internals as m\n"
+            "seen = set()\n"
+            "real = m._require\n"
+            "def spy(obj, name):\n"
+            "    seen.add(f\"{getattr(obj, '__name__', '').rpartition('.')[2]}.{name}\")\n"
+            "    return real(obj, name)\n"
+            "m._require = spy\n"
+            "m.apply()\n"
+            "print(sorted(set(m.SIGNATURES) - seen))\n")
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_a_job_no_instance_type_can_hold_stays_runnable_with_the_reason_aws_infers(world):
