@@ -157,9 +157,9 @@ def test_latest_staging_run(executions, digests, passed, detail):
 
 
 def test_deploy_action():
-    assert core.deploy_action(None, PROD) == "create"
-    assert core.deploy_action(json.dumps(json.loads(PROD)), PROD) == "noop"
-    assert core.deploy_action(BRANCH, PROD) == "update"
+    assert core.deploy_action(None, PROD) is core.DeployAction.CREATE
+    assert core.deploy_action(json.dumps(json.loads(PROD)), PROD) is core.DeployAction.NOOP
+    assert core.deploy_action(BRANCH, PROD) is core.DeployAction.UPDATE
 
 
 CHECKS = [core.CheckResult("lint", True, "`python demoflow.py check`: ok"),
@@ -198,7 +198,7 @@ DENIED = "AccessDeniedException: User is not authorized to perform: states:{}"
      [core.StepResult("read version", False, "version 1 is gone")], "failed", False),
 ])
 def test_the_outcome_follows_from_the_checks_and_steps(kind, checks, steps, outcome, changed):
-    assert core.outcome(kind, checks, steps) == outcome
+    assert core.outcome(kind, checks, steps) is core.Outcome(outcome)
     assert core.production_changed(steps) is changed
     assert outcome in core.OUTCOMES
     assert (outcome in core.FAILING) is any(not r.passed for r in [*checks, *steps])
@@ -257,3 +257,109 @@ def test_audit_record_serialises_checks_and_steps():
     assert data["steps"] == [{"name": "deploy", "passed": True, "detail": "published 2", "changed": True}]
     assert core.record_key("promotions", "DemoFlow", data["promotion_id"]) == \
         "promotions/DemoFlow/20261128T120000Z-promotion-DemoFlow-abcdef01.json"
+
+
+# ---- the plans: what an attempt does once it has read, and what it records ----
+
+SM = "arn:aws:states:us-east-1:222222222222:stateMachine:mlplatform.prod.DemoFlow"
+STAGING_ROLE = "arn:aws:iam::111122223333:role/mf-sfn"
+
+
+def _staging(production_definition):
+    deployment = core.deployment_of(BRANCH)
+    translated = core.translate(BRANCH, project="mlplatform", flow="DemoFlow", branch="feature_x", mapping=MAPPING)
+    return core.Staging(f"arn:aws:states:us-east-1:111122223333:stateMachine:{deployment.state_machine}", BRANCH,
+                        STAGING_ROLE, deployment, b"package", translated,
+                        "arn:aws:states:us-east-1:111122223333:execution:sm:staging-ok", production_definition)
+
+
+def test_the_code_package_is_linted_only_when_it_is_the_one_deployed():
+    d = core.deployment_of(BRANCH)
+    assert core.package_check(d, None, d.code_sha) is None
+    swapped = core.package_check(d, None, "f" * 40)
+    assert (swapped.name, swapped.passed) == ("lint", False)
+    assert swapped.detail == f"the code package's SHA-1 is {'f' * 40}, the deployment says {d.code_sha}"
+    unreadable = core.package_check(d, "NoSuchKey: The specified key does not exist.", None)
+    assert not unreadable.passed and unreadable.detail.startswith(f"cannot read the code package {d.code_url}: ")
+
+
+def test_a_promotion_proceeds_only_when_every_check_passed():
+    assert core.may_proceed(CHECKS) and core.checks_failed(CHECKS) is None
+    assert not core.may_proceed(BLOCKED)
+    assert core.checks_failed(BLOCKED) == "checks failed: latest staging run: staging-oom FAILED (States.TaskFailed)"
+
+
+def test_a_first_promotion_creates_production_with_mapped_identifiers():
+    plan = core.plan_promotion(dataclasses.replace(REQUEST, trigger=False), _staging(None), MAPPING, "p1")
+    assert plan.action is core.DeployAction.CREATE and plan.previous_definition_digest is None
+    assert plan.name == "mlplatform.prod.DemoFlow" and plan.trigger is False
+    assert plan.code_url == "s3://mf-prod-bucket/metaflow/DemoFlow/data/01/0123456789abcdef0123456789abcdef01234567"
+    assert plan.role_arn == "arn:aws:iam::222222222222:role/mf-sfn" and plan.description == "promotion p1 by alice"
+    assert plan.deployed(f"{SM}:1") == core.StepResult("deploy", True, "created mlplatform.prod.DemoFlow, published 1",
+                                                       changed=True)
+
+
+def test_promoting_over_an_older_production_updates_and_records_what_it_replaces():
+    plan = core.plan_promotion(REQUEST, _staging(PROD), MAPPING, "p1")
+    assert plan.action is core.DeployAction.UPDATE and plan.trigger is True
+    assert plan.previous_definition_digest == core.digest(PROD)
+    assert plan.deployed(f"{SM}:2") == DEPLOYED
+    assert plan.copied(True).detail == f"copied to {plan.code_url}" and plan.copied(False).detail.startswith("already")
+    assert plan.triggered(f"{SM.replace('stateMachine', 'execution')}:c0ffee00-0000-4000-8000-000000000001") == \
+        TRIGGERED
+
+
+def test_promoting_what_production_runs_is_a_no_op():
+    staging = _staging(None)
+    plan = core.plan_promotion(REQUEST, dataclasses.replace(staging, production_definition=staging.translated),
+                               MAPPING, "p1")
+    assert plan.action is core.DeployAction.NOOP
+    step = plan.unchanged()
+    assert step == core.StepResult("deploy", True, "mlplatform.prod.DemoFlow already runs this definition")
+    assert core.outcome(core.Kind.PROMOTION, CHECKS, [step]) is core.Outcome.NO_OP
+
+
+def test_a_rollback_to_the_definition_production_runs_is_a_no_op_else_it_publishes_it():
+    version = StateMachineVersion(f"{SM}:1", NOW)
+    same = core.plan_rollback("mlplatform.prod.DemoFlow", PROD, "arn:aws:iam::222222222222:role/mf-sfn", version,
+                              json.dumps(json.loads(PROD)), "r1", "bob")
+    assert same.action is core.DeployAction.NOOP
+    assert same.unchanged().detail == "mlplatform.prod.DemoFlow already runs version 1's definition"
+    back = core.plan_rollback("mlplatform.prod.DemoFlow", BRANCH, "arn:aws:iam::222222222222:role/mf-sfn", version,
+                              PROD, "r1", "bob")
+    assert back.action is core.DeployAction.UPDATE and back.definition == PROD
+    assert back.role_arn == "arn:aws:iam::222222222222:role/mf-sfn"  # production keeps its role
+    assert back.description == "rollback r1 to version 1 by bob"
+    assert back.deployed(f"{SM}:3") == core.StepResult("deploy", True, "published version 1's definition as 3",
+                                                       changed=True)
+    assert core.version_gone(version) == core.StepResult("read version", False, f"version 1 is gone ({SM}:1)")
+    assert core.restore_check(version).detail == "restore version 1"
+
+
+def test_newest_version_and_arn_tails():
+    published = [StateMachineVersion(f"{SM}:{n}", NOW) for n in (1, 3, 2)]
+    assert core.newest_version(published).number == 3 and core.newest_version([]) is None
+    assert core.tail(SM) == "mlplatform.prod.DemoFlow" and core.tail(f"{SM}:3") == "3"
+
+
+def test_a_record_is_opened_filled_and_concluded_in_plain_words():
+    target = {"environment": "production", "account_id": "222222222222", "state_machine_arn": SM}
+    record = core.new_record(core.Kind.PROMOTION, REQUEST, run_id="abcdef0123", started=NOW,
+                             dagster_user="alice@example.com", target=target, lint_isolation="namespaces")
+    assert record.promotion_id == "20261128T120000Z-promotion-DemoFlow-abcdef01" and record.branch == "feature_x"
+    assert record.lint_isolation == "namespaces" and record.target == target and record.target is not target
+    staging = _staging(PROD)
+    core.record_staging(record, staging)
+    assert record.source == {"definition_digest": core.digest(BRANCH), "latest_run_arn": staging.latest_run_arn}
+    assert record.code_package == {"url": staging.deployment.code_url, "sha": staging.deployment.code_sha}
+    assert record.target["definition_digest"] == core.digest(staging.translated)
+    record.checks, record.steps = list(CHECKS), [PACKAGE, DEPLOYED, core.StepResult(core.Step.TRIGGER, False, "x")]
+    core.conclude(record, "2026-11-28T12:01:00+00:00")
+    assert record.outcome is core.Outcome.PROMOTED_NOT_TRIGGERED and record.production_changed is True
+    data = record.to_dict()
+    assert type(data["outcome"]) is str and type(data["kind"]) is str and type(data["steps"][2]["name"]) is str
+    assert json.loads(json.dumps(data)) == data and data["finished_at"] == "2026-11-28T12:01:00+00:00"
+    rollback = core.new_record(core.Kind.ROLLBACK, dataclasses.replace(REQUEST, branch=None), run_id="abcdef0123",
+                               started=NOW, dagster_user=None, target=target, lint_isolation="namespaces")
+    assert rollback.lint_isolation is None and rollback.branch is None  # a rollback lints nothing
+    assert rollback.promotion_id == "20261128T120000Z-rollback-DemoFlow-abcdef01"

@@ -1,6 +1,7 @@
-"""Promotion, decided (the pure core of the promotion issue): production names and tokens as
-Metaflow makes them, the staging → production translation of a Metaflow state machine
-definition, and definition-safety rules kept as data. No AWS, no Dagster.
+"""Promotion, decided: production names and tokens as Metaflow makes them, the staging →
+production translation of a Metaflow state machine definition, definition-safety rules kept as
+data, and the plans of a promotion and a rollback (what to do, what to record). No AWS, no
+Dagster: the wiring reads, asks a plan, performs it and records what the plan says.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import string
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from platform_ops import naming
@@ -339,11 +341,17 @@ def check_latest_run(executions: list[Any], now: Any, max_age_hours: int, promot
 
 # ---- what to do, and what happened ----
 
-def deploy_action(production_definition: str | None, translated: str) -> str:
-    """create | update | noop: promoting what production already runs changes nothing."""
+class DeployAction(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    NOOP = "noop"  # production already runs this definition: nothing to write
+
+
+def deploy_action(production_definition: str | None, definition: str) -> DeployAction:
+    """Deploying what production already runs changes nothing (a promotion or a rollback)."""
     if production_definition is None:
-        return "create"
-    return "noop" if digest(production_definition) == digest(translated) else "update"
+        return DeployAction.CREATE
+    return DeployAction.NOOP if digest(production_definition) == digest(definition) else DeployAction.UPDATE
 
 
 def rollback_target(versions: list[Version], current_version_arn: str | None, requested: str | None) -> Version:
@@ -383,56 +391,227 @@ def production_role(role_arn: str, mapping: IdentifierMap) -> str:
     return role_arn
 
 
+def tail(arn: str) -> str:
+    """The last part of an ARN: a state machine's name, a version's number, an execution's name."""
+    return arn.rsplit(":", 1)[-1]
+
+
+def newest_version(versions: list[Version]) -> Version | None:
+    return max(versions, key=lambda v: v.number) if versions else None
+
+
+class Kind(StrEnum):
+    PROMOTION = "promotion"
+    ROLLBACK = "rollback"
+
+
+class Step(StrEnum):
+    """The steps of an attempt; whatever fails is recorded against the one in progress."""
+
+    RESOLVE = "resolve"
+    READ_STAGING_RUNS = "read staging runs"
+    READ_PRODUCTION = "read production"
+    READ_PRODUCTION_VERSIONS = "read production versions"
+    CODE_PACKAGE = "code package"
+    DEPLOY = "deploy"
+    TRIGGER = "trigger"
+    READ_VERSIONS = "read versions"  # a rollback's
+    READ_VERSION = "read version"
+
+
 @dataclass(frozen=True)
 class StepResult:
     """One step of an attempt (an AWS read, the code package, the deploy, the trigger), and
     whether it changed production: the outcome is decided from these."""
 
-    name: str
+    name: str  # a Step
     passed: bool
     detail: str
     changed: bool = False
 
 
+class Outcome(StrEnum):
+    """How an attempt ended; each value is the word its audit record and the UI show."""
+
+    PROMOTED = "promoted"
+    PROMOTED_NOT_TRIGGERED = "promoted-not-triggered"
+    ROLLED_BACK = "rolled-back"
+    NO_OP = "no-op"
+    BLOCKED = "blocked"
+    FAILED = "failed"
+    INCOMPLETE = "incomplete"
+
+
 OUTCOMES = {
-    "promoted": "production runs the promoted definition (and its run started, if asked)",
-    "promoted-not-triggered": "production runs the promoted definition, but its run could not be started",
-    "rolled-back": "production runs the restored version's definition",
-    "no-op": "production already ran it: nothing changed",
-    "blocked": "a check failed: nothing changed",
-    "failed": "a step failed before production changed: nothing changed, a rerun is safe",
-    "incomplete": "production changed, then a later step failed",
+    Outcome.PROMOTED: "production runs the promoted definition (and its run started, if asked)",
+    Outcome.PROMOTED_NOT_TRIGGERED: "production runs the promoted definition, but its run could not be started",
+    Outcome.ROLLED_BACK: "production runs the restored version's definition",
+    Outcome.NO_OP: "production already ran it: nothing changed",
+    Outcome.BLOCKED: "a check failed: nothing changed",
+    Outcome.FAILED: "a step failed before production changed: nothing changed, a rerun is safe",
+    Outcome.INCOMPLETE: "production changed, then a later step failed",
 }
-FAILING = {"promoted-not-triggered", "blocked", "failed", "incomplete"}  # the run fails, after its record
+# the run fails, after its record
+FAILING = frozenset({Outcome.PROMOTED_NOT_TRIGGERED, Outcome.BLOCKED, Outcome.FAILED, Outcome.INCOMPLETE})
+
+
+def may_proceed(checks: list[CheckResult]) -> bool:
+    """A promotion touches production only when every check passed."""
+    return all(c.passed for c in checks)
 
 
 def production_changed(steps: list[StepResult]) -> bool:
     return any(s.changed for s in steps)
 
 
-def outcome(kind: str, checks: list[CheckResult], steps: list[StepResult]) -> str:
+def outcome(kind: str, checks: list[CheckResult], steps: list[StepResult]) -> Outcome:
     """One of OUTCOMES, from what the checks and steps say (a failed step stops an attempt)."""
     failed = [s.name for s in steps if not s.passed]
-    if not all(c.passed for c in checks):
-        return "blocked"
+    if not may_proceed(checks):
+        return Outcome.BLOCKED
     if failed and not production_changed(steps):
-        return "failed"
+        return Outcome.FAILED
     if failed:
-        return "promoted-not-triggered" if kind == "promotion" and failed == ["trigger"] else "incomplete"
+        only_the_trigger = kind == Kind.PROMOTION and failed == [Step.TRIGGER]
+        return Outcome.PROMOTED_NOT_TRIGGERED if only_the_trigger else Outcome.INCOMPLETE
     if not production_changed(steps):
-        return "no-op"
-    return "rolled-back" if kind == "rollback" else "promoted"
+        return Outcome.NO_OP
+    return Outcome.ROLLED_BACK if kind == Kind.ROLLBACK else Outcome.PROMOTED
+
+
+def _failures(results: Iterable[CheckResult | StepResult]) -> str:
+    return " | ".join(f"{r.name}: {r.detail}" for r in results if not r.passed)
+
+
+def checks_failed(checks: list[CheckResult]) -> str | None:
+    """What the checks-alone job fails with, or None when every check passed."""
+    return None if may_proceed(checks) else "checks failed: " + _failures(checks)
 
 
 def failure_summary(record: AuditRecord) -> str:
     """Why a failing attempt failed, and whether production changed: what the operator reads first."""
-    failed = " | ".join(f"{c.name}: {c.detail}" for c in [*record.checks, *record.steps] if not c.passed)
+    failed = _failures([*record.checks, *record.steps])
     if not record.production_changed:
         return f"{record.kind} {record.outcome}: {failed}"
-    now_runs = (record.target.get("version_arn") or "a new version").rsplit(":", 1)[-1]
+    now_runs = tail(record.target.get("version_arn") or "a new version")
     return (f"{record.kind} {record.outcome}: {failed} | production changed: "
-            f"{record.target.get('state_machine_arn', '').rsplit(':', 1)[-1]} now runs version {now_runs}")
+            f"{tail(record.target.get('state_machine_arn', ''))} now runs version {now_runs}")
 
+
+# ---- the plans: what an attempt does once it has read what it needs ----
+
+def package_check(deployment: Deployment, read_error: str | None, sha: str | None) -> CheckResult | None:
+    """The lint check's result when the code package cannot be linted (unreadable, or not the
+    package the deployment names: a swapped package must not pass on another's lint); None
+    when it is the deployed package, to be linted."""
+    if read_error is not None:
+        return CheckResult("lint", False, f"cannot read the code package {deployment.code_url}: {read_error}")
+    if sha != deployment.code_sha:
+        return CheckResult("lint", False, f"the code package's SHA-1 is {sha}, the deployment says "
+                                          f"{deployment.code_sha}")
+    return None
+
+
+@dataclass(frozen=True)
+class Staging:
+    """What the checks learned about the staging deployment, and production's current definition."""
+
+    arn: str
+    definition: str
+    role_arn: str
+    deployment: Deployment
+    package: bytes | None
+    translated: str
+    latest_run_arn: str | None
+    production_definition: str | None  # None before the first promotion
+
+
+def record_staging(record: AuditRecord, staging: Staging) -> None:
+    """What an attempt records of what it read, whether or not the checks pass."""
+    record.source.update(definition_digest=digest(staging.definition), latest_run_arn=staging.latest_run_arn)
+    record.code_package = {"url": staging.deployment.code_url, "sha": staging.deployment.code_sha}
+    record.target["definition_digest"] = digest(staging.translated)
+
+
+@dataclass(frozen=True)
+class PromotionPlan:
+    """What a promotion whose checks passed does to production, and the step results it records."""
+
+    action: DeployAction
+    name: str  # the production state machine
+    definition: str
+    code_url: str  # where production's copy of the code package goes
+    role_arn: str
+    description: str  # the published version's
+    trigger: bool
+    previous_definition_digest: str | None  # None when there is no production deployment yet
+
+    def unchanged(self) -> StepResult:
+        return StepResult(Step.DEPLOY, True, f"{self.name} already runs this definition")
+
+    def copied(self, written: bool) -> StepResult:
+        return StepResult(Step.CODE_PACKAGE, True, f"{'copied to' if written else 'already at'} {self.code_url}")
+
+    def deployed(self, version_arn: str) -> StepResult:
+        return StepResult(Step.DEPLOY, True, f"{self.action}d {self.name}, published {tail(version_arn)}",
+                          changed=True)
+
+    @staticmethod
+    def triggered(execution_arn: str) -> StepResult:
+        return StepResult(Step.TRIGGER, True, tail(execution_arn))
+
+
+def plan_promotion(request: PromotionRequest, staging: Staging, mapping: IdentifierMap,
+                   promotion_id: str) -> PromotionPlan:
+    """Create, update, or nothing when production already runs the translated definition."""
+    current = staging.production_definition
+    return PromotionPlan(
+        action=deploy_action(current, staging.translated), name=request.target_name,
+        definition=staging.translated, code_url=translate_url(staging.deployment.code_url, mapping),
+        role_arn=production_role(staging.role_arn, mapping),
+        description=f"promotion {promotion_id} by {request.requested_by}", trigger=request.trigger,
+        previous_definition_digest=digest(current) if current is not None else None)
+
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    """Publish an earlier version's definition as the newest version, or nothing when
+    production already runs it."""
+
+    action: DeployAction  # update or noop: a rollback needs a production deployment
+    name: str
+    version: Version
+    definition: str
+    role_arn: str
+    description: str
+
+    def unchanged(self) -> StepResult:
+        return StepResult(Step.DEPLOY, True, f"{self.name} already runs version {self.version.number}'s definition")
+
+    def deployed(self, version_arn: str) -> StepResult:
+        return StepResult(Step.DEPLOY, True, f"published version {self.version.number}'s definition as "
+                                             f"{tail(version_arn)}", changed=True)
+
+
+def restore_check(version: Version) -> CheckResult:
+    return CheckResult("version", True, f"restore version {version.number}")
+
+
+def version_gone(version: Version) -> StepResult:
+    """The version chosen was deleted between listing and reading it."""
+    return StepResult(Step.READ_VERSION, False, f"version {version.number} is gone ({version.arn})")
+
+
+def plan_rollback(name: str, current_definition: str, current_role_arn: str, version: Version,
+                  version_definition: str, promotion_id: str, requested_by: str) -> RollbackPlan:
+    """Production keeps its role; only the definition goes back."""
+    return RollbackPlan(
+        action=deploy_action(current_definition, version_definition), name=name, version=version,
+        definition=version_definition, role_arn=current_role_arn,
+        description=f"rollback {promotion_id} to version {version.number} by {requested_by}")
+
+
+# ---- the audit record ----
 
 @dataclass
 class AuditRecord:
@@ -440,7 +619,7 @@ class AuditRecord:
     each step's result, the outcome). Written once, never rewritten."""
 
     promotion_id: str
-    kind: str  # promotion | rollback
+    kind: str  # a Kind
     flow: str
     project: str
     requested_by: str
@@ -455,16 +634,38 @@ class AuditRecord:
     checks: list[CheckResult] = field(default_factory=list)
     steps: list[StepResult] = field(default_factory=list)
     execution_arn: str | None = None
-    outcome: str = ""
+    outcome: str = ""  # an Outcome, once concluded
     production_changed: bool = False
     finished_at: str = ""
     lint_isolation: str | None = None  # how the staging code was linted; "none" is unsafe and says so here
 
     def to_dict(self) -> dict[str, Any]:
-        data = dict(self.__dict__)
-        data["checks"] = [c.__dict__ for c in self.checks]
-        data["steps"] = [s.__dict__ for s in self.steps]
+        """Plain JSON types only (the enums as their words): stored, logged and shown as is."""
+        data = {k: _plain(v) for k, v in self.__dict__.items()}
+        data["checks"] = [{k: _plain(v) for k, v in c.__dict__.items()} for c in self.checks]
+        data["steps"] = [{k: _plain(v) for k, v in s.__dict__.items()} for s in self.steps]
         return data
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, StrEnum) else value
+
+
+def new_record(kind: Kind, request: PromotionRequest, *, run_id: str, started: Any, dagster_user: str | None,
+               target: dict[str, Any], lint_isolation: str) -> AuditRecord:
+    """An attempt's record before anything is read: who asked, for what, where to."""
+    return AuditRecord(
+        promotion_id=promotion_id(kind, request.flow, started, run_id), kind=kind, flow=request.flow,
+        project=request.project, requested_by=request.requested_by, reason=request.reason, dagster_run_id=run_id,
+        started_at=started.isoformat(), dagster_user=dagster_user, branch=request.branch, target=dict(target),
+        lint_isolation=lint_isolation if kind == Kind.PROMOTION else None)
+
+
+def conclude(record: AuditRecord, finished_at: str) -> None:
+    """The outcome, decided from the checks and steps alone, once the attempt is over."""
+    record.outcome = outcome(record.kind, record.checks, record.steps)
+    record.production_changed = production_changed(record.steps)
+    record.finished_at = finished_at
 
 
 def promotion_id(kind: str, flow: str, started_at: Any, run_id: str) -> str:
