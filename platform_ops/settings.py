@@ -1,403 +1,338 @@
 """platform-ops settings: one YAML file, validated when the definitions load.
 
-Every key is documented in the README. A bad file fails loading with a message that names the key
-and what is wrong with it, e.g. `reaper.max_cancels_per_run: expected an integer >= 0, got 'ten'`.
+The classes below are the whole contract: each key's type, limits and default are written once, on
+its field; `settings.schema.json` is generated from them (`python -m platform_ops.settings --schema`)
+and the README's table is checked against them. They are pydantic dataclasses, not BaseModels, so
+`dataclasses.replace` keeps working (and re-validates) wherever code derives a variant of the settings.
+
+A bad file fails loading with a message that names the key and what is wrong with it, e.g.
+`reaper.max_cancels_per_run: expected an integer >= 0, got 'ten'`.
 """
 
-from __future__ import annotations
-
+import dataclasses
 import fnmatch
+import json
 import os
 import re
-from dataclasses import dataclass, field
+import sys
+import types
+import typing
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError
+from pydantic import model_validator as _model_validator
+from pydantic.dataclasses import dataclass, is_pydantic_dataclass
+from pydantic.fields import FieldInfo
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
 SETTINGS_ENV_VAR = "PLATFORM_OPS_SETTINGS"
-LINT_ISOLATION = ("namespaces", "none")  # promotion.lint_isolation
+LintIsolation = Literal["namespaces", "none"]
+LINT_ISOLATION = get_args(LintIsolation)  # promotion.lint_isolation
+SCHEMA_PATH = Path(__file__).with_name("settings.schema.json")
 
 
 class SettingsError(ValueError):
     """The settings file is unreadable or breaks the contract; the message names the key."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
+class Expect:
+    """What a key accepts, in words: the `expected ...` part of its error message."""
+
+    text: str
+    missing: str = ""  # said after "required key is missing", when a bare "missing" would not help
+
+
+def _rule(key: str, message: str) -> PydanticCustomError:
+    """A cross-field rule's failure; `key` is relative to the model that checks the rule."""
+    return PydanticCustomError("settings_rule", "{key}: {message}", {"key": key, "message": message})
+
+
+def _is_regex(v: str) -> str:
+    try:
+        re.compile(v)
+    except re.error as exc:
+        raise ValueError(str(exc)) from None
+    return v
+
+
+def _as_time(v: Any) -> Any:
+    """An aware datetime from YAML: a timestamp or an ISO 8601 string, with its zone."""
+    if isinstance(v, str):
+        try:
+            v = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError("not an ISO 8601 time") from None
+    if not isinstance(v, datetime) or v.tzinfo is None:
+        raise ValueError("not a time with a timezone")
+    return v
+
+
+def _five_fields(v: str) -> str:
+    if len(v.split()) != 5:
+        raise ValueError("not 5 fields")
+    return v
+
+
+def _int(minimum: int) -> Any:
+    return Annotated[int, Strict(), Field(ge=minimum), Expect(f"an integer >= {minimum}")]
+
+
+def _text(expect: str, **constraints: Any) -> Any:
+    """A non-empty string."""
+    return Annotated[str, Strict(), Field(min_length=1, **constraints), Expect(expect)]
+
+
+Int0, Int1, Int5, Int10 = _int(0), _int(1), _int(5), _int(10)
+Bool = Annotated[bool, Strict(), Expect("true or false")]
+Str = Annotated[str, Strict(), Field(min_length=1)]
+Seconds = Annotated[float, Strict(), Field(ge=0), Expect("a number of seconds >= 0")]
+Name = Annotated[str, Strict(), Field(pattern=r"^[a-z][a-z0-9_]*$")]
+CONFIG = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True)
+
+
+@dataclass(frozen=True, config=CONFIG)
 class EnvironmentSettings:
-    name: str
-    account_id: str
-    region: str
-    role_arn: str | None
-    job_queues: tuple[str, ...]
-    state_machine_prefixes: tuple[str, ...]
-    role_external_id: str | None = None
-    events_queue: str | None = None  # None: polling only; else events from this SQS queue + reconciliation
+    """One AWS account. `name` is its key under `environments`, not a key of its own."""
+
+    name: SkipJsonSchema[str]
+    account_id: _text("a 12-digit account id as a quoted string", pattern=r"^\d{12}$")
+    region: _text("an AWS region name")
+    job_queues: Annotated[tuple[Annotated[str, Strict()], ...], Expect("a list of job queue names")]
+    role_arn: Annotated[Annotated[str, Strict(), Field(pattern=r"^arn:aws[\w-]*:iam::\d{12}:role/.+$")] | None,
+                        Expect("null or an IAM role ARN")] = None
+    state_machine_prefixes: Annotated[tuple[Annotated[str, Strict()], ...],
+                                      Expect("a list of state machine name prefixes")] = ("",)
+    role_external_id: Annotated[Str | None, Expect("null or a string")] = None
+    events_queue: Annotated[Str | None, Expect("null (polling only) or the SQS queue name of the events stack")] = None
 
     @property
     def event_driven(self) -> bool:
+        """Events from `events_queue` first, polling as reconciliation; else polling only."""
         return self.events_queue is not None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class ReaperSettings:
-    runnable_threshold_minutes: int = 120
-    queue_thresholds_minutes: dict[str, int] = field(default_factory=dict)
-    dry_run: bool = False
-    max_cancels_per_run: int = 50
-    protect_tag: str = "platform-ops:protect"
-    interval_seconds: int = 60
-    reconcile_interval_seconds: int = 600
-    watch_max_age_hours: int = 72  # RUNNABLE watch entries older than this are dropped (lost events)
+    runnable_threshold_minutes: Int1 = 120
+    queue_thresholds_minutes: Annotated[dict[Annotated[str, Strict()], Int1],
+                                        Expect("a mapping of queue name to minutes (integers >= 1)")] = \
+        Field(default_factory=dict)
+    dry_run: Bool = False
+    max_cancels_per_run: Int0 = 50
+    protect_tag: _text("a tag key") = "platform-ops:protect"
+    interval_seconds: Int5 = 60
+    reconcile_interval_seconds: Int5 = 600
+    watch_max_age_hours: Int1 = 72  # RUNNABLE watch entries older than this are dropped (lost events)
 
     def threshold_minutes(self, queue: str) -> int:
         return self.queue_thresholds_minutes.get(queue, self.runnable_threshold_minutes)
 
+    @_model_validator(mode="after")
+    def _watch_outlives_thresholds(self) -> "ReaperSettings":
+        """A watch that forgets jobs before they are due would never reap them by event."""
+        longest = max([self.runnable_threshold_minutes, *self.queue_thresholds_minutes.values()])
+        if self.watch_max_age_hours * 60 <= longest:
+            raise _rule("watch_max_age_hours", f"must be longer than the longest RUNNABLE threshold "
+                                               f"({longest} minutes), got {self.watch_max_age_hours}")
+        return self
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, config=CONFIG)
 class Silence:
     """Executions of state machines matching `state_machine_pattern` (a glob) are muted until
     `until`: recorded, not alerted."""
 
-    state_machine_pattern: str
-    until: datetime
-    reason: str
+    state_machine_pattern: _text("a glob, e.g. mlplatform.test.*")
+    until: Annotated[datetime, BeforeValidator(_as_time),
+                     Expect("an ISO 8601 time with a timezone, e.g. 2026-12-01T09:00:00Z")]
+    reason: _text("why it is silenced")
 
     def mutes(self, state_machine: str, now: datetime) -> bool:
         return now < self.until and fnmatch.fnmatchcase(state_machine, self.state_machine_pattern)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class AlertSettings:
-    interval_seconds: int = 60
-    digest_threshold: int = 5
-    post_interval_seconds: float = 1.0
-    initial_lookback_minutes: int = 60
-    execution_lookback_hours: int = 48
-    log_lines: int = 20
-    retries: int = 3
-    retry_delay_seconds: float = 10.0
-    silences: tuple[Silence, ...] = ()
-    events_interval_seconds: int = 10
-    reconcile_interval_seconds: int = 600
+    interval_seconds: Int5 = 60
+    digest_threshold: Int1 = 5
+    post_interval_seconds: Seconds = 1.0
+    initial_lookback_minutes: Int0 = 60
+    execution_lookback_hours: Int1 = 48
+    log_lines: Int0 = 20
+    retries: Int0 = 3
+    retry_delay_seconds: Seconds = 10.0
+    silences: Annotated[tuple[Silence, ...], Expect("a list of silences")] = ()
+    events_interval_seconds: Int1 = 10
+    reconcile_interval_seconds: Int5 = 600
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class MetricsSettings:
-    cron: str = "*/5 * * * *"
-    window_hours: int = 24
-    max_failure_rate: float = 0.2
-    freshness_minutes: int = 15
-    namespace: str = "PlatformOps/Batch"
-    storage: str = "local"  # local | s3
-    local_dir: str = ".platform_ops/metrics"
-    s3_bucket: str | None = None
-    s3_prefix: str = "platform-ops/metrics"
-    charts_dir: str | None = None
-    chart_hours: int = 6
+    cron: Annotated[str, Strict(), AfterValidator(_five_fields), Expect("a 5-field cron expression")] = "*/5 * * * *"
+    window_hours: Int1 = 24
+    max_failure_rate: Annotated[float, Strict(), Field(ge=0, le=1), Expect("a fraction between 0 and 1")] = 0.2
+    freshness_minutes: Int1 = 15
+    namespace: _text("a CloudWatch namespace") = "PlatformOps/Batch"
+    storage: Annotated[Literal["local", "s3"], Expect("local or s3")] = "local"
+    local_dir: _text("a directory") = ".platform_ops/metrics"
+    s3_bucket: Annotated[Str | None, Expect("a bucket name")] = None
+    s3_prefix: _text("a key prefix") = "platform-ops/metrics"
+    charts_dir: Annotated[Str | None, Expect("a directory")] = None
+    chart_hours: Int1 = 6
+
+    @_model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> "MetricsSettings":
+        if self.storage == "s3" and not self.s3_bucket:
+            raise _rule("s3_bucket", "required when metrics.storage is s3")
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
+class HealthSettings:
+    """The watcher watched: `platform_ops_health_sensor` reads this code location's own sensors,
+    schedules and runs."""
+
+    interval_seconds: Int5 = 60
+    failed_ticks: Int1 = 3  # consecutive failed ticks that make a sensor unhealthy
+    failed_runs: Int1 = 3  # consecutive failed runs of one job that make it unhealthy
+
+
+@dataclass(frozen=True, config=CONFIG)
 class PromotionRuleSettings:
     """A team's own definition-safety rule: `forbid` (a regex) must not match the production
     definition."""
 
-    name: str
-    description: str
-    forbid: str
+    name: Annotated[Name, Expect("a rule name in lowercase letters, digits, _")]
+    description: _text("what the rule protects")
+    forbid: Annotated[Str, AfterValidator(_is_regex), Expect("a regular expression")]
 
 
-@dataclass(frozen=True)
+StrMap = dict[Str, Str]
+
+
+@dataclass(frozen=True, config=CONFIG)
 class PromotionSettings:
     """Staging → production promotion. Account ids map from the two environments; queues, roles
     and buckets are named here (staging value → production value)."""
 
-    audit_bucket: str
-    source: str = "staging"
-    target: str = "production"
-    audit_prefix: str = "promotions"
-    max_staging_age_hours: int = 168
-    lint_timeout_seconds: int = 300
-    lint_isolation: str = "namespaces"  # or "none": unsafe, recorded in every audit record
-    queues: dict[str, str] = field(default_factory=dict)
-    roles: dict[str, str] = field(default_factory=dict)
-    buckets: dict[str, str] = field(default_factory=dict)
-    rules: tuple[PromotionRuleSettings, ...] = ()
+    audit_bucket: _text("an S3 bucket name in the target account")
+    source: Annotated[Str, Field(alias="from")] = "staging"  # which environments: checked by Settings
+    target: Annotated[Str, Field(alias="to")] = "production"
+    audit_prefix: Annotated[Str, AfterValidator(lambda v: v.strip("/")), Expect("a key prefix")] = "promotions"
+    max_staging_age_hours: Int1 = 168
+    lint_timeout_seconds: Int10 = 300
+    lint_isolation: Annotated[LintIsolation, Expect(  # "none" is unsafe, recorded in every audit record
+        "'namespaces' (the lint runs in bubblewrap) or 'none' (unsafe: no isolation)")] = "namespaces"
+    queues: Annotated[StrMap, Expect("a mapping of staging queue to production queue")] = Field(default_factory=dict)
+    roles: Annotated[StrMap, Expect("a mapping of staging role ARN to production role ARN")] = \
+        Field(default_factory=dict)
+    buckets: Annotated[StrMap, Expect("a mapping of staging bucket to production bucket")] = \
+        Field(default_factory=dict)
+    rules: Annotated[tuple[PromotionRuleSettings, ...], Expect("a list of rules")] = ()
+
+    @_model_validator(mode="after")
+    def _two_environments(self) -> "PromotionSettings":
+        if self.source == self.target:
+            raise _rule("to", f"must differ from promotion.from ({self.source!r})")
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class SlackSettings:
-    channel: str = "#ml-platform-alerts"
-    owners: dict[str, str] = field(default_factory=dict)
+    channel: _text("a channel name or id") = "#ml-platform-alerts"
+    owners: Annotated[dict[Annotated[str, Strict()], Str], Expect("a mapping of Metaflow user to Slack user id")] = \
+        Field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
+class MetaflowSettings:
+    ui_url: Annotated[Str, AfterValidator(lambda v: v.rstrip("/")), Expect("a URL")] = "https://metaflow.example.com"
+
+
+@dataclass(frozen=True, config=CONFIG)
+class DagsterSettings:
+    # Required, with no default: a forgotten key would put localhost links in every Slack message.
+    url: Annotated[str, Strict(), Field(pattern=r"^https?://[^/\s]+"), AfterValidator(lambda v: v.rstrip("/")),
+                   Expect("an http(s) URL, e.g. https://dagster.example.com",
+                          missing="the Dagster UI's base URL, e.g. https://dagster.example.com "
+                                  "(links in Slack messages point there)")]
+    sensors_running: Bool = False
+
+
+_SECTIONS = ("environments", "reaper", "slack", "alerts", "metrics", "health", "metaflow", "dagster")
+
+
+@dataclass(frozen=True, config=CONFIG)
 class Settings:
-    environments: dict[str, EnvironmentSettings]
+    environments: Annotated[dict[Name, EnvironmentSettings], Field(min_length=1),
+                            Expect("a mapping of environment name to environment")]
+    dagster: DagsterSettings
     reaper: ReaperSettings = ReaperSettings()
     slack: SlackSettings = SlackSettings()
     alerts: AlertSettings = AlertSettings()
     metrics: MetricsSettings = MetricsSettings()
-    promotion: PromotionSettings | None = None
-    metaflow_ui_url: str = "https://metaflow.example.com"
-    sensors_running: bool = False
-    dagster_url: str = ""  # required in the file (dagster.url): no localhost default leaks into production links
+    health: HealthSettings = HealthSettings()
+    promotion: PromotionSettings | None = None  # absent: promotion is not offered
+    metaflow: MetaflowSettings = MetaflowSettings()
 
+    @property
+    def metaflow_ui_url(self) -> str:
+        return self.metaflow.ui_url
 
-class _Reader:
-    """Reads one mapping, remembering the dotted path for error messages."""
+    @property
+    def sensors_running(self) -> bool:
+        return self.dagster.sensors_running
 
-    def __init__(self, data: Any, path: str):
+    @property
+    def dagster_url(self) -> str:
+        return self.dagster.url
+
+    @_model_validator(mode="before")
+    @classmethod
+    def _from_file(cls, data: Any) -> Any:
+        """The file's shape: an empty section is its defaults (so a missing `dagster` reports the
+        missing `dagster.url`), and each environment takes its name from its key."""
         if not isinstance(data, dict):
-            raise SettingsError(f"{path or 'settings'}: expected a mapping, got {type(data).__name__}")
-        self.data, self.path, self.seen = data, path, set()
+            return data  # keyword arguments (dataclasses.replace) or not a mapping at all
+        data = {k: ({} if v is None and k in _SECTIONS else v) for k, v in {"dagster": {}, **data}.items()}
+        envs = data.get("environments", ...)
+        if isinstance(envs, dict):
+            if not envs:
+                raise _rule("environments", "at least one environment is required")
+            named = {}
+            for name, env in envs.items():
+                if not isinstance(name, str) or not re.match(r"^[a-z][a-z0-9_]*$", name):
+                    raise _rule(f"environments.{name}", "environment names are lowercase letters, digits, _")
+                if isinstance(env, dict) and "name" in env:
+                    raise _rule(f"environments.{name}.name", "unknown key (an environment's name is its key)")
+                named[name] = {**env, "name": name} if isinstance(env, dict) else env
+            data["environments"] = named
+        return data
 
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def get(self, name: str, default: Any = ..., *, check=None, expect: str = "") -> Any:
-        self.seen.add(name)
-        if name not in self.data:
-            if default is ...:
-                raise SettingsError(f"{self.key(name)}: required key is missing")
-            return default
-        value = self.data[name]
-        if check is not None and not check(value):
-            raise SettingsError(f"{self.key(name)}: expected {expect}, got {value!r}")
-        return value
-
-    def sub(self, name: str, required: bool = False) -> "_Reader":
-        value = self.get(name, ... if required else {})
-        return _Reader({} if value is None else value, self.key(name))
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            raise SettingsError(f"{self.key(unknown[0])}: unknown key (known: {', '.join(sorted(self.seen))})")
-
-
-def _is_int(minimum: int) -> Any:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+    @_model_validator(mode="after")
+    def _promotion_between_environments(self) -> "Settings":
+        if self.promotion is not None:
+            for key, value in (("from", self.promotion.source), ("to", self.promotion.target)):
+                if value not in self.environments:
+                    raise _rule(f"promotion.{key}", f"expected one of the environments "
+                                                    f"({', '.join(self.environments)}), got {value!r}")
+        return self
 
 
-def _is_number(minimum: float) -> Any:
-    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= minimum
-
-
-def _as_time(v: Any) -> datetime | None:
-    """An aware datetime from YAML (a timestamp or an ISO string), else None."""
-    if isinstance(v, str):
-        try:
-            v = datetime.fromisoformat(v.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    if isinstance(v, datetime) and v.tzinfo is not None:
-        return v
-    return None
-
-
-def _is_str(v: Any) -> bool:
-    return isinstance(v, str) and v != ""
-
-
-def _is_str_list(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
-
-
-_ACCOUNT = re.compile(r"^\d{12}$")
-_ROLE = re.compile(r"^arn:aws[\w-]*:iam::\d{12}:role/.+$")
-
-
-def _environment(name: str, r: _Reader) -> EnvironmentSettings:
-    env = EnvironmentSettings(
-        name=name,
-        account_id=r.get("account_id", check=lambda v: isinstance(v, str) and bool(_ACCOUNT.match(v)),
-                         expect="a 12-digit account id as a quoted string"),
-        region=r.get("region", check=_is_str, expect="an AWS region name"),
-        role_arn=r.get("role_arn", None, check=lambda v: v is None or (isinstance(v, str) and bool(_ROLE.match(v))),
-                       expect="null or an IAM role ARN"),
-        job_queues=tuple(r.get("job_queues", check=_is_str_list, expect="a list of job queue names")),
-        state_machine_prefixes=tuple(r.get("state_machine_prefixes", [""], check=_is_str_list,
-                                           expect="a list of state machine name prefixes")),
-        role_external_id=r.get("role_external_id", None, check=lambda v: v is None or _is_str(v),
-                               expect="null or a string"),
-        events_queue=r.get("events_queue", None, check=lambda v: v is None or _is_str(v),
-                           expect="null (polling only) or the SQS queue name of the events stack"),
-    )
-    r.done()
-    return env
-
-
-def _is_str_map(v: Any) -> bool:
-    return isinstance(v, dict) and all(_is_str(k) and _is_str(x) for k, x in v.items())
-
-
-def _promotion(root: _Reader, environments: dict[str, EnvironmentSettings]) -> PromotionSettings | None:
-    """None when the section is absent: promotion is then not offered."""
-    if root.data.get("promotion") is None:
-        root.seen.add("promotion")
-        return None
-    p = root.sub("promotion")
-    in_envs = lambda v: v in environments  # noqa: E731
-    rules = []
-    for i, raw in enumerate(p.get("rules", [], check=lambda v: isinstance(v, list), expect="a list of rules") or []):
-        r = _Reader(raw, f"promotion.rules[{i}]")
-        forbid = r.get("forbid", check=_is_regex, expect="a regular expression")
-        rules.append(PromotionRuleSettings(
-            name=r.get("name", check=lambda v: isinstance(v, str) and bool(re.match(r"^[a-z][a-z0-9_]*$", v)),
-                       expect="a rule name in lowercase letters, digits, _"),
-            description=r.get("description", check=_is_str, expect="what the rule protects"),
-            forbid=forbid))
-        r.done()
-    settings = PromotionSettings(
-        source=p.get("from", "staging", check=in_envs, expect=f"one of the environments ({', '.join(environments)})"),
-        target=p.get("to", "production", check=in_envs, expect=f"one of the environments ({', '.join(environments)})"),
-        audit_bucket=p.get("audit_bucket", check=_is_str, expect="an S3 bucket name in the target account"),
-        audit_prefix=p.get("audit_prefix", "promotions", check=_is_str, expect="a key prefix").strip("/"),
-        max_staging_age_hours=p.get("max_staging_age_hours", 168, check=_is_int(1), expect="an integer >= 1"),
-        lint_timeout_seconds=p.get("lint_timeout_seconds", 300, check=_is_int(10), expect="an integer >= 10"),
-        lint_isolation=p.get("lint_isolation", "namespaces", check=lambda v: v in LINT_ISOLATION,
-                             expect="'namespaces' (the lint runs in bubblewrap) or 'none' (unsafe: no isolation)"),
-        queues=dict(p.get("queues", {}, check=_is_str_map, expect="a mapping of staging queue to production queue")),
-        roles=dict(p.get("roles", {}, check=_is_str_map, expect="a mapping of staging role ARN to production role ARN")),
-        buckets=dict(p.get("buckets", {}, check=_is_str_map,
-                           expect="a mapping of staging bucket to production bucket")),
-        rules=tuple(rules),
-    )
-    if settings.source == settings.target:
-        raise SettingsError(f"promotion.to: must differ from promotion.from ({settings.source!r})")
-    p.done()
-    return settings
-
-
-def _is_regex(v: Any) -> bool:
-    if not _is_str(v):
-        return False
-    try:
-        re.compile(v)
-    except re.error:
-        return False
-    return True
-
-
-def _check_watch_age(reaper: ReaperSettings) -> None:
-    """A watch that forgets jobs before they are due would never reap them by event."""
-    longest = max([reaper.runnable_threshold_minutes, *reaper.queue_thresholds_minutes.values()])
-    if reaper.watch_max_age_hours * 60 <= longest:
-        raise SettingsError(f"reaper.watch_max_age_hours: must be longer than the longest RUNNABLE threshold "
-                            f"({longest} minutes), got {reaper.watch_max_age_hours}")
-
-
-def _dagster_url(d: _Reader) -> str:
-    """Required, with no default: a forgotten key would put localhost links in every Slack message."""
-    if "url" not in d.data:
-        raise SettingsError("dagster.url: required key is missing: the Dagster UI's base URL, e.g. "
-                            "https://dagster.example.com (links in Slack messages point there)")
-    return d.get("url", check=lambda v: isinstance(v, str) and bool(re.match(r"^https?://[^/\s]+", v)),
-                 expect="an http(s) URL, e.g. https://dagster.example.com").rstrip("/")
+_ADAPTER = TypeAdapter(Settings)
 
 
 def parse_settings(data: Any) -> Settings:
-    root = _Reader(data, "")
-    envs_reader = root.sub("environments", required=True)
-    if not envs_reader.data:
-        raise SettingsError("environments: at least one environment is required")
-    environments = {}
-    for name in envs_reader.data:
-        if not re.match(r"^[a-z][a-z0-9_]*$", str(name)):
-            raise SettingsError(f"environments.{name}: environment names are lowercase letters, digits, _")
-        environments[name] = _environment(name, envs_reader.sub(name, required=True))
-    envs_reader.done()
-
-    r = root.sub("reaper")
-    reaper = ReaperSettings(
-        runnable_threshold_minutes=r.get("runnable_threshold_minutes", 120, check=_is_int(1), expect="an integer >= 1"),
-        queue_thresholds_minutes=dict(r.get(
-            "queue_thresholds_minutes", {}, expect="a mapping of queue name to minutes (integers >= 1)",
-            check=lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_int(1)(m) for k, m in v.items()),
-        ) or {}),
-        dry_run=r.get("dry_run", False, check=lambda v: isinstance(v, bool), expect="true or false"),
-        max_cancels_per_run=r.get("max_cancels_per_run", 50, check=_is_int(0), expect="an integer >= 0"),
-        protect_tag=r.get("protect_tag", "platform-ops:protect", check=_is_str, expect="a tag key"),
-        interval_seconds=r.get("interval_seconds", 60, check=_is_int(5), expect="an integer >= 5"),
-        reconcile_interval_seconds=r.get("reconcile_interval_seconds", 600, check=_is_int(5),
-                                         expect="an integer >= 5"),
-        watch_max_age_hours=r.get("watch_max_age_hours", 72, check=_is_int(1), expect="an integer >= 1"),
-    )
-    _check_watch_age(reaper)
-    r.done()
-
-    a = root.sub("alerts")
-    silences = []
-    raw_silences = a.get("silences", [], check=lambda v: isinstance(v, list), expect="a list of silences") or []
-    for i, raw in enumerate(raw_silences):
-        r = _Reader(raw, f"alerts.silences[{i}]")
-        until = r.get("until", check=lambda v: _as_time(v) is not None,
-                      expect="an ISO 8601 time with a timezone, e.g. 2026-12-01T09:00:00Z")
-        silences.append(Silence(
-            state_machine_pattern=r.get("state_machine_pattern", check=_is_str, expect="a glob, e.g. mlplatform.test.*"),
-            until=_as_time(until),
-            reason=r.get("reason", check=_is_str, expect="why it is silenced"),
-        ))
-        r.done()
-    alerts = AlertSettings(
-        interval_seconds=a.get("interval_seconds", 60, check=_is_int(5), expect="an integer >= 5"),
-        digest_threshold=a.get("digest_threshold", 5, check=_is_int(1), expect="an integer >= 1"),
-        post_interval_seconds=float(a.get("post_interval_seconds", 1.0, check=_is_number(0),
-                                          expect="a number of seconds >= 0")),
-        initial_lookback_minutes=a.get("initial_lookback_minutes", 60, check=_is_int(0), expect="an integer >= 0"),
-        execution_lookback_hours=a.get("execution_lookback_hours", 48, check=_is_int(1), expect="an integer >= 1"),
-        log_lines=a.get("log_lines", 20, check=_is_int(0), expect="an integer >= 0"),
-        retries=a.get("retries", 3, check=_is_int(0), expect="an integer >= 0"),
-        retry_delay_seconds=float(a.get("retry_delay_seconds", 10.0, check=_is_number(0), expect="a number >= 0")),
-        silences=tuple(silences),
-        events_interval_seconds=a.get("events_interval_seconds", 10, check=_is_int(1), expect="an integer >= 1"),
-        reconcile_interval_seconds=a.get("reconcile_interval_seconds", 600, check=_is_int(5),
-                                         expect="an integer >= 5"),
-    )
-    a.done()
-
-    m = root.sub("metrics")
-    metrics = MetricsSettings(
-        cron=m.get("cron", "*/5 * * * *", check=lambda v: isinstance(v, str) and len(v.split()) == 5,
-                   expect="a 5-field cron expression"),
-        window_hours=m.get("window_hours", 24, check=_is_int(1), expect="an integer >= 1"),
-        max_failure_rate=float(m.get("max_failure_rate", 0.2, check=lambda v: _is_number(0)(v) and v <= 1,
-                                     expect="a fraction between 0 and 1")),
-        freshness_minutes=m.get("freshness_minutes", 15, check=_is_int(1), expect="an integer >= 1"),
-        namespace=m.get("namespace", "PlatformOps/Batch", check=_is_str, expect="a CloudWatch namespace"),
-        storage=m.get("storage", "local", check=lambda v: v in ("local", "s3"), expect="local or s3"),
-        local_dir=m.get("local_dir", ".platform_ops/metrics", check=_is_str, expect="a directory"),
-        s3_bucket=m.get("s3_bucket", None, check=lambda v: v is None or _is_str(v), expect="a bucket name"),
-        s3_prefix=m.get("s3_prefix", "platform-ops/metrics", check=_is_str, expect="a key prefix"),
-        charts_dir=m.get("charts_dir", None, check=lambda v: v is None or _is_str(v), expect="a directory"),
-        chart_hours=m.get("chart_hours", 6, check=_is_int(1), expect="an integer >= 1"),
-    )
-    if metrics.storage == "s3" and not metrics.s3_bucket:
-        raise SettingsError("metrics.s3_bucket: required when metrics.storage is s3")
-    m.done()
-
-    promotion = _promotion(root, environments)
-
-    s = root.sub("slack")
-    slack = SlackSettings(
-        channel=s.get("channel", "#ml-platform-alerts", check=_is_str, expect="a channel name or id"),
-        owners=dict(s.get("owners", {}, expect="a mapping of Metaflow user to Slack user id",
-                          check=lambda v: isinstance(v, dict) and all(_is_str(x) for x in v.values())) or {}),
-    )
-    s.done()
-
-    m = root.sub("metaflow")
-    ui_url = m.get("ui_url", "https://metaflow.example.com", check=_is_str, expect="a URL").rstrip("/")
-    m.done()
-
-    d = root.sub("dagster")
-    sensors_running = d.get("sensors_running", False, check=lambda v: isinstance(v, bool), expect="true or false")
-    dagster_url = _dagster_url(d)
-    d.done()
-    root.done()
-    return Settings(environments, reaper, slack, alerts, metrics, promotion, ui_url, sensors_running, dagster_url)
+    """Settings from the file's parsed YAML; every problem, one line each, names its key."""
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise SettingsError("\n".join(dict.fromkeys(_message(e, data) for e in exc.errors()))) from None
 
 
 def load_settings(path: str | os.PathLike | None = None) -> Settings:
@@ -416,4 +351,88 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
     try:
         return parse_settings(data)
     except SettingsError as exc:
-        raise SettingsError(f"{path}: {exc}") from None
+        raise SettingsError("\n".join(f"{path}: {line}" for line in str(exc).splitlines())) from None
+
+
+def json_schema() -> dict[str, Any]:
+    """The file's JSON Schema (the YAML keys, e.g. `promotion.from`), for editors and docs."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "platform-ops settings",
+            **_ADAPTER.json_schema(by_alias=True, mode="validation")}
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2) + "\n"
+
+
+# -- turning pydantic's errors into "key: what is wrong" ---------------------------------------------------------
+
+def _fields(cls: type) -> dict[str, FieldInfo]:
+    """A settings class's fields by their YAML key."""
+    return {info.alias or name: info for name, info in cls.__pydantic_fields__.items()}
+
+
+def _expect(info: FieldInfo) -> Expect | None:
+    return next((m for m in reversed(info.metadata) if isinstance(m, Expect)), None)
+
+
+def _unwrap(tp: Any) -> Any:
+    """`X` from `Annotated[X, ...]` and `X | None`."""
+    while True:
+        if typing.get_origin(tp) is Annotated:
+            tp = tp.__origin__
+        elif typing.get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp):
+            rest = [a for a in get_args(tp) if a is not type(None)]
+            if len(rest) != 1:
+                return tp
+            tp = rest[0]
+        else:
+            return tp
+
+
+def _element(tp: Any) -> Any:
+    """The settings class a `dict[str, X]` or `tuple[X, ...]` holds, else None."""
+    origin, args = typing.get_origin(tp), get_args(tp)
+    inner = _unwrap(args[1] if origin is dict else args[0]) if origin in (dict, tuple) and args else None
+    return inner if is_pydantic_dataclass(inner) else None
+
+
+def _message(error: dict, data: Any) -> str:
+    """One pydantic error as `dotted.key: what is wrong`: walks the error's location through the
+    settings classes to the deepest key that has a field of its own."""
+    key, tp, parent, expect, value = "", Settings, Settings, None, data
+    for part in error["loc"]:
+        tp = _unwrap(tp)
+        if is_pydantic_dataclass(tp) and isinstance(part, str):
+            key, parent, value = f"{key}.{part}" if key else part, tp, (
+                value.get(part) if isinstance(value, dict) else None)
+            info = _fields(tp).get(part)
+            if info is None:  # a key the class does not have
+                break
+            tp, expect = info.annotation, _expect(info)
+        elif _element(tp) is not None:
+            key = f"{key}[{part}]" if isinstance(part, int) else f"{key}.{part}"
+            value = value.get(part) if isinstance(value, dict) else (
+                value[part] if isinstance(value, list) and isinstance(part, int) and part < len(value) else None)
+            tp, expect = _element(tp), None
+        else:
+            break  # inside a plain value (a mapping of strings, a list of names): the key is the field
+    key, kind = key or "settings", error["type"]
+    if kind == "settings_rule":
+        rel = error["ctx"]["key"]
+        return f"{rel if key == 'settings' else key + '.' + rel}: {error['ctx']['message']}"
+    if kind in ("missing", "missing_argument"):
+        return f"{key}: required key is missing" + (f": {expect.missing}" if expect and expect.missing else "")
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        known = ", ".join(k for k in _fields(parent) if not (parent is EnvironmentSettings and k == "name"))
+        return f"{key}: unknown key (known: {known})"
+    if expect is not None:
+        return f"{key}: expected {expect.text}, got {value!r}"
+    if kind in ("dict_type", "dataclass_type", "dataclass_exact_type", "model_type"):
+        return f"{key}: expected a mapping, got {type(value).__name__}"
+    return f"{key}: {error['msg'][0].lower()}{error['msg'][1:]}, got {value!r}"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--schema"]:
+        sys.exit("usage: python -m platform_ops.settings --schema   (prints the settings file's JSON Schema)")
+    sys.stdout.write(schema_text())
