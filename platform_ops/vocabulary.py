@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
 REASON_PREFIX = "platform-ops reaper:"  # how every statusReason the reaper writes begins
 
@@ -38,3 +39,15 @@ def from_epoch_ms(ms: int | float | str) -> datetime:
 def ids_digest(ids: Iterable[str]) -> str:
     """20 hex characters naming a collection of ids whatever its order (a run key, a ledger key)."""
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:20]
+
+
+class AfterReadError(StrEnum):
+    """Where a sweep over environments and their queues goes on after a read failed."""
+
+    NEXT_QUEUE = "next queue"  # the request was wrong for this queue only (it does not exist, say)
+    NEXT_ENVIRONMENT = "next environment"  # the account or its endpoint failed: its other queues would too
+
+
+def after_read_error(request_scoped: bool) -> AfterReadError:
+    """A request-scoped error spoils one queue; any other spoils the environment's remaining reads."""
+    return AfterReadError.NEXT_QUEUE if request_scoped else AfterReadError.NEXT_ENVIRONMENT

@@ -1,6 +1,8 @@
 """The reaper's decisions on real-shaped Batch data: no AWS, no Dagster."""
 
-from datetime import datetime, timedelta, timezone
+import dataclasses
+import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -9,7 +11,7 @@ from platform_ops.messages import MAX_BLOCKS, MAX_SECTION_CHARS
 from platform_ops.observations import CancelResult
 from platform_ops.reaper import core
 
-NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 MS = lambda dt: int(dt.timestamp() * 1000)  # noqa: E731
 POLICY = core.ReapPolicy(threshold=timedelta(hours=2), dry_run=False, max_cancels=50, protect_tag="platform-ops:protect")
 RESOURCE = ("MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job resource requirement (vCPU/memory/GPU) is "
@@ -202,3 +204,81 @@ def test_entries_older_than_the_bound_leave_the_watch():
              "ancient": ("ml-staging", at(72 * 60 + 1))}
     assert core.expire(watch, NOW, timedelta(hours=72)) == {"fresh": ("ml-staging", at(150)),
                                                             "edge": ("ml-staging", at(72 * 60))}
+
+
+def test_the_watch_survives_its_stored_form_and_the_stored_form_is_plain_json():
+    odd = datetime(2026, 11, 28, 9, 1, 2, tzinfo=UTC)
+    watch = {"a": ("ml-staging", at(125)), "b": core.Watched("ml-gpu", odd)}
+    record = core.watch_record(watch)
+    assert record == {"a": ["ml-staging", MS(at(125))], "b": ["ml-gpu", MS(odd)]}
+    assert core.watch_from_record(json.loads(json.dumps(record))) == watch
+    assert core.watch_from_record(record)["b"].queue == "ml-gpu"
+
+
+def test_events_add_and_end_watch_entries_and_the_age_bound_applies_to_the_result():
+    def event(job_id, status, minutes_ago, queue="ml-staging"):
+        return core.JobChange(job_id, queue, status, at(minutes_ago))
+
+    watch = {"old": ("ml-staging", at(80 * 60)), "placed": ("ml-staging", at(130))}
+    changes = [event("new", "RUNNABLE", 10), event("placed", "STARTING", 5), event("other", "RUNNABLE", 3, "ml-x")]
+    assert core.follow_events(watch, changes, ["ml-staging"], NOW, timedelta(hours=72)) == {
+        "new": ("ml-staging", at(10))}
+
+
+def test_settling_and_reconciling_fold_every_describe_and_listing_in_order():
+    watch = {"placed": ("ml-staging", at(300)), "cancelled": ("ml-staging", at(300)), "gpu": ("ml-gpu", at(300)),
+             "left": ("ml-gpu", at(300))}
+    first = core.Described(["placed"], jobs(detail("placed", 300, status="STARTING", reason="")), at(10))
+    second = core.Described(["cancelled"], {}, at(5))  # Batch no longer knows it
+    assert core.settle_all(watch, [first, second]) == {"gpu": ("ml-gpu", at(300)), "left": ("ml-gpu", at(300))}
+    assert core.reconcile_all(watch, {"ml-gpu": ["gpu"], "ml-staging": ["placed", "cancelled"]}, at(1)) == {
+        k: v for k, v in watch.items() if k != "left"}
+
+
+@pytest.mark.parametrize("event_driven, last_minutes_ago, listed", [
+    (False, 1, True),  # polling lists every tick
+    (True, None, True),  # never reconciled
+    (True, 4, False),  # reconciled 4 minutes ago, interval 5
+    (True, 5, True),
+])
+def test_an_event_driven_environment_is_listed_only_to_reconcile(event_driven, last_minutes_ago, listed):
+    last = None if last_minutes_ago is None else at(last_minutes_ago)
+    assert core.lists_now(event_driven, last, NOW, timedelta(minutes=5)) is listed
+
+
+def test_a_retried_attempt_counts_what_an_earlier_one_cancelled_and_does_not_cancel_it_again():
+    policy = dataclasses.replace(POLICY, max_cancels=3)
+    first = core.plan_attempt(["a", "b", "c", "d"], jobs(*(detail(i, 200 + n) for n, i in enumerate("abcd"))),
+                              policy, NOW, {})
+    assert first.plan.breaker_tripped and first.done == {}
+    [batch] = first.batches
+    assert batch.job_ids == ("d", "c", "b") and set(first.sent) == {"b", "c", "d"}
+    assert first.sent["d"] == core.SentCancel(batch.reason, "SFN-DemoFlow--train--", RESOURCE.split(" - ")[0],
+                                              timedelta(minutes=203), RESOURCE)
+    stored = core.sent_from_record(json.loads(json.dumps(core.sent_record(first.sent))))
+    assert stored == first.sent
+    # the first attempt's CancelJobs took "d" only before it failed; the retry describes afresh
+    cancelled = detail("d", 203, status="FAILED", reason=batch.reason)
+    fresh = jobs(detail("a", 200), detail("b", 201), detail("c", 202), cancelled)
+    retry = core.plan_attempt(["a", "b", "c", "d"], fresh, policy, NOW, stored)
+    assert list(retry.done) == ["d"] and retry.done["d"].outcome is core.Outcome.CANCELLED
+    assert retry.done["d"].runnable_for == timedelta(minutes=203)
+    assert [b.job_ids for b in retry.batches] == [("c", "b")]  # the cap counts "d"
+    assert retry.plan.eligible == 4 and retry.plan.breaker_tripped
+    assert retry.plan.with_action(core.Outcome.SKIP_BREAKER)[0].job_id == "a"
+
+
+def test_a_job_failed_for_another_reason_is_not_taken_for_an_earlier_cancel():
+    sent = {"x": core.SentCancel("platform-ops reaper: RUNNABLE for 3h0m > 2h0m (UNKNOWN)", "n", "UNKNOWN",
+                                 timedelta(hours=3), "")}
+    assert core.cancelled_earlier(sent, jobs(detail("x", 180, status="FAILED", reason="Essential container exited"))
+                                  ) == {}
+    assert core.cancelled_earlier(sent, {}) == {}
+
+
+def test_result_counts_are_keyed_by_what_the_metadata_shows():
+    results = [core.JobResult("a", "", timedelta(0), "", "UNKNOWN", core.Outcome.CANCELLED),
+               core.JobResult("b", "", timedelta(0), "", "UNKNOWN", core.Outcome.NOT_CANCELLED, "moved on to STARTING"),
+               core.JobResult("c", "", timedelta(0), "", "UNKNOWN", core.Outcome.CANCELLED)]
+    assert core.result_counts(results) == {"cancelled": 2, "not cancelled: moved on to STARTING": 1}
+    assert core.cancelled_count(results) == 2

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import NamedTuple
 
 from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, SlackMessage, escape, pack
 from platform_ops.observations import BatchJob, CancelResult
-from platform_ops.vocabulary import REASON_PREFIX, format_duration
+from platform_ops.vocabulary import REASON_PREFIX, format_duration, from_epoch_ms, to_epoch_ms
 
 RUNNABLE = "RUNNABLE"
 
@@ -139,6 +140,63 @@ def expire(watch: Mapping[str, tuple[str, datetime]], now: datetime,
     return {job_id: (queue, since) for job_id, (queue, since) in watch.items() if now - since <= max_age}
 
 
+class Watched(NamedTuple):
+    """A watch entry: the job's queue and when it entered RUNNABLE (equal to the plain tuple)."""
+
+    queue: str
+    since: datetime
+
+
+class Described(NamedTuple):
+    """A DescribeJobs of `job_ids`, sent at `at`, and what Batch said of them."""
+
+    job_ids: list[str]
+    found: Mapping[str, BatchJob]
+    at: datetime
+
+
+def follow_events(watch: Mapping[str, tuple[str, datetime]], changes: Iterable[JobChange], queues: Iterable[str],
+                  now: datetime, max_age: timedelta) -> dict[str, tuple[str, datetime]]:
+    """The watch after a batch of events: tracked, then bounded by age."""
+    return expire(track_runnable(watch, changes, queues), now, max_age)
+
+
+def settle_all(watch: Mapping[str, tuple[str, datetime]], observed: Iterable[Described]
+               ) -> dict[str, tuple[str, datetime]]:
+    """The watch after every describe of a reap run, in the order they were sent."""
+    result = dict(watch)
+    for job_ids, found, at in observed:
+        result = settle(result, job_ids, found, at)
+    return result
+
+
+def reconcile_all(watch: Mapping[str, tuple[str, datetime]], listed: Mapping[str, Iterable[str]],
+                  listed_at: datetime) -> dict[str, tuple[str, datetime]]:
+    """The watch after complete listings (queue -> RUNNABLE ids) begun at `listed_at`."""
+    result = dict(watch)
+    for queue, job_ids in listed.items():
+        result = reconcile(result, queue, job_ids, listed_at)
+    return result
+
+
+def watch_record(watch: Mapping[str, tuple[str, datetime]]) -> dict[str, list]:
+    """The watch as it is stored: job id -> [queue, RUNNABLE-since in epoch ms] (JSON, compact)."""
+    return {job_id: [queue, to_epoch_ms(since)] for job_id, (queue, since) in watch.items()}
+
+
+def watch_from_record(record: Mapping[str, list]) -> dict[str, Watched]:
+    """The watch from its stored form (`watch_record`)."""
+    return {job_id: Watched(queue, from_epoch_ms(ms)) for job_id, (queue, ms) in record.items()}
+
+
+def lists_now(event_driven: bool, last_listed: datetime | None, now: datetime, interval: timedelta) -> bool:
+    """Whether a tick lists an environment: always where polling carries it; where events do,
+    only to reconcile, once the interval since the last complete listing has passed."""
+    if not event_driven or last_listed is None:
+        return True
+    return to_epoch_ms(now) - to_epoch_ms(last_listed) >= interval.total_seconds() * 1000
+
+
 # statusReason category -> (what it means, what to do)
 REASON_HINTS: dict[str, tuple[str, str]] = {
     "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT": (
@@ -240,7 +298,8 @@ def plan_reap(candidate_ids: Iterable[str], details: Mapping[str, BatchJob], pol
     eligible.sort(key=lambda d: (-d.runnable_for, d.job_id))
     act = Outcome.WOULD_CANCEL if policy.dry_run else Outcome.CANCEL
     for i, d in enumerate(eligible):
-        decisions.append(Decision(d.job_id, act if i < policy.max_cancels else Outcome.SKIP_BREAKER, d.job, d.runnable_for))
+        action = act if i < policy.max_cancels else Outcome.SKIP_BREAKER
+        decisions.append(Decision(d.job_id, action, d.job, d.runnable_for))
     return ReapPlan(tuple(decisions), len(eligible), len(eligible) > policy.max_cancels)
 
 
@@ -381,3 +440,88 @@ def report(environment: str, queue: str, policy: ReapPolicy, plan: ReapPlan, res
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"<{run_url}|Dagster run>"}]})
     text = f"{title}." + (" Breaker tripped." if plan.breaker_tripped else "")
     return SlackMessage(text=text, blocks=tuple(blocks[:MAX_BLOCKS]))
+
+
+def result_counts(results: Iterable[JobResult]) -> dict[str, int]:
+    """How many jobs got each result, as the run's metadata shows them."""
+    return dict(Counter(r.result for r in results))
+
+
+def cancelled_count(results: Iterable[JobResult]) -> int:
+    return sum(r.outcome is Outcome.CANCELLED for r in results)
+
+
+# ---- a reap attempt: an op retry or a re-execution must neither cancel twice nor lose the report ----
+
+@dataclass(frozen=True)
+class SentCancel:
+    """A job this run sent to CancelJobs, recorded before it is sent: what the report needs of it."""
+
+    reason: str
+    name: str
+    category: str
+    runnable_for: timedelta
+    status_reason: str
+
+
+def sent_record(sent: Mapping[str, SentCancel]) -> dict[str, dict]:
+    """The stored form of what a run sent (JSON: job id -> fields, the age in seconds)."""
+    return {job_id: {"reason": s.reason, "name": s.name, "category": s.category,
+                     "runnable_for_s": s.runnable_for.total_seconds(), "status_reason": s.status_reason}
+            for job_id, s in sent.items()}
+
+
+def sent_from_record(record: Mapping[str, Mapping]) -> dict[str, SentCancel]:
+    return {job_id: SentCancel(was["reason"], was["name"], was["category"], timedelta(seconds=was["runnable_for_s"]),
+                               was["status_reason"]) for job_id, was in record.items()}
+
+
+def cancelled_earlier(sent: Mapping[str, SentCancel], details: Mapping[str, BatchJob]) -> dict[str, JobResult]:
+    """Jobs an earlier attempt of this run sent to CancelJobs that Batch now shows cancelled with
+    that very reason: this run's cancellations, reported as such."""
+    done = {}
+    for job_id, was in sent.items():
+        job = details.get(job_id)
+        if job is not None and job.status == "FAILED" and job.status_reason == was.reason:
+            done[job_id] = JobResult(job_id=job_id, name=was.name, runnable_for=was.runnable_for,
+                                     status_reason=was.status_reason, category=was.category,
+                                     outcome=Outcome.CANCELLED)
+    return done
+
+
+MAX_REASON_CHARS = 1024  # CancelJobs' reason; Batch keeps no more
+
+
+@dataclass(frozen=True)
+class AttemptPlan:
+    """One attempt's decisions: what earlier attempts already cancelled, what this one decides,
+    the CancelJobs calls it sends and what it records before sending them."""
+
+    plan: ReapPlan
+    done: dict[str, JobResult]
+    batches: list[CancelBatch]
+    sent: dict[str, SentCancel] = field(default_factory=dict)  # earlier attempts' and this one's
+
+
+def plan_attempt(job_ids: Iterable[str], details: Mapping[str, BatchJob], policy: ReapPolicy, now: datetime,
+                 sent: Mapping[str, SentCancel]) -> AttemptPlan:
+    """`plan_reap` for an attempt that may follow others: their cancellations count against the
+    breaker cap and are not decided again."""
+    done = cancelled_earlier(sent, details)
+    plan = plan_reap([j for j in job_ids if j not in done], details,
+                     replace(policy, max_cancels=max(0, policy.max_cancels - len(done))), now)
+    plan = replace(plan, eligible=plan.eligible + len(done))
+    batches = cancel_batches(plan, policy.threshold)
+    decided = {d.job_id: d for d in plan.decisions}
+    now_sent = {job_id: SentCancel(b.reason[:MAX_REASON_CHARS], decided[job_id].job.name, decided[job_id].category,
+                                   decided[job_id].runnable_for, decided[job_id].job.status_reason)
+                for b in batches for job_id in b.job_ids}
+    return AttemptPlan(plan, done, batches, {**sent, **now_sent})
+
+
+class SlackReport(StrEnum):
+    """What became of a run's Slack report; the value is what the run's metadata shows."""
+
+    SENT = "sent"
+    FAILED = "failed"
+    NOT_NEEDED = "not needed: nothing acted on"

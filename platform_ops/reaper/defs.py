@@ -4,17 +4,21 @@ The sensor only lists (cheap, every minute) and never cancels; the run re-descri
 candidate, decides, cancels, verifies, records and reports. In an event-driven environment the
 events sensor tracks RUNNABLE jobs from "Batch Job State Change" events
 (`requests_from_job_events`) and the listing only reconciles, every reconcile interval.
+
+Every decision is `reaper.core`'s; the functions here read (adapters), call the plan, perform it
+(adapters) and record, each taking a small step object so it runs without an op or a sensor.
 """
 
 import json
-from collections.abc import Callable
-from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 
 from platform_ops.adapters import batch
-from platform_ops.adapters.aws import AwsError, count_calls
+from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError, count_calls
 from platform_ops.adapters.ledger import Ledger
 from platform_ops.adapters.slack import SlackError, post_once
 from platform_ops.metadata import table as metadata_table
@@ -23,9 +27,10 @@ from platform_ops.reaper import core
 from platform_ops.resources import aws_for, aws_resource_key, dagster_run_url
 from platform_ops.sensors import end_tick
 from platform_ops.settings import EnvironmentSettings, Settings
-from platform_ops.vocabulary import from_epoch_ms, ids_digest, to_epoch_ms
+from platform_ops.vocabulary import AfterReadError, after_read_error, from_epoch_ms, ids_digest, to_epoch_ms
 
 REAP_JOB = "reap_stuck_jobs"
+LEDGER = "reaper"  # the ledger namespace of the watch, the runs' sent cancels and their reports
 
 
 class ReapConfig(dg.Config):
@@ -46,6 +51,10 @@ def _policy(settings: Settings, queue: str) -> core.ReapPolicy:
     )
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 def reap_request(environment: str, queue: str, job_ids: list[str]) -> dg.RunRequest:
     """One reap run for these jobs; keyed by the set, so polling and events asking for the same
     jobs make one run."""
@@ -58,54 +67,147 @@ def reap_request(environment: str, queue: str, job_ids: list[str]) -> dg.RunRequ
     )
 
 
+# ---- the RUNNABLE watch of an event-driven environment, kept in the instance ----
+
+Watch = dict[str, tuple[str, datetime]]
+
+
 def requests_from_job_events(settings: Settings, instance: dg.DagsterInstance, env: EnvironmentSettings,
                              bodies: list[str], now: datetime) -> list[dg.RunRequest]:
-    """Fold "Batch Job State Change" events into the environment's RUNNABLE watch (kept in the
-    instance, so a lost cursor or a restart keeps it) and request a reap of what is due."""
+    """Fold "Batch Job State Change" events (SQS bodies) into the environment's RUNNABLE watch
+    and request a reap of what is due."""
     changes, _ = core.job_changes_from_events(bodies)
+    return requests_from_job_changes(settings, instance, env, changes, now)
+
+
+def requests_from_job_changes(settings: Settings, instance: dg.DagsterInstance, env: EnvironmentSettings,
+                              changes: Iterable[core.JobChange], now: datetime) -> list[dg.RunRequest]:
+    """`requests_from_job_events` for changes already parsed (`core.job_changes_from_events`)."""
     max_age = timedelta(hours=settings.reaper.watch_max_age_hours)
-    watch = update_watch(instance, env.name,
-                         lambda w: core.expire(core.track_runnable(w, changes, env.job_queues), now, max_age))
+    changes = list(changes)
+    watch = update_watch(instance, env.name, lambda w: core.follow_events(w, changes, env.job_queues, now, max_age))
     due = core.due(watch, lambda queue: _policy(settings, queue).threshold, now)
     return [reap_request(env.name, queue, ids) for queue, ids in due.items()]
 
 
-def update_watch(instance: dg.DagsterInstance, environment: str,
-                 change: Callable[[dict[str, tuple[str, datetime]]], dict[str, tuple[str, datetime]]]
-                 ) -> dict[str, tuple[str, datetime]]:
+def update_watch(instance: dg.DagsterInstance, environment: str, change: Callable[[Watch], Watch]) -> Watch:
     """Read the environment's RUNNABLE watch, apply `change` (a pure core function), store the
     result if it differs. Read and write sit together to keep the window for a concurrent writer
     small; an update lost to one is redone by the next reconciliation, and the age bound caps it."""
-    ledger, key = Ledger(instance, "reaper"), f"runnable/{environment}"
-    stored = (ledger.get(key) or {}).get("jobs", {})
-    before = {job_id: (queue, from_epoch_ms(ms))
-              for job_id, (queue, ms) in stored.items()}
+    ledger, key = Ledger(instance, LEDGER), f"runnable/{environment}"
+    before = core.watch_from_record((ledger.get(key) or {}).get("jobs", {}))
     watch = change(before)
     if watch != before:
-        ledger.put(key, jobs={job_id: [queue, to_epoch_ms(since)] for job_id, (queue, since) in watch.items()})
+        ledger.put(key, jobs=core.watch_record(watch))
     return watch
 
 
 def settle_watch(instance: dg.DagsterInstance, environment: str,
                  observed: list[tuple[list[str], dict[str, BatchJob], datetime]]) -> None:
     """Fold a reap run's describes (job ids, what Batch said, when it was asked) into the watch."""
-    def change(watch: dict[str, tuple[str, datetime]]) -> dict[str, tuple[str, datetime]]:
-        for checked, found, at in observed:
-            watch = core.settle(watch, checked, found, at)
-        return watch
-
-    update_watch(instance, environment, change)
+    described = [core.Described(*o) for o in observed]
+    update_watch(instance, environment, lambda w: core.settle_all(w, described))
 
 
 def reconcile_watch(instance: dg.DagsterInstance, environment: str, listed: dict[str, list[str]],
                     listed_at: datetime) -> None:
     """Fold complete RUNNABLE listings (queue -> job ids) into the watch."""
-    def change(watch: dict[str, tuple[str, datetime]]) -> dict[str, tuple[str, datetime]]:
-        for queue, job_ids in listed.items():
-            watch = core.reconcile(watch, queue, job_ids, listed_at)
-        return watch
+    update_watch(instance, environment, lambda w: core.reconcile_all(w, listed, listed_at))
 
-    update_watch(instance, environment, change)
+
+# ---- one reap attempt ----
+
+# AWS calls that still fail after botocore's attempts (a long throttling spell) fail the op, and
+# the op is retried whole: it describes afresh, and what an earlier attempt cancelled is known
+# from its record (`core.plan_attempt`), so a retry neither cancels twice nor loses the report.
+REAP_RETRY = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+
+@dataclass(frozen=True)
+class ReapStep:
+    """What a reap attempt uses of Dagster and AWS; `root_run_id` is shared by a run's retries
+    and re-executions, so what it sent and reported is recorded under it."""
+
+    instance: dg.DagsterInstance
+    run_id: str
+    root_run_id: str
+    batch: Any  # the environment's Batch client
+    slack: Any  # the Slack resource
+    log: Any  # a logger
+
+
+def reap_step(context: dg.OpExecutionContext, environment: str) -> ReapStep:
+    run = context.run
+    return ReapStep(context.instance, run.run_id, run.root_run_id or run.run_id,
+                    aws_for(context, environment).client("batch"), context.resources.slack, context.log)
+
+
+def resolve_target(settings: Settings, config: ReapConfig) -> tuple[EnvironmentSettings, core.ReapPolicy]:
+    """The environment and policy a run config names; a name the settings do not know fails the
+    run for good (a retry would not change it)."""
+    env = settings.environments.get(config.environment)
+    if env is None:
+        raise dg.Failure(f"environment {config.environment!r} is not in the settings "
+                         f"(known: {', '.join(settings.environments)})", allow_retries=False)
+    if config.queue not in env.job_queues:
+        raise dg.Failure(f"queue {config.queue!r} is not watched in {env.name} "
+                         f"(job_queues: {', '.join(env.job_queues)})", allow_retries=False)
+    return env, _policy(settings, config.queue)
+
+
+@dataclass
+class ReapAttempt:
+    """What one attempt decided and found, the describes it made, the AWS calls it took."""
+
+    plan: core.ReapPlan
+    results: list[core.JobResult]
+    observed: list[core.Described] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=dict)
+
+
+def reap_jobs(step: ReapStep, job_ids: list[str], policy: core.ReapPolicy) -> ReapAttempt:
+    """Describe, decide, cancel, verify. What is about to be cancelled is recorded before it is
+    sent: a retry must know what this run asked for."""
+    ledger, key = Ledger(step.instance, LEDGER), f"cancels/{step.root_run_id}"
+    sent = core.sent_from_record((ledger.get(key) or {}).get("jobs", {}))
+    with count_calls() as calls:
+        described_at = _now()
+        details = batch.describe_jobs(step.batch, job_ids)
+        attempt = core.plan_attempt(job_ids, details, policy, _now(), sent)
+        observed = [core.Described(job_ids, details, described_at)]
+        cancel_result, after = None, {}
+        if attempt.batches:
+            ledger.put(key, jobs=core.sent_record(attempt.sent))
+            cancel_result, verified = send_cancels(step.batch, attempt.batches)
+            after = verified.found
+            observed.append(verified)
+        results = [*attempt.done.values(), *core.verify(attempt.plan, cancel_result, after)]
+    return ReapAttempt(attempt.plan, results, observed, dict(calls))
+
+
+def send_cancels(client: Any, batches: list[core.CancelBatch]) -> tuple[CancelResult, core.Described]:
+    """CancelJobs per batch, then the describe that tells what really happened."""
+    accepted, errors = [], {}
+    for b in batches:
+        r = batch.cancel_jobs(client, b.job_ids, b.reason)
+        accepted.extend(r.accepted)
+        errors.update(r.errors)
+    sent, verified_at = [i for b in batches for i in b.job_ids], _now()
+    return CancelResult(tuple(accepted), errors), core.Described(sent, batch.describe_jobs(client, sent), verified_at)
+
+
+def send_report(settings: Settings, step: ReapStep, message: Any, needed: bool) -> tuple[core.SlackReport, str]:
+    """The run's one Slack report (a re-execution reports once); a Slack error is returned, not
+    raised: the report must not hide what was done."""
+    if not needed:
+        return core.SlackReport.NOT_NEEDED, ""
+    try:
+        post_once(step.slack, Ledger(step.instance, LEDGER), f"report/{step.root_run_id}", settings.slack.channel,
+                  message, run_id=step.run_id, root_run_id=step.root_run_id,
+                  payload={"kind": "reaper_report", "run_id": step.root_run_id})
+    except SlackError as exc:
+        return core.SlackReport.FAILED, str(exc)
+    return core.SlackReport.SENT, ""
 
 
 def _table(results: list[core.JobResult]) -> dg.MetadataValue:
@@ -114,154 +216,142 @@ def _table(results: list[core.JobResult]) -> dg.MetadataValue:
         ["job_id", "name", "runnable_for", "category", "result", "status_reason"])
 
 
-# AWS calls that still fail after botocore's attempts (a long throttling spell) fail the op, and
-# the op is retried whole: it describes afresh, and what an earlier attempt cancelled is known
-# from its record (`_cancelled_earlier`), so a retry neither cancels twice nor loses the report.
-REAP_RETRY = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+def reap_metadata(config: ReapConfig, policy: core.ReapPolicy, attempt: ReapAttempt, report: core.SlackReport,
+                  slack_error: str) -> dict[str, Any]:
+    return {
+        "environment": config.environment,
+        "queue": config.queue,
+        "dry_run": policy.dry_run,
+        "threshold": core.format_duration(policy.threshold),
+        "candidates": len(config.job_ids),
+        "cancelled": core.cancelled_count(attempt.results),
+        "breaker_tripped": attempt.plan.breaker_tripped,
+        "results": dg.MetadataValue.json(core.result_counts(attempt.results)),
+        "jobs": _table(attempt.results),
+        "aws_calls": dg.MetadataValue.json(attempt.calls),
+        "slack_report": f"{report.value}: {slack_error}" if report is core.SlackReport.FAILED else report.value,
+    }
 
 
-def _cancelled_earlier(sent: dict[str, dict], details: dict[str, BatchJob]) -> dict[str, core.JobResult]:
-    """Jobs an earlier attempt of this run (an op retry, a re-execution) sent to CancelJobs that
-    Batch now shows cancelled with that very reason: this run's cancellations, reported as such."""
-    done = {}
-    for job_id, was in sent.items():
-        job = details.get(job_id)
-        if job is not None and job.status == "FAILED" and job.status_reason == was["reason"]:
-            done[job_id] = core.JobResult(
-                job_id=job_id, name=was["name"], runnable_for=timedelta(seconds=was["runnable_for_s"]),
-                status_reason=was["status_reason"], category=was["category"], outcome=core.Outcome.CANCELLED)
-    return done
-
-
-def reaper_defs(settings: Settings) -> dg.Definitions:
+def _reap_op(settings: Settings) -> dg.OpDefinition:
     aws_keys = {aws_resource_key(name) for name in settings.environments}
 
     @dg.op(required_resource_keys=aws_keys | {"slack"}, out=dg.Out(dict), retry_policy=REAP_RETRY)
     def reap(context: dg.OpExecutionContext, config: ReapConfig):
         """Describe, decide, cancel, verify, report: one Slack message per run."""
-        env = settings.environments.get(config.environment)
-        if env is None:
-            raise dg.Failure(f"environment {config.environment!r} is not in the settings "
-                             f"(known: {', '.join(settings.environments)})", allow_retries=False)
-        if config.queue not in env.job_queues:
-            raise dg.Failure(f"queue {config.queue!r} is not watched in {env.name} "
-                             f"(job_queues: {', '.join(env.job_queues)})", allow_retries=False)
-        policy = _policy(settings, config.queue)
-        aws = aws_for(context, env.name)
-        client = aws.client("batch")
-        ledger, root = Ledger(context.instance, "reaper"), context.dagster_run.root_run_id or context.run_id
-        sent = (ledger.get(f"cancels/{root}") or {}).get("jobs", {})
-        with count_calls() as calls:
-            described_at = datetime.now(timezone.utc)
-            details = batch.describe_jobs(client, config.job_ids)
-            observed = [(config.job_ids, details, described_at)]
-            done = _cancelled_earlier(sent, details)
-            plan = core.plan_reap([j for j in config.job_ids if j not in done], details,
-                                  replace(policy, max_cancels=max(0, policy.max_cancels - len(done))),
-                                  datetime.now(timezone.utc))
-            plan = replace(plan, eligible=plan.eligible + len(done))
-            cancel_result = after = None
-            batches = core.cancel_batches(plan, policy.threshold)
-            if batches:  # recorded before it is sent: a retry must know what this run asked for
-                decided = {d.job_id: d for d in plan.decisions}
-                ledger.put(f"cancels/{root}", jobs={**sent, **{job_id: {
-                    "reason": b.reason[:1024], "name": decided[job_id].job.name, "category": decided[job_id].category,
-                    "runnable_for_s": decided[job_id].runnable_for.total_seconds(),
-                    "status_reason": decided[job_id].job.status_reason} for b in batches for job_id in b.job_ids}})
-                accepted, errors = [], {}
-                for b in batches:
-                    r = batch.cancel_jobs(client, b.job_ids, b.reason)
-                    accepted.extend(r.accepted)
-                    errors.update(r.errors)
-                cancel_result = CancelResult(tuple(accepted), errors)
-                sent, verified_at = [i for b in batches for i in b.job_ids], datetime.now(timezone.utc)
-                after = batch.describe_jobs(client, sent)
-                observed.append((sent, after, verified_at))
-            results = [*done.values(), *core.verify(plan, cancel_result, after or {})]
+        env, policy = resolve_target(settings, config)
+        step = reap_step(context, env.name)
+        attempt = reap_jobs(step, config.job_ids, policy)
         if env.event_driven:  # this run saw its jobs afresh: the events-fed watch forgets what moved on
-            settle_watch(context.instance, env.name, observed)
-        message = core.report(env.name, config.queue, policy, plan, results,
-                              dagster_run_url(settings, context.run_id))
-        counts = {k: sum(1 for r in results if r.result == k) for k in {r.result for r in results}}
-        cancelled = sum(r.outcome is core.Outcome.CANCELLED for r in results)
-        if plan.breaker_tripped:
-            context.log.error(f"Breaker tripped: {plan.eligible} stuck jobs > max_cancels_per_run "
+            settle_watch(step.instance, env.name, attempt.observed)
+        if attempt.plan.breaker_tripped:
+            context.log.error(f"Breaker tripped: {attempt.plan.eligible} stuck jobs > max_cancels_per_run "
                               f"{policy.max_cancels}; cancelled none past the cap")
-        slack_error = None
-        if core.worth_reporting(plan, results):
-            try:
-                root = context.dagster_run.root_run_id or context.run_id  # a re-execution reports once
-                post_once(context.resources.slack, Ledger(context.instance, "reaper"), f"report/{root}",
-                          settings.slack.channel, message, run_id=context.run_id, root_run_id=root,
-                          payload={"kind": "reaper_report", "run_id": root})
-            except SlackError as exc:  # the report must not hide what was done: record, then fail
-                slack_error = str(exc)
-        metadata = {
-            "environment": env.name,
-            "queue": config.queue,
-            "dry_run": policy.dry_run,
-            "threshold": core.format_duration(policy.threshold),
-            "candidates": len(config.job_ids),
-            "cancelled": cancelled,
-            "breaker_tripped": plan.breaker_tripped,
-            "results": dg.MetadataValue.json(counts),
-            "jobs": _table(results),
-            "aws_calls": dg.MetadataValue.json(dict(calls)),
-            "slack_report": ("failed: " + slack_error if slack_error else
-                             "sent" if core.worth_reporting(plan, results) else "not needed: nothing acted on"),
-        }
-        yield dg.Output({"cancelled": cancelled, "results": counts}, metadata=metadata)
-        if slack_error:
+        message = core.report(env.name, config.queue, policy, attempt.plan, attempt.results,
+                              dagster_run_url(settings, step.run_id))
+        report, slack_error = send_report(settings, step, message,
+                                          core.worth_reporting(attempt.plan, attempt.results))
+        yield dg.Output({"cancelled": core.cancelled_count(attempt.results),
+                         "results": core.result_counts(attempt.results)},
+                        metadata=reap_metadata(config, policy, attempt, report, slack_error))
+        if report is core.SlackReport.FAILED:
             raise dg.Failure(f"the reaper's Slack report was not sent ({slack_error}); "
                              "what was cancelled is in this run's metadata", allow_retries=False)
+
+    return reap
+
+
+# ---- the polling sensor ----
+
+@dataclass
+class Listing:
+    """One environment's RUNNABLE listing: queue -> ids for each queue listed in full, the stuck
+    candidates per queue, what could not be read."""
+
+    listed: dict[str, list[str]] = field(default_factory=dict)
+    stuck: dict[str, list[str]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    seen: int = 0
+
+
+def list_environment(settings: Settings, aws: AwsEnvironmentResource, env: EnvironmentSettings,
+                     now: datetime) -> Listing:
+    """List every watched queue's RUNNABLE jobs and pick the stuck candidates; a queue that
+    fails is a problem, and per `after_read_error` the environment's other queues are still read
+    or not."""
+    listing = Listing()
+    for queue in env.job_queues:
+        try:
+            jobs = list(batch.iter_jobs(aws.client("batch"), queue, core.RUNNABLE))
+        except AwsError as exc:
+            listing.problems.append(f"{env.name}/{queue}: {exc}")
+            if after_read_error(exc.request_scoped) is AfterReadError.NEXT_ENVIRONMENT:
+                break
+            continue
+        listing.seen += len(jobs)
+        listing.listed[queue] = [job.job_id for job in jobs]
+        stuck = core.stuck_candidates(jobs, _policy(settings, queue).threshold, now)
+        if stuck:
+            listing.stuck[queue] = [job.job_id for job in stuck]
+    return listing
+
+
+@dataclass(frozen=True)
+class TickStep:
+    """What a sensor tick uses of Dagster: the instance (the watch) and each environment's AWS."""
+
+    instance: dg.DagsterInstance
+    aws: Callable[[str], AwsEnvironmentResource]
+
+
+def stuck_jobs_tick(settings: Settings, step: TickStep, cursor: dict[str, int], now: datetime
+                    ) -> tuple[list[dg.RunRequest], dict[str, int], list[str], int]:
+    """List, request, reconcile: the run requests, the new cursor (when each event-driven
+    environment was last listed in full), the problems, how many RUNNABLE jobs were seen."""
+    cursor, requests, problems, seen = dict(cursor), [], [], 0
+    interval = timedelta(seconds=settings.reaper.reconcile_interval_seconds)
+    for env in settings.environments.values():
+        mark = f"reconciled:{env.name}"
+        last = from_epoch_ms(cursor[mark]) if mark in cursor else None
+        if not core.lists_now(env.event_driven, last, now, interval):
+            continue  # events carry this environment; listing only reconciles now and then
+        listing = list_environment(settings, step.aws(env.name), env, now)
+        requests += [reap_request(env.name, queue, ids) for queue, ids in listing.stuck.items()]
+        problems += listing.problems
+        seen += listing.seen
+        if env.event_driven and listing.listed:  # each queue listed in full corrects the events-fed watch
+            reconcile_watch(step.instance, env.name, listing.listed, now)
+        if env.event_driven and not listing.problems:  # else try again next tick
+            cursor[mark] = to_epoch_ms(now)
+    return requests, cursor, problems, seen
+
+
+def _sensor(settings: Settings, job: dg.JobDefinition) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="stuck_jobs_sensor",
+        job=job,
+        minimum_interval_seconds=settings.reaper.interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING if settings.sensors_running else dg.DefaultSensorStatus.STOPPED,
+        required_resource_keys={aws_resource_key(name) for name in settings.environments},
+        description="Lists RUNNABLE jobs of every watched queue; requests one reap run per queue with stuck jobs. "
+                    "For event-driven environments it reconciles every reaper.reconcile_interval_seconds.",
+    )
+    def stuck_jobs_sensor(context: dg.SensorEvaluationContext):
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        step = TickStep(context.instance, lambda environment: aws_for(context, environment))
+        requests, cursor, problems, seen = stuck_jobs_tick(settings, step, cursor, _now())
+        return end_tick(context, "stuck_jobs_sensor", requests, json.dumps(cursor, sort_keys=True), problems,
+                        f"no stuck jobs among {seen} RUNNABLE")
+
+    return stuck_jobs_sensor
+
+
+def reaper_defs(settings: Settings) -> dg.Definitions:
+    reap = _reap_op(settings)
 
     @dg.job(name=REAP_JOB, executor_def=dg.in_process_executor, tags={"platform_ops/kind": "reaper"},
             description="Cancel Batch jobs stuck in RUNNABLE past the threshold (never RUNNING ones).")
     def reap_stuck_jobs():
         reap()
 
-    @dg.sensor(
-        name="stuck_jobs_sensor",
-        job=reap_stuck_jobs,
-        minimum_interval_seconds=settings.reaper.interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING if settings.sensors_running else dg.DefaultSensorStatus.STOPPED,
-        required_resource_keys=aws_keys,
-        description="Lists RUNNABLE jobs of every watched queue; requests one reap run per queue with stuck jobs. "
-                    "For event-driven environments it reconciles every reaper.reconcile_interval_seconds.",
-    )
-    def stuck_jobs_sensor(context: dg.SensorEvaluationContext):
-        now = datetime.now(timezone.utc)
-        cursor: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
-        requests: list[dg.RunRequest] = []
-        problems: list[str] = []
-        seen = 0
-        for env in settings.environments.values():
-            mark = f"reconciled:{env.name}"
-            if env.event_driven:
-                if to_epoch_ms(now) - cursor.get(mark, 0) < settings.reaper.reconcile_interval_seconds * 1000:
-                    continue  # events carry this environment; listing only reconciles now and then
-            aws = aws_for(context, env.name)
-            reconciled = True
-            listed: dict[str, list[str]] = {}
-            for queue in env.job_queues:
-                try:
-                    jobs = list(batch.iter_jobs(aws.client("batch"), queue, "RUNNABLE"))
-                except AwsError as exc:
-                    problems.append(f"{env.name}/{queue}: {exc}")
-                    reconciled = False  # try again next tick
-                    if exc.request_scoped:
-                        continue  # this queue is wrong; the environment's other queues may be fine
-                    break
-                seen += len(jobs)
-                listed[queue] = [job.job_id for job in jobs]
-                stuck = core.stuck_candidates(jobs, _policy(settings, queue).threshold, now)
-                if stuck:
-                    requests.append(reap_request(env.name, queue, [job.job_id for job in stuck]))
-            if env.event_driven and listed:  # each queue listed in full corrects the events-fed watch
-                reconcile_watch(context.instance, env.name, listed, now)
-            if env.event_driven and reconciled:
-                cursor[mark] = to_epoch_ms(now)
-        return end_tick(context, "stuck_jobs_sensor", requests, json.dumps(cursor, sort_keys=True), problems,
-                        f"no stuck jobs among {seen} RUNNABLE")
-
-    return dg.Definitions(jobs=[reap_stuck_jobs], sensors=[stuck_jobs_sensor])
+    return dg.Definitions(jobs=[reap_stuck_jobs], sensors=[_sensor(settings, reap_stuck_jobs)])
