@@ -9,10 +9,12 @@ import dagster as dg
 import pytest
 import yaml
 
-from platform_ops.adapters.aws import count_calls
+from platform_ops.adapters.aws import AwsError, count_calls
 from platform_ops.adapters.s3 import RecordExists, put_new_json
 from platform_ops.code_location import build_defs
-from platform_ops.promotion.defs import PROMOTION_TAG
+from platform_ops.promotion import core
+from platform_ops.promotion.core import Step
+from platform_ops.promotion.defs import PROMOTION_TAG, Run, Wiring, attempt, audit_log_spec, promotion_defs
 from platform_ops.sandbox import flows
 from platform_ops_tests.conftest import World
 
@@ -359,3 +361,67 @@ def test_every_rollback_read_and_its_deploy_are_recorded_when_aws_fails_them(sta
     assert sorted((r["outcome"], [s["name"] for s in r["steps"] if not s["passed"]]) for r in trail) == [
         ("failed", ["deploy"]), ("failed", ["read version"]), ("failed", ["read versions"]), ("rolled-back", [])]
     assert all(r["production_changed"] is (r["outcome"] == "rolled-back") for r in trail)
+
+
+# ---- the wiring's pieces alone: no sandbox ----
+
+class _Log:
+    def __init__(self):
+        self.errors = []
+
+    def error(self, message):
+        self.errors.append(message)
+
+
+class _Context:
+    run_id = "abcdef0123456789"
+    log = None
+
+
+def _run(sandbox_settings):
+    context = _Context()
+    context.log = _Log()
+    return Run(Wiring.of(sandbox_settings), context, Step.READ_STAGING_RUNS), context.log
+
+
+def _record():
+    return core.AuditRecord("p1", core.Kind.PROMOTION, "DemoFlow", "mlplatform", "alice", "why", "r1", "t0")
+
+
+def test_a_step_that_raises_is_recorded_against_the_step_in_progress(sandbox_settings):
+    run, log = _run(sandbox_settings)
+    record = _record()
+    attempt(run, record, lambda: {}["stateMachineVersionArn"])
+    assert record.steps == [core.StepResult("read staging runs", False, "KeyError: 'stateMachineVersionArn'")]
+    assert "promotion step 'read staging runs' raised:" in log.errors[0] and "KeyError" in log.errors[0]
+
+    def denied():
+        run.step = Step.DEPLOY
+        raise AwsError("AccessDeniedException", "no")
+
+    attempt(run, record, denied)
+    assert record.steps[-1] == core.StepResult("deploy", False, "AccessDeniedException: no") and len(log.errors) == 1
+    core.conclude(record, "t1")
+    assert record.outcome is core.Outcome.FAILED
+
+
+def test_bad_config_is_not_an_attempt(sandbox_settings):
+    run, _ = _run(sandbox_settings)
+    record = _record()
+    with pytest.raises(dg.Failure, match="bad config: nope"):
+        attempt(run, record, lambda: (_ for _ in ()).throw(dg.Failure("bad config: nope")))
+    assert record.steps == []
+
+
+def test_the_audit_log_description_keeps_its_key_pattern_when_rendered(sandbox_settings):
+    """The UI renders descriptions as CommonMark: a bare <flow> is an HTML tag and disappears."""
+    from markdown_it import MarkdownIt
+
+    p = sandbox_settings.promotion
+    html = MarkdownIt("commonmark").render(audit_log_spec(Wiring.of(sandbox_settings)).description)
+    assert f"<code>s3://{p.audit_bucket}/{p.audit_prefix}/&lt;flow&gt;/</code>" in html, html
+
+
+def test_no_promotion_section_offers_no_jobs(sandbox_settings):
+    assert Wiring.of(dataclasses.replace(sandbox_settings, promotion=None)) is None
+    assert not list(promotion_defs(dataclasses.replace(sandbox_settings, promotion=None)).jobs or [])

@@ -6,6 +6,9 @@ machine) and the asset `promotion_history` (every record, as a table for auditor
 A promotion or rollback runs only with the tag `platform_ops/promotion=<production state
 machine>`: dagster.yaml limits that tag to one run per value, so a second launch for the same
 flow waits in the queue instead of racing the first.
+
+Each function here reads (adapters), asks core for the plan, performs it (adapters) and records
+what core says; the decisions themselves are in promotion/core.py.
 """
 
 
@@ -25,6 +28,7 @@ from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError, count_ca
 from platform_ops.metadata import table as metadata_table
 from platform_ops.naming import NamingError
 from platform_ops.promotion import core
+from platform_ops.promotion.core import DeployAction, Kind, Step
 from platform_ops.promotion.lint import lint_package, package_sha
 from platform_ops.redaction import redact_data
 from platform_ops.resources import aws_for, aws_resource_key
@@ -70,312 +74,395 @@ class RollbackConfig(dg.Config):
     to_version: str | None = Field(default=None, description="a version number or ARN; default: the one "
                                                              "published before the current one")
 
+    def request(self) -> core.PromotionRequest:
+        return core.PromotionRequest(self.flow, self.project, None, self.requested_by, self.reason)
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What the promotion ops and assets take from the settings, read once per code location."""
+
+    p: PromotionSettings
+    source: EnvironmentSettings
+    target: EnvironmentSettings
+    mapping: core.IdentifierMap
+    rules: tuple[core.Rule, ...]
+
+    @classmethod
+    def of(cls, settings: Settings) -> "Wiring | None":
+        p = settings.promotion
+        if p is None:
+            return None
+        source, target = settings.environments[p.source], settings.environments[p.target]
+        mapping = core.IdentifierMap(accounts={source.account_id: target.account_id}, queues=p.queues,
+                                     roles=p.roles, buckets=p.buckets, staging_queues=source.job_queues)
+        rules = core.DEFAULT_RULES + tuple(core.forbid_rule(r.name, r.description, r.forbid) for r in p.rules)
+        return cls(p, source, target, mapping, rules)
+
+    @property
+    def resource_keys(self) -> set[str]:
+        return {aws_resource_key(self.p.source), aws_resource_key(self.p.target)}
+
+    def source_arn(self, request: core.PromotionRequest) -> str:
+        return stepfunctions.state_machine_arn(self.source.account_id, self.source.region, request.source_name)
+
+    def target_arn(self, request: core.PromotionRequest) -> str:
+        return stepfunctions.state_machine_arn(self.target.account_id, self.target.region, request.target_name)
+
 
 @dataclass
-class Staging:
-    """What the checks learned about the staging deployment."""
+class Run:
+    """One op's attempt: the wiring, the Dagster context (resources, tags, logs) and the step in
+    progress, which whatever fails there is recorded against."""
+
+    w: Wiring
+    context: Any
+    step: Step = Step.RESOLVE
+
+    def aws(self, env: EnvironmentSettings) -> AwsEnvironmentResource:
+        return aws_for(self.context, env.name)
+
+    def client(self, env: EnvironmentSettings, service: str) -> Any:
+        return self.aws(env).client(service)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The staging deployment asked for, as Step Functions describes it."""
 
     arn: str
-    definition: str
-    role_arn: str
+    described: dict
     deployment: core.Deployment
-    package: bytes | None
-    translated: str
-    latest_run_arn: str | None
-    production: dict | None  # DescribeStateMachine of the production deployment, None before the first
-
-
-@dataclass
-class Progress:
-    """The step an attempt is in: whatever fails there is recorded against it."""
-
-    step: str = "resolve"
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def promotion_defs(settings: Settings) -> dg.Definitions:
-    p: PromotionSettings | None = settings.promotion
-    if p is None:
-        return dg.Definitions()
-    source_env = settings.environments[p.source]
-    target_env = settings.environments[p.target]
-    keys = {aws_resource_key(p.source), aws_resource_key(p.target)}
-    mapping = core.IdentifierMap(accounts={source_env.account_id: target_env.account_id}, queues=p.queues,
-                                 roles=p.roles, buckets=p.buckets, staging_queues=source_env.job_queues)
-    rules = core.DEFAULT_RULES + tuple(core.forbid_rule(r.name, r.description, r.forbid) for r in p.rules)
+def _bad_config(exc: Exception | str) -> dg.Failure:
+    """Bad config is not an attempt: no record, the run fails with what to fix."""
+    return dg.Failure(f"bad config: {exc}")
 
-    def aws(context: Any, env: EnvironmentSettings) -> AwsEnvironmentResource:
-        return aws_for(context, env.name)
 
-    def valid(request: core.PromotionRequest, needs_reason: bool) -> None:
+def valid(request: core.PromotionRequest, needs_reason: bool) -> None:
+    try:
+        core.validate_request(request, needs_reason)
+    except (ValueError, NamingError) as exc:
+        raise _bad_config(exc) from None
+
+
+def serialized(context: Any, target_name: str) -> None:
+    tag = context.run.tags.get(PROMOTION_TAG)
+    if tag != target_name:
+        raise dg.Failure(f"launch with the run tag {PROMOTION_TAG}={target_name} (found {tag!r}): dagster.yaml "
+                         "allows one run per value, so promotions of one flow never overlap")
+
+
+# ---- reading staging: the checks ----
+
+def resolve(run: Run, request: core.PromotionRequest) -> Resolved:
+    """The staging deployment asked for; bad config (it is not there, or not Metaflow's) when not."""
+    src = run.w.source
+    arn = run.w.source_arn(request)
+    described = stepfunctions.describe_state_machine(run.client(src, "stepfunctions"), arn)
+    if described is None:
+        raise _bad_config(f"no staging deployment {request.source_name} in {src.name} ({src.account_id}); deploy "
+                          f"it with `python flow.py --branch {request.branch} step-functions create`, or name it "
+                          "with staging_state_machine")
+    try:
+        return Resolved(arn, described, core.deployment_of(described["definition"]))
+    except ValueError as exc:
+        raise _bad_config(f"{request.source_name}: {exc}") from None
+
+
+def lint(run: Run, deployment: core.Deployment) -> tuple[bytes | None, core.CheckResult]:
+    """The code package and its lint check: linted only when it is the package deployed."""
+    package, error = None, None
+    try:
+        package = s3.read_url(run.client(run.w.source, "s3"), deployment.code_url)
+    except (AwsError, ValueError) as exc:
+        error = str(exc)
+    refused = core.package_check(deployment, error, package_sha(package) if package is not None else None)
+    if refused is not None:
+        return package, refused
+    return package, lint_package(package, deployment.script, run.w.p.lint_timeout_seconds, run.w.p.lint_isolation)
+
+
+def latest_run(run: Run, resolved: Resolved) -> tuple[core.CheckResult, str | None]:
+    """The latest staging run check, and that run's ARN."""
+    max_age = run.w.p.max_staging_age_hours
+    sfn = run.client(run.w.source, "stepfunctions")
+    now = _now()
+    executions = list(stepfunctions.recent_executions(sfn, resolved.arn, now - timedelta(hours=max_age)))
+    check = core.check_latest_run(
+        executions, now, max_age, core.digest(resolved.described["definition"]),
+        lambda e: core.digest(stepfunctions.definition_for_execution(sfn, e.arn)))
+    latest = core.latest_finished(executions)
+    return check, latest.arn if latest else None
+
+
+def gather(run: Run, request: core.PromotionRequest, resolved: Resolved,
+           checks: list[core.CheckResult]) -> core.Staging:
+    """Every check into `checks`, each reported even after another failed. Read-only; an AWS
+    read that fails raises, with `run.step` naming it and the checks so far kept."""
+    package, lint_check = lint(run, resolved.deployment)
+    checks += [lint_check, core.check_names(request, resolved.deployment)]
+    run.step = Step.READ_STAGING_RUNS
+    latest_check, latest_arn = latest_run(run, resolved)
+    checks.append(latest_check)
+    run.step = Step.READ_PRODUCTION
+    production = stepfunctions.describe_state_machine(run.client(run.w.target, "stepfunctions"),
+                                                      run.w.target_arn(request))
+    production_definition = production["definition"] if production else None
+    definition = resolved.described["definition"]
+    translated = core.translate(definition, project=request.project, flow=request.flow, branch=request.branch,
+                                mapping=run.w.mapping,
+                                production_token=core.production_token_of(production_definition))
+    checks += core.check_definition(translated, run.w.mapping, run.w.rules)
+    return core.Staging(resolved.arn, definition, resolved.described["roleArn"], resolved.deployment, package,
+                        translated, latest_arn, production_definition)
+
+
+# ---- the audit record of every attempt ----
+
+def new_record(run: Run, kind: Kind, request: core.PromotionRequest) -> core.AuditRecord:
+    target = {"environment": run.w.target.name, "account_id": run.w.target.account_id,
+              "state_machine_arn": run.w.target_arn(request)}
+    return core.new_record(kind, request, run_id=run.context.run_id, started=_now(),
+                           dagster_user=run.context.run.tags.get("dagster/user"), target=target,
+                           lint_isolation=run.w.p.lint_isolation)
+
+
+def attempt(run: Run, record: core.AuditRecord, steps: Callable[[], None]) -> None:
+    """Run an attempt's steps; whatever fails is recorded against the step in progress, so the
+    record always gets written. Bad config (dg.Failure) is not an attempt and propagates."""
+    try:
+        steps()
+    except dg.Failure:
+        raise
+    except Exception as exc:  # AWS, or a bug: either way the attempt is recorded
+        if not isinstance(exc, AwsError):
+            run.context.log.error(f"{record.kind} step {str(run.step)!r} raised:\n" + traceback.format_exc())
+        detail = str(exc) if isinstance(exc, AwsError) else f"{type(exc).__name__}: {exc}"
+        record.steps.append(core.StepResult(run.step, False, detail))
+
+
+def store(run: Run, data: dict, key: str) -> None:
+    """Write the record once (never overwritten); when that fails it is logged whole (redacted)
+    and the run fails, so no attempt goes unrecorded."""
+    p = run.w.p
+    try:
+        s3.put_new_json(run.client(run.w.target, "s3"), p.audit_bucket, key, data)
+    except AwsError as exc:
+        run.context.log.error("audit record not stored; here it is: " + json.dumps(redact_data(data), sort_keys=True))
+        raise dg.Failure(f"{data['kind']} {data['outcome']}, but its audit record was not stored at "
+                         f"s3://{p.audit_bucket}/{key}: {exc}. The record is in this run's logs.") from exc
+
+
+def record_metadata(data: dict, url: str, calls: Any) -> dict[str, Any]:
+    return {
+        "outcome": data["outcome"], "production_changed": data["production_changed"],
+        "promotion_id": data["promotion_id"], "requested_by": data["requested_by"],
+        "reason": data["reason"], "record": dg.MetadataValue.path(url),
+        "checks": metadata_table(data["checks"], CHECK_COLUMNS),
+        "steps": metadata_table(data["steps"], STEP_COLUMNS),
+        "version_arn": data["target"].get("version_arn") or "", "execution_arn": data["execution_arn"] or "",
+        "aws_calls": dg.MetadataValue.json(dict(calls)),
+    }
+
+
+def finish(run: Run, record: core.AuditRecord, calls: Any) -> dg.Output:
+    """Decide the outcome, store the record, show it in the UI; a failing attempt fails the run
+    after its record is safe."""
+    core.conclude(record, _now().isoformat())
+    data = record.to_dict()
+    key = core.record_key(run.w.p.audit_prefix, record.flow, record.promotion_id)
+    store(run, data, key)
+    metadata = record_metadata(data, f"s3://{run.w.p.audit_bucket}/{key}", calls)
+    target = core.tail(record.target.get("state_machine_arn", ""))
+    run.context.instance.add_dynamic_partitions(PROMOTED.name, [target])
+    run.context.log_event(dg.AssetMaterialization(AUDIT_LOG, partition=target, metadata=metadata,
+                                                  description=f"{data['kind']} of {target}: {data['outcome']}"))
+    if record.outcome in core.FAILING:
+        raise dg.Failure(core.failure_summary(record), metadata=metadata)
+    return dg.Output(data, metadata=metadata)
+
+
+# ---- the three ops' bodies ----
+
+def check_only(run: Run, config: ChecksConfig) -> dg.Output:
+    """The sanity checks alone, read-only: an AWS read that fails fails the run, naming it."""
+    request = config.request()
+    valid(request, needs_reason=False)
+    checks: list[core.CheckResult] = []
+    with count_calls() as calls:
         try:
-            core.validate_request(request, needs_reason)
-        except (ValueError, NamingError) as exc:
-            raise dg.Failure(f"bad config: {exc}") from None
-
-    def serialized(context: Any, target_name: str) -> None:
-        tag = context.run.tags.get(PROMOTION_TAG)
-        if tag != target_name:
-            raise dg.Failure(f"launch with the run tag {PROMOTION_TAG}={target_name} (found {tag!r}): dagster.yaml "
-                             "allows one run per value, so promotions of one flow never overlap")
-
-    def resolve(context: Any, request: core.PromotionRequest) -> tuple[str, dict, core.Deployment]:
-        """The staging deployment asked for; bad config (it is not there, or not Metaflow's) when not."""
-        sfn = aws(context, source_env).client("stepfunctions")
-        arn = stepfunctions.state_machine_arn(source_env.account_id, source_env.region, request.source_name)
-        described = stepfunctions.describe_state_machine(sfn, arn)
-        if described is None:
-            raise dg.Failure(f"bad config: no staging deployment {request.source_name} in {source_env.name} "
-                             f"({source_env.account_id}); deploy it with `python flow.py --branch {request.branch} "
-                             "step-functions create`, or name it with staging_state_machine")
-        try:
-            return arn, described, core.deployment_of(described["definition"])
-        except ValueError as exc:
-            raise dg.Failure(f"bad config: {request.source_name}: {exc}") from None
-
-    def gather(context: Any, request: core.PromotionRequest, arn: str, described: dict,
-               deployment: core.Deployment, progress: Progress, checks: list[core.CheckResult]) -> Staging:
-        """Every check into `checks`, each reported even after another failed. Read-only; an AWS
-        read that fails raises, with `progress` naming it and the checks so far kept."""
-        src = aws(context, source_env)
-        sfn = src.client("stepfunctions")
-        definition = described["definition"]
-
-        package = None
-        try:
-            package = s3.read_url(src.client("s3"), deployment.code_url)
-        except (AwsError, ValueError) as exc:
-            checks.append(core.CheckResult("lint", False, f"cannot read the code package {deployment.code_url}: {exc}"))
-        if package is not None:
-            sha = package_sha(package)
-            if sha != deployment.code_sha:
-                checks.append(core.CheckResult("lint", False, f"the code package's SHA-1 is {sha}, the deployment "
-                                                              f"says {deployment.code_sha}"))
-            else:
-                checks.append(lint_package(package, deployment.script, p.lint_timeout_seconds, p.lint_isolation))
-
-        checks.append(core.check_names(request, deployment))
-
-        progress.step = "read staging runs"
-        now = _now()
-        executions = list(stepfunctions.recent_executions(sfn, arn, now - timedelta(hours=p.max_staging_age_hours)))
-        promoted_digest = core.digest(definition)
-        checks.append(core.check_latest_run(
-            executions, now, p.max_staging_age_hours, promoted_digest,
-            lambda e: core.digest(stepfunctions.definition_for_execution(sfn, e.arn))))
-        latest = core.latest_finished(executions)
-
-        progress.step = "read production"
-        production = stepfunctions.describe_state_machine(aws(context, target_env).client("stepfunctions"),
-                                                          target_arn(request))
-        translated = core.translate(definition, project=request.project, flow=request.flow, branch=request.branch,
-                                    mapping=mapping,
-                                    production_token=core.production_token_of(production and production["definition"]))
-        checks += core.check_definition(translated, mapping, rules)
-        return Staging(arn, definition, described["roleArn"], deployment, package, translated,
-                       latest.arn if latest else None, production)
-
-    def target_arn(request: core.PromotionRequest) -> str:
-        return stepfunctions.state_machine_arn(target_env.account_id, target_env.region, request.target_name)
-
-    def new_record(context: Any, kind: str, flow: str, project: str, requested_by: str, reason: str,
-                   started: datetime) -> core.AuditRecord:
-        return core.AuditRecord(
-            promotion_id=core.promotion_id(kind, flow, started, context.run_id), kind=kind, flow=flow, project=project,
-            requested_by=requested_by, reason=reason, dagster_run_id=context.run_id, started_at=started.isoformat(),
-            dagster_user=context.run.tags.get("dagster/user"),
-            target={"environment": target_env.name, "account_id": target_env.account_id},
-            lint_isolation=p.lint_isolation if kind == "promotion" else None)
-
-    def attempt(context: Any, record: core.AuditRecord, progress: Progress, steps: Callable[[], None]) -> None:
-        """Run an attempt's steps; whatever fails is recorded against the step in progress, so the
-        record always gets written. Bad config (dg.Failure) is not an attempt and propagates."""
-        try:
-            steps()
-        except dg.Failure:
-            raise
-        except Exception as exc:  # AWS, or a bug: either way the attempt is recorded
-            if not isinstance(exc, AwsError):
-                context.log.error(f"{record.kind} step {progress.step!r} raised:\n" + traceback.format_exc())
-            detail = str(exc) if isinstance(exc, AwsError) else f"{type(exc).__name__}: {exc}"
-            record.steps.append(core.StepResult(progress.step, False, detail))
-
-    def finish(context: Any, record: core.AuditRecord, calls: Any) -> dg.Output:
-        """Decide the outcome, store the record (never overwritten), show it in the UI; a failing
-        attempt fails the run after its record is safe."""
-        record.outcome = core.outcome(record.kind, record.checks, record.steps)
-        record.production_changed = core.production_changed(record.steps)
-        record.finished_at = _now().isoformat()
-        target = record.target.get("state_machine_arn", "").rsplit(":", 1)[-1]
-        key = core.record_key(p.audit_prefix, record.flow, record.promotion_id)
-        try:
-            s3.put_new_json(aws(context, target_env).client("s3"), p.audit_bucket, key, record.to_dict())
+            gather(run, request, resolve(run, request), checks)
         except AwsError as exc:
-            context.log.error("audit record not stored; here it is: "
-                              + json.dumps(redact_data(record.to_dict()), sort_keys=True))
-            raise dg.Failure(f"{record.kind} {record.outcome}, but its audit record was not stored at "
-                             f"s3://{p.audit_bucket}/{key}: {exc}. The record is in this run's logs.") from exc
-        metadata = {
-            "outcome": record.outcome, "production_changed": record.production_changed,
-            "promotion_id": record.promotion_id, "requested_by": record.requested_by,
-            "reason": record.reason, "record": dg.MetadataValue.path(f"s3://{p.audit_bucket}/{key}"),
-            "checks": metadata_table([c.__dict__ for c in record.checks], CHECK_COLUMNS),
-            "steps": metadata_table([s.__dict__ for s in record.steps], STEP_COLUMNS),
-            "version_arn": record.target.get("version_arn") or "", "execution_arn": record.execution_arn or "",
-            "aws_calls": dg.MetadataValue.json(dict(calls)),
-        }
-        context.instance.add_dynamic_partitions(PROMOTED.name, [target])
-        context.log_event(dg.AssetMaterialization(AUDIT_LOG, partition=target, metadata=metadata,
-                                                  description=f"{record.kind} of {target}: {record.outcome}"))
-        if record.outcome in core.FAILING:
-            raise dg.Failure(core.failure_summary(record), metadata=metadata)
-        return dg.Output(record.to_dict(), metadata=metadata)
+            raise dg.Failure(f"{run.step}: {exc}") from exc
+    rows = [{"name": str(c.name), "passed": c.passed, "detail": c.detail} for c in checks]
+    metadata = {"checks": metadata_table(rows, CHECK_COLUMNS), "aws_calls": dg.MetadataValue.json(dict(calls))}
+    failed = core.checks_failed(checks)
+    if failed is not None:
+        raise dg.Failure(failed, metadata=metadata)
+    return dg.Output(rows, metadata=metadata)
 
-    @dg.op(required_resource_keys=keys, out=dg.Out(list))
+
+def promote(run: Run, config: PromotionConfig) -> dg.Output:
+    """Checks, then (only if all passed) productionize, then the audit record, whatever happened."""
+    request = config.request(trigger=config.trigger)
+    valid(request, needs_reason=True)
+    serialized(run.context, request.target_name)
+    record = new_record(run, Kind.PROMOTION, request)
+    record.source = {"environment": run.w.source.name, "account_id": run.w.source.account_id,
+                     "state_machine_arn": run.w.source_arn(request)}
+
+    def steps() -> None:
+        staging = gather(run, request, resolve(run, request), record.checks)
+        core.record_staging(record, staging)
+        if core.may_proceed(record.checks):
+            productionize(run, core.plan_promotion(request, staging, run.w.mapping, record.promotion_id),
+                          staging.package, record)
+
+    with count_calls() as calls:
+        attempt(run, record, steps)
+    return finish(run, record, calls)
+
+
+def productionize(run: Run, plan: core.PromotionPlan, package: bytes | None, record: core.AuditRecord) -> None:
+    """Code package, then the state machine (one atomic create-or-update that publishes a
+    version), then the trigger; each recorded once done. A step that fails raises: the ones
+    before the deploy changed nothing, and a failed trigger leaves the deploy in place."""
+    sfn = run.client(run.w.target, "stepfunctions")
+    arn = record.target["state_machine_arn"]
+    if plan.previous_definition_digest is not None:
+        record.target["previous_definition_digest"] = plan.previous_definition_digest
+        run.step = Step.READ_PRODUCTION_VERSIONS
+        newest = core.newest_version(stepfunctions.versions(sfn, arn))
+        record.target["previous_version_arn"] = newest.arn if newest else None
+    if plan.action is DeployAction.NOOP:
+        record.steps.append(plan.unchanged())
+        return
+    run.step = Step.CODE_PACKAGE
+    written = s3.copy_content_addressed(package, run.client(run.w.target, "s3"), plan.code_url)
+    record.steps.append(plan.copied(written))
+    run.step = Step.DEPLOY
+    record.target["version_arn"] = stepfunctions.publish(
+        sfn, arn=arn, name=plan.name, definition=plan.definition, role_arn=plan.role_arn,
+        exists=plan.action is DeployAction.UPDATE, description=plan.description)
+    record.steps.append(plan.deployed(record.target["version_arn"]))
+    if plan.trigger:
+        run.step = Step.TRIGGER
+        record.execution_arn = stepfunctions.start(sfn, arn, core.TRIGGER_INPUT)
+        record.steps.append(plan.triggered(record.execution_arn))
+
+
+def roll_back(run: Run, config: RollbackConfig) -> dg.Output:
+    """Put production back on an earlier published version (by publishing its definition as
+    the newest version), audited like a promotion."""
+    request = config.request()
+    valid(request, needs_reason=True)
+    serialized(run.context, request.target_name)
+    record = new_record(run, Kind.ROLLBACK, request)
+    run.step = Step.READ_PRODUCTION
+    with count_calls() as calls:
+        attempt(run, record, lambda: restore(run, config.to_version, record))
+    return finish(run, record, calls)
+
+
+def restore(run: Run, to_version: str | None, record: core.AuditRecord) -> None:
+    """Find the version to put back and publish its definition as the newest version; a
+    missing deployment or version asked for is bad config."""
+    sfn = run.client(run.w.target, "stepfunctions")
+    arn = record.target["state_machine_arn"]
+    name = core.tail(arn)
+    current = stepfunctions.describe_state_machine(sfn, arn)
+    if current is None:
+        raise _bad_config(f"no production deployment {name} in {run.w.target.name}")
+    record.target["previous_definition_digest"] = core.digest(current["definition"])
+    run.step = Step.READ_VERSIONS
+    published = stepfunctions.versions(sfn, arn)
+    newest = core.newest_version(published)
+    try:
+        target = core.rollback_target(published, newest.arn if newest else None, to_version)
+    except ValueError as exc:
+        raise _bad_config(exc) from None
+    record.target.update(previous_version_arn=newest.arn if newest else None, restored_version_arn=target.arn)
+    record.checks.append(core.restore_check(target))
+    run.step = Step.READ_VERSION
+    version = stepfunctions.describe_state_machine(sfn, target.arn)
+    if version is None:
+        record.steps.append(core.version_gone(target))
+        return
+    record.target["definition_digest"] = core.digest(version["definition"])
+    plan = core.plan_rollback(name, current["definition"], current["roleArn"], target, version["definition"],
+                              record.promotion_id, record.requested_by)
+    if plan.action is DeployAction.NOOP:
+        record.steps.append(plan.unchanged())
+        return
+    run.step = Step.DEPLOY
+    record.target["version_arn"] = stepfunctions.publish(
+        sfn, arn=arn, name=name, definition=plan.definition, role_arn=plan.role_arn, exists=True,
+        description=plan.description)
+    record.steps.append(plan.deployed(record.target["version_arn"]))
+
+
+# ---- the definitions ----
+
+def promotion_ops(w: Wiring) -> list[dg.OpDefinition]:
+    """The three ops, each a thin shell over its body (the resource keys come from the settings)."""
+
+    @dg.op(required_resource_keys=w.resource_keys, out=dg.Out(list))
     def promotion_checks(context: dg.OpExecutionContext, config: ChecksConfig):
         """The sanity checks alone, read-only: for a pull request or a data scientist to rerun."""
-        request = config.request()
-        valid(request, needs_reason=False)
-        progress, checks = Progress(), []
-        with count_calls() as calls:
-            try:
-                gather(context, request, *resolve(context, request), progress, checks)
-            except AwsError as exc:
-                raise dg.Failure(f"{progress.step}: {exc}") from exc
-        rows = [c.__dict__ for c in checks]
-        metadata = {"checks": metadata_table(rows, CHECK_COLUMNS), "aws_calls": dg.MetadataValue.json(dict(calls))}
-        if not all(c.passed for c in checks):
-            raise dg.Failure("checks failed: " + " | ".join(f"{c.name}: {c.detail}" for c in checks if not c.passed),
-                             metadata=metadata)
-        return dg.Output(rows, metadata=metadata)
+        return check_only(Run(w, context), config)
 
-    @dg.op(required_resource_keys=keys, out=dg.Out(dict))
+    @dg.op(required_resource_keys=w.resource_keys, out=dg.Out(dict))
     def promote_flow(context: dg.OpExecutionContext, config: PromotionConfig):
         """Checks, then (only if all passed) productionize, then the audit record, whatever happened."""
-        request = config.request(trigger=config.trigger)
-        valid(request, needs_reason=True)
-        serialized(context, request.target_name)
-        record = new_record(context, "promotion", request.flow, request.project, request.requested_by,
-                            request.reason, _now())
-        record.branch = request.branch
-        record.source = {"environment": source_env.name, "account_id": source_env.account_id, "state_machine_arn":
-                         stepfunctions.state_machine_arn(source_env.account_id, source_env.region, request.source_name)}
-        record.target["state_machine_arn"] = target_arn(request)
-        progress = Progress()
+        return promote(Run(w, context), config)
 
-        def steps() -> None:
-            staging = gather(context, request, *resolve(context, request), progress, record.checks)
-            record.source.update(definition_digest=core.digest(staging.definition),
-                                 latest_run_arn=staging.latest_run_arn)
-            record.code_package = {"url": staging.deployment.code_url, "sha": staging.deployment.code_sha}
-            record.target["definition_digest"] = core.digest(staging.translated)
-            if all(c.passed for c in record.checks):
-                productionize(context, request, staging, record, progress)
-
-        with count_calls() as calls:
-            attempt(context, record, progress, steps)
-        return finish(context, record, calls)
-
-    def productionize(context: Any, request: core.PromotionRequest, staging: Staging, record: core.AuditRecord,
-                      progress: Progress) -> None:
-        """Code package, then the state machine (one atomic create-or-update that publishes a
-        version), then the trigger; each recorded once done. A step that fails raises: the ones
-        before the deploy changed nothing, and a failed trigger leaves the deploy in place."""
-        sfn = aws(context, target_env).client("stepfunctions")
-        arn = target_arn(request)
-        current = staging.production
-        action = core.deploy_action(current and current["definition"], staging.translated)
-        if current:
-            record.target["previous_definition_digest"] = core.digest(current["definition"])
-            progress.step = "read production versions"
-            published = stepfunctions.versions(sfn, arn)
-            record.target["previous_version_arn"] = max(published, key=lambda v: v.number).arn if published else None
-        if action == "noop":
-            record.steps.append(core.StepResult("deploy", True, f"{request.target_name} already runs this definition"))
-            return
-        progress.step = "code package"
-        url = core.translate_url(staging.deployment.code_url, mapping)
-        written = s3.copy_content_addressed(staging.package, aws(context, target_env).client("s3"), url)
-        record.steps.append(core.StepResult("code package", True, f"{'copied to' if written else 'already at'} {url}"))
-        progress.step = "deploy"
-        record.target["version_arn"] = stepfunctions.publish(
-            sfn, arn=arn, name=request.target_name, definition=staging.translated,
-            role_arn=core.production_role(staging.role_arn, mapping), exists=current is not None,
-            description=f"promotion {record.promotion_id} by {request.requested_by}")
-        record.steps.append(core.StepResult("deploy", True, f"{action}d {request.target_name}, published "
-                                                            f"{record.target['version_arn'].rsplit(':', 1)[-1]}",
-                                            changed=True))
-        if request.trigger:
-            progress.step = "trigger"
-            record.execution_arn = stepfunctions.start(sfn, arn, core.TRIGGER_INPUT)
-            record.steps.append(core.StepResult("trigger", True, record.execution_arn.rsplit(":", 1)[-1]))
-
-    @dg.op(required_resource_keys=keys, out=dg.Out(dict))
+    @dg.op(required_resource_keys=w.resource_keys, out=dg.Out(dict))
     def rollback_flow(context: dg.OpExecutionContext, config: RollbackConfig):
         """Put production back on an earlier published version (by publishing its definition as
         the newest version), audited like a promotion."""
-        request = core.PromotionRequest(config.flow, config.project, None, config.requested_by, config.reason)
-        valid(request, needs_reason=True)
-        serialized(context, request.target_name)
-        record = new_record(context, "rollback", config.flow, config.project, config.requested_by, config.reason,
-                            _now())
-        record.target["state_machine_arn"] = target_arn(request)
-        progress = Progress("read production")
-        with count_calls() as calls:
-            attempt(context, record, progress, lambda: restore(context, config, record, progress))
-        return finish(context, record, calls)
+        return roll_back(Run(w, context), config)
 
-    def restore(context: Any, config: RollbackConfig, record: core.AuditRecord, progress: Progress) -> None:
-        """Find the version to put back and publish its definition as the newest version; a
-        missing deployment or version asked for is bad config."""
-        sfn = aws(context, target_env).client("stepfunctions")
-        arn, name = record.target["state_machine_arn"], record.target["state_machine_arn"].rsplit(":", 1)[-1]
-        current = stepfunctions.describe_state_machine(sfn, arn)
-        if current is None:
-            raise dg.Failure(f"bad config: no production deployment {name} in {target_env.name}")
-        record.target["previous_definition_digest"] = core.digest(current["definition"])
-        progress.step = "read versions"
-        published = stepfunctions.versions(sfn, arn)
-        newest = max(published, key=lambda v: v.number).arn if published else None
-        try:
-            target = core.rollback_target(published, newest, config.to_version)
-        except ValueError as exc:
-            raise dg.Failure(f"bad config: {exc}") from None
-        record.target.update(previous_version_arn=newest, restored_version_arn=target.arn)
-        record.checks.append(core.CheckResult("version", True, f"restore version {target.number}"))
-        progress.step = "read version"
-        version = stepfunctions.describe_state_machine(sfn, target.arn)
-        if version is None:
-            record.steps.append(core.StepResult("read version", False,
-                                                f"version {target.number} is gone ({target.arn})"))
-            return
-        record.target["definition_digest"] = core.digest(version["definition"])
-        if record.target["definition_digest"] == record.target["previous_definition_digest"]:
-            record.steps.append(core.StepResult("deploy", True, f"{name} already runs version {target.number}'s "
-                                                                "definition"))
-            return
-        progress.step = "deploy"
-        record.target["version_arn"] = stepfunctions.publish(
-            sfn, arn=arn, name=name, definition=version["definition"], role_arn=current["roleArn"], exists=True,
-            description=f"rollback {record.promotion_id} to version {target.number} by {config.requested_by}")
-        record.steps.append(core.StepResult("deploy", True, f"published version {target.number}'s definition as "
-                                                            f"{record.target['version_arn'].rsplit(':', 1)[-1]}",
-                                            changed=True))
+    return [promotion_checks, promote_flow, rollback_flow]
 
-    audit_log = dg.AssetSpec(
+
+def one_op_job(op: dg.OpDefinition, description: str) -> dg.JobDefinition:
+    """A job named like its one op (CI's run config is `ops.<job>.config`), run in process."""
+    return dg.JobDefinition(name=op.name, graph_def=dg.GraphDefinition(f"{op.name}_graph", node_defs=[op]),
+                            executor_def=dg.in_process_executor, description=description,
+                            tags={"platform_ops/kind": "promotion"})
+
+
+def promotion_jobs(w: Wiring) -> list[dg.JobDefinition]:
+    checks, promote_op, rollback_op = promotion_ops(w)
+    serializing = f"Needs the run tag {PROMOTION_TAG}=<project>.prod.<Flow>."
+    return [one_op_job(checks, "The promotion sanity checks alone (read-only)."),
+            one_op_job(promote_op, f"Checks, productionize, audit record. {serializing}"),
+            one_op_job(rollback_op, f"Production back on an earlier version, audited. {serializing}")]
+
+
+def audit_log_spec(w: Wiring) -> dg.AssetSpec:
+    """Descriptions render as markdown: the key pattern is a code span, or `<flow>` vanishes as a tag."""
+    return dg.AssetSpec(
         AUDIT_LOG, group_name=GROUP, partitions_def=PROMOTED, kinds={"s3"},
         description=f"Every promotion and rollback attempt, one materialization per immutable record in "
-                    f"s3://{p.audit_bucket}/{p.audit_prefix}/<flow>/; one partition per production state machine.")
+                    f"`s3://{w.p.audit_bucket}/{w.p.audit_prefix}/<flow>/`; one partition per production "
+                    "state machine.")
 
-    @dg.asset(group_name=GROUP, deps=[AUDIT_LOG], required_resource_keys={aws_resource_key(p.target)},
+
+def history_asset(w: Wiring) -> dg.AssetsDefinition:
+    @dg.asset(group_name=GROUP, deps=[AUDIT_LOG], required_resource_keys={aws_resource_key(w.p.target)},
               io_manager_key="metrics_io_manager", kinds={"pandas", "s3"})
     def promotion_history(context: dg.AssetExecutionContext) -> pd.DataFrame:
         """All audit records as one table: who promoted what, when, with what outcome."""
         with count_calls() as calls:
-            records = s3.read_json_under(aws(context, target_env).client("s3"), p.audit_bucket, p.audit_prefix)
+            records = s3.read_json_under(aws_for(context, w.target.name).client("s3"), w.p.audit_bucket,
+                                         w.p.audit_prefix)
         frame = history_frame(records)
         context.add_output_metadata({
             "records": len(frame), "aws_calls": dg.MetadataValue.json(dict(calls)),
@@ -384,22 +471,7 @@ def promotion_defs(settings: Settings) -> dg.Definitions:
         })
         return frame
 
-    def one_op_job(op: dg.OpDefinition, description: str) -> dg.JobDefinition:
-        """A job named like its one op (CI's run config is `ops.<job>.config`), run in process."""
-        return dg.JobDefinition(name=op.name, graph_def=dg.GraphDefinition(f"{op.name}_graph", node_defs=[op]),
-                                executor_def=dg.in_process_executor, description=description,
-                                tags={"platform_ops/kind": "promotion"})
-
-    return dg.Definitions(
-        jobs=[
-            one_op_job(promotion_checks, "The promotion sanity checks alone (read-only)."),
-            one_op_job(promote_flow, f"Checks, productionize, audit record. Needs the run tag "
-                                     f"{PROMOTION_TAG}=<project>.prod.<Flow>."),
-            one_op_job(rollback_flow, f"Production back on an earlier version, audited. Needs the run tag "
-                                      f"{PROMOTION_TAG}=<project>.prod.<Flow>."),
-        ],
-        assets=[audit_log, promotion_history],
-    )
+    return promotion_history
 
 
 def history_frame(records: list[dict]) -> pd.DataFrame:
@@ -407,3 +479,11 @@ def history_frame(records: list[dict]) -> pd.DataFrame:
             for r in records]
     frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
     return frame.sort_values("started_at", kind="stable").reset_index(drop=True)
+
+
+def promotion_defs(settings: Settings) -> dg.Definitions:
+    """Nothing without a `promotion` section: the jobs are not offered."""
+    w = Wiring.of(settings)
+    if w is None:
+        return dg.Definitions()
+    return dg.Definitions(jobs=promotion_jobs(w), assets=[audit_log_spec(w), history_asset(w)])
