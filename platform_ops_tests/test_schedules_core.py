@@ -264,3 +264,46 @@ def test_a_sparse_schedule_far_back_is_found():
     yearly = scheduled("cron(0 0 1 JAN ? *)", created_at=at(2020, 6, 1))
     [miss] = plan([yearly], {ARN: at(2025, 1, 1, 0, 0, 5)}, at(2026, 12, 1))
     assert miss.expected_at == at(2026, 1, 1)
+
+
+def test_due_lookups_asks_only_where_a_due_fire_time_is_unanswered():
+    hourly = scheduled("cron(0 * * * ? *)")
+    other = scheduled("cron(0 * * * ? *)", arn=OTHER)
+    now = at(2026, 12, 1, 10, 40)  # 10:00 is due (grace over), 11:00 is not
+    assert core.due_lookups([hourly, other], {}, {}, now) == {ARN, OTHER}  # nothing known yet
+    known = {ARN: at(2026, 12, 1, 10, 0, 20), OTHER: at(2026, 12, 1, 9, 0, 20)}
+    assert core.due_lookups([hourly, other], known, {}, now) == {OTHER}
+    open_misses = {ARN: MissRecord(ARN, at(2026, 12, 1, 9), at(2026, 12, 1, 9, 30))}
+    assert core.due_lookups([hourly, other], known, open_misses, now) == {ARN, OTHER}
+    assert core.due_lookups([scheduled(enabled=False)], {}, {}, now) == set()
+
+
+def test_checks_every_5_minutes_through_an_outage_announce_it_once_and_its_end_once():
+    """The wiring's loop, simulated: an hourly flow runs 00:00-05:00, misses 06:00 and 07:00 (the
+    rule's target role broke), runs again from 08:00. Starts come 20 s after the fire time."""
+    hourly = [scheduled("cron(0 * * * ? *)", created_at=at(2026, 11, 30, 23, 50))]
+    starts = [at(2026, 12, 1, h, 0, 20) for h in (0, 1, 2, 3, 4, 5, 8)]
+    known: dict = {}
+    open_misses: dict[str, MissRecord] = {}
+    said, lookups = [], 0
+    now = at(2026, 12, 1, 0, 0)
+    while now <= at(2026, 12, 1, 9, 0):
+        for arn in core.due_lookups(hourly, known, open_misses, now, GRACE):
+            lookups += 1
+            known[arn] = max((s for s in starts if s <= now), default=None)
+        for action in core.plan_schedule_checks(hourly, known, open_misses, now, GRACE):
+            said.append((now.strftime("%H:%M"), action))
+            if isinstance(action, AnnounceMiss):
+                open_misses[action.state_machine_arn] = MissRecord(action.state_machine_arn, action.expected_at, now)
+            else:
+                open_misses.pop(action.state_machine_arn)
+        now += timedelta(minutes=5)
+    assert said == [
+        ("06:30", AnnounceMiss(ARN, "mlplatform.prod.DemoFlow", at(2026, 12, 1, 6), at(2026, 12, 1, 5, 0, 20),
+                               "every hour at :00")),
+        ("08:05", AnnounceRecovery(ARN, at(2026, 12, 1, 6), at(2026, 12, 1, 8, 0, 20))),
+    ]
+    # the first tick, each hour's :30 while it ran (00:30-06:30), every tick while the miss was open
+    # (06:35-08:05; the start seen at 08:05 already answers 08:00 at 08:30): 27 ListExecutions in
+    # 109 ticks, not 109
+    assert lookups == 1 + 7 + 19

@@ -489,3 +489,29 @@ def plan_schedule_checks(schedules: list[ScheduledStateMachine], last_starts: di
     for arn in sorted(set(open_misses) - live):
         actions.append(ForgetMiss(arn, open_misses[arn].expected_at))
     return actions
+
+
+def due_lookups(schedules: list[ScheduledStateMachine], known_last_starts: dict[str, datetime | None],
+                open_misses: dict[str, MissRecord], now: datetime,
+                grace: timedelta = timedelta(minutes=30)) -> set[str]:
+    """The state machines whose last start must be asked for (ListExecutions, one call each) before
+    planning: those with an open miss (has it recovered?) and those where a fire time came due that
+    the last start known from an earlier check does not answer. For the others the known start
+    still answers the newest due fire time (starts only move forward), so planning with it is
+    exact: an hourly schedule checked every 5 minutes is asked about once an hour, not 12 times."""
+    due: set[str] = set()
+    for schedule in schedules:
+        arn = schedule.state_machine_arn
+        if not schedule.enabled:
+            continue
+        if arn in open_misses or arn not in known_last_starts:
+            due.add(arn)
+            continue
+        known = known_last_starts[arn]
+        try:
+            expected = expected_start(schedule, known, now, grace)
+        except ScheduleExpressionError:
+            continue  # plan_schedule_checks reports it; no start answers it
+        if expected is not None and (known is None or _minute(known) < expected):
+            due.add(arn)
+    return due
