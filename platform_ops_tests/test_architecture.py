@@ -114,3 +114,34 @@ def test_the_circle_check_finds_a_circle(monkeypatch):
                         GRAPH["platform_ops.sandbox.accounts"] | {"platform_ops.sandbox.world"})
     assert frozenset({"platform_ops.sandbox.accounts", "platform_ops.sandbox.flows",
                       "platform_ops.sandbox.world"}) in _circles()
+
+
+def test_an_installed_platform_ops_has_every_file_it_reads():
+    """A wheel holds the packages setuptools finds and the package data it is told about: every
+    file under platform_ops/ is one or the other (the sandbox reads its settings, scenarios and
+    Metaflow definitions from the package; deploy/ and workspace.yaml only from a checkout)."""
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    config = read_configuration(PACKAGE.parent / "pyproject.toml")["tool"]["setuptools"]
+    packages = {PACKAGE.parent.joinpath(*name.split(".")): name for name in config["packages"]}
+    shipped = {path for directory, name in packages.items() for pattern in config.get("package-data", {}).get(name, [])
+               for path in directory.glob(pattern)}
+    left_out = sorted(str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*")
+                      if p.is_file() and "__pycache__" not in p.parts
+                      and not (p.suffix == ".py" and p.parent in packages) and p not in shipped)
+    assert left_out == []
+
+
+def test_the_sandbox_says_it_runs_from_a_checkout(monkeypatch, tmp_path, capsys):
+    from platform_ops.sandbox import __main__ as cli
+    from platform_ops.sandbox import world
+
+    monkeypatch.setattr(world, "STACK_TEMPLATE", tmp_path / "platform-ops-account.yaml")
+    assert cli.main(["serve"]) == 2
+    assert "the sandbox runs from a checkout of platform-ops" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match=r"runs from a checkout .*deploy/cloudformation/platform-ops-account.yaml"):
+        world.stack_template()
+    monkeypatch.setattr(cli, "ROOT", tmp_path)
+    assert cli.missing_from_checkout("demo") == [world.STACK_TEMPLATE, tmp_path / "workspace.yaml"]
+    monkeypatch.undo()
+    assert cli.missing_from_checkout("demo") == []  # this checkout has them

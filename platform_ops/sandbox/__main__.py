@@ -24,6 +24,15 @@ from platform_ops.sandbox.smoke import SANDBOX_SETTINGS
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def missing_from_checkout(command: str) -> list[Path]:
+    """What `command` reads from the repository (not package data: an installed platform-ops has
+    none of it): platform-ops' CloudFormation template, and for `demo` the Dagster workspace."""
+    from platform_ops.sandbox import world
+
+    needed = [world.STACK_TEMPLATE, *([ROOT / "workspace.yaml"] if command == "demo" else [])]
+    return [path for path in needed if not path.is_file()]
+
+
 def _start(args: argparse.Namespace):
     from platform_ops.sandbox.scenario import Driver, load_scenario
     from platform_ops.sandbox.server import Sandbox
@@ -124,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="only the scenarios whose function name contains this, e.g. throttling")
     p.add_argument("--repeat", type=int, default=1, help="rounds, each on a freshly reset sandbox per scenario")
     args = parser.parse_args(argv)
+    missing = missing_from_checkout(args.command)
+    if missing:
+        print(f"the sandbox runs from a checkout of platform-ops (git clone, then pip install -e '.[sandbox]'); "
+              f"not found: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
     if args.command == "smoke":
         from platform_ops.sandbox.smoke import main as smoke
 

@@ -74,10 +74,19 @@ def stack_parameters(env: EnvironmentSettings, settings: Settings) -> dict[str, 
     }
 
 
+def stack_template() -> str:
+    """The stack's template, read from the checkout: deploy/ is the repository's, not the package's
+    (an installed platform-ops runs the product; the sandbox runs from a checkout)."""
+    if not STACK_TEMPLATE.is_file():
+        raise RuntimeError(f"the sandbox runs from a checkout of platform-ops (pip install -e .): it deploys "
+                           f"deploy/cloudformation/{STACK_TEMPLATE.name}, not found at {STACK_TEMPLATE}")
+    return STACK_TEMPLATE.read_text()
+
+
 def deploy_stack(endpoint: str, env: EnvironmentSettings, settings: Settings) -> dict[str, str]:
     """platform-ops' CloudFormation stack in one account; its outputs."""
     cfn = account_client(endpoint, "cloudformation", env.account_id, env.region)
-    cfn.create_stack(StackName=STACK_NAME, TemplateBody=STACK_TEMPLATE.read_text(),
+    cfn.create_stack(StackName=STACK_NAME, TemplateBody=stack_template(),
                      Capabilities=["CAPABILITY_NAMED_IAM"], Parameters=[{"ParameterKey": k, "ParameterValue": v}
                                  for k, v in stack_parameters(env, settings).items()])
     [stack] = cfn.describe_stacks(StackName=STACK_NAME)["Stacks"]
