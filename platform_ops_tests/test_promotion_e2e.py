@@ -14,7 +14,8 @@ from platform_ops.adapters.s3 import RecordExists, put_new_json
 from platform_ops.code_location import build_defs
 from platform_ops.promotion import core
 from platform_ops.promotion.core import Step
-from platform_ops.promotion.defs import PROMOTION_TAG, Run, Wiring, attempt, audit_log_spec, promotion_defs
+from platform_ops.promotion.defs import (PROMOTION_TAG, Run, Wiring, attempt, audit_log_spec, productionize,
+                                        promotion_defs)
 from platform_ops.sandbox import flows
 from platform_ops_tests.conftest import World
 
@@ -425,3 +426,68 @@ def test_the_audit_log_description_keeps_its_key_pattern_when_rendered(sandbox_s
 def test_no_promotion_section_offers_no_jobs(sandbox_settings):
     assert Wiring.of(dataclasses.replace(sandbox_settings, promotion=None)) is None
     assert not list(promotion_defs(dataclasses.replace(sandbox_settings, promotion=None)).jobs or [])
+
+
+class _Sfn:
+    """Step Functions as productionize calls it, each call kept."""
+
+    def __init__(self, published):
+        self.calls, self.published = [], published
+
+    def list_state_machine_versions(self, **kwargs):
+        self.calls.append("list_state_machine_versions")
+        return {"stateMachineVersions": [{"stateMachineVersionArn": a, "creationDate": None} for a in self.published]}
+
+    def create_state_machine(self, **kwargs):
+        self.calls.append(("create_state_machine", kwargs["roleArn"], kwargs["versionDescription"]))
+        return {"stateMachineVersionArn": f"{kwargs['name']}:1"}
+
+    def start_execution(self, **kwargs):
+        self.calls.append("start_execution")
+        return {"executionArn": "arn:aws:states:us-east-1:2:execution:mlplatform.prod.DemoFlow:run-1"}
+
+
+class _S3:
+    def __init__(self):
+        self.puts = []
+
+    def put_object(self, **kwargs):
+        self.puts.append((kwargs["Bucket"], kwargs["Key"]))
+
+
+class _FakeRun(Run):
+    def client(self, env, service):
+        return self.fakes[service]
+
+
+def _plan(action, previous=None):
+    return core.PromotionPlan(action, "mlplatform.prod.DemoFlow", "{}", "s3://mf-production/metaflow/p", "role",
+                              "promotion p1 by alice", True, previous)
+
+
+def test_productionize_a_no_op_reads_the_versions_and_writes_nothing(sandbox_settings):
+    run, _ = _run(sandbox_settings)
+    run = _FakeRun(run.w, run.context)
+    run.fakes = {"stepfunctions": _Sfn(["sm:1", "sm:3", "sm:2"]), "s3": _S3()}
+    record = _record()
+    record.target["state_machine_arn"] = "sm"
+    productionize(run, _plan(core.DeployAction.NOOP, "d0"), b"package", record)
+    assert run.fakes["stepfunctions"].calls == ["list_state_machine_versions"] and run.fakes["s3"].puts == []
+    assert record.target["previous_version_arn"] == "sm:3" and record.target["previous_definition_digest"] == "d0"
+    assert [(s.name, s.changed) for s in record.steps] == [("deploy", False)]
+
+
+def test_productionize_a_first_deploy_copies_creates_and_triggers(sandbox_settings):
+    run, _ = _run(sandbox_settings)
+    run = _FakeRun(run.w, run.context)
+    run.fakes = {"stepfunctions": _Sfn([]), "s3": _S3()}
+    record = _record()
+    record.target["state_machine_arn"] = "sm"
+    productionize(run, _plan(core.DeployAction.CREATE), b"package", record)
+    assert run.fakes["s3"].puts == [("mf-production", "metaflow/p")]
+    assert run.fakes["stepfunctions"].calls == [("create_state_machine", "role", "promotion p1 by alice"),
+                                                "start_execution"]  # no versions to read before the first
+    assert "previous_version_arn" not in record.target and run.step is Step.TRIGGER
+    assert [(s.name, s.passed, s.changed) for s in record.steps] == [
+        ("code package", True, False), ("deploy", True, True), ("trigger", True, False)]
+    assert record.execution_arn.endswith(":run-1") and record.steps[-1].detail == "run-1"
