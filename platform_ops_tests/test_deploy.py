@@ -115,3 +115,40 @@ def test_smoke_runs_on_a_postgres_backed_instance(smoke_run):
         assert dict(cur.fetchall()) == {"SUCCESS": summary["runs"]}
         cur.execute("select count(*) from kvs where key like 'platform_ops/alerts/%'")
         assert cur.fetchone()[0] >= summary["failed_executions_alerted"]  # the alert ledger lives there too
+
+
+def test_the_home_account_alarms_when_a_heartbeat_goes_missing(world):
+    """With WatchTheWatcher=true the stack makes one alarm per heartbeat the health sensor sends
+    (same sensor names, namespace and metric as the code), missing data counting as breaching,
+    notifying an SNS topic the team subscribes to. moto 5.2.5's CloudFormation has no model for
+    AWS::CloudWatch::Alarm (it skips the resource), so the alarms are read from the template
+    (cfn-lint checks their schema above); the topic is created in moto."""
+    from cfnlint.decode import decode
+
+    from platform_ops.health.defs import HEARTBEAT_METRIC, HEARTBEAT_NAMESPACE, HEARTBEAT_SENSORS
+    from platform_ops.sandbox.world import account_client, stack_parameters
+
+    template, _ = decode(str(TEMPLATE))
+    alarms = [r["Properties"] for r in template["Resources"].values() if r["Type"] == "AWS::CloudWatch::Alarm"]
+    assert sorted(a["Dimensions"][0]["Value"] for a in alarms) == sorted(HEARTBEAT_SENSORS)
+    for alarm in alarms:
+        assert (alarm["Namespace"], alarm["MetricName"]) == (HEARTBEAT_NAMESPACE, HEARTBEAT_METRIC)
+        assert alarm["Dimensions"][0]["Name"] == "Sensor"
+        assert alarm["TreatMissingData"] == "breaching" and alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+        assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("LessThanThreshold", 1)
+
+    env = next(e for e in world.settings.environments.values() if not e.role_arn)
+    account = "444455556666"  # a spare account: the world's stacks stay as they are
+    client = lambda service: account_client(world.sandbox.endpoint, service, account, env.region)  # noqa: E731
+    parameters = {**stack_parameters(env, world.settings), "WatchTheWatcher": "true", "AlarmEmail": "oncall@example.com"}
+    client("cloudformation").create_stack(
+        StackName="platform-ops", TemplateBody=TEMPLATE.read_text(), Capabilities=["CAPABILITY_NAMED_IAM"],
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()])
+    [stack] = client("cloudformation").describe_stacks(StackName="platform-ops")["Stacks"]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    topic = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}["AlarmTopicArn"]
+    assert topic in [t["TopicArn"] for t in client("sns").list_topics()["Topics"]]
+    # moto resolves the topic's conditional Subscription to none: the email subscription is read
+    # from the template (cfn-lint checks the !If)
+    subscription = template["Resources"]["AlarmTopic"]["Properties"]["Subscription"]["Fn::If"]
+    assert subscription[0] == "HasAlarmEmail" and subscription[1] == [{"Protocol": "email", "Endpoint": {"Ref": "AlarmEmail"}}]
