@@ -1,6 +1,7 @@
 """Promotion end to end in the sandbox, through boto3: checks (lint of the real code package,
 naming, latest staging run, definition safety), productionize with published versions, rollback,
-immutable audit records in the production account's S3, serialized launches."""
+immutable audit records in the production account's S3, serialized launches; then pieces of the
+wiring alone (attempt, productionize, the audit log's description), without the sandbox."""
 
 import dataclasses
 import json
@@ -14,8 +15,15 @@ from platform_ops.adapters.s3 import RecordExists, put_new_json
 from platform_ops.code_location import build_defs
 from platform_ops.promotion import core
 from platform_ops.promotion.core import Step
-from platform_ops.promotion.defs import (PROMOTION_TAG, Run, Wiring, attempt, audit_log_spec, productionize,
-                                        promotion_defs)
+from platform_ops.promotion.defs import (
+    PROMOTION_TAG,
+    Run,
+    Wiring,
+    attempt,
+    audit_log_spec,
+    productionize,
+    promotion_defs,
+)
 from platform_ops.sandbox import flows
 from platform_ops_tests.conftest import World
 
