@@ -10,7 +10,7 @@ import pytest
 from metaflow.plugins.aws.step_functions.event_bridge_client import format as metaflow_rule_name
 
 from platform_ops.adapters import eventbridge
-from platform_ops.adapters.aws import count_calls
+from platform_ops.adapters.aws import AwsError, count_calls
 from platform_ops.schedules.core import ScheduledStateMachine
 
 CREATED = datetime(2026, 11, 1, 8, 0, tzinfo=timezone.utc)
@@ -114,3 +114,14 @@ def test_a_rule_deleted_between_the_calls_is_no_schedule(prod, monkeypatch):
 
     monkeypatch.setattr(client, "get_paginator", deleting)
     assert eventbridge.scheduled_state_machines(client, {arn("mlplatform.prod.DemoFlow"): CREATED}) == []
+
+
+def test_a_refused_call_is_an_aws_error_naming_the_code(world, prod):
+    """Until the role grants events:ListTargetsByRule, a check fails in words, not with a stack of botocore."""
+    client, arn = prod
+    metaflow_schedule(client, "mlplatform.prod.DemoFlow", arn("mlplatform.prod.DemoFlow"), "0 * * * ? *")
+    world.control("aws-faults", {"kind": "fail-operation", "service": "events", "operation": "ListTargetsByRule",
+                                 "code": "AccessDeniedException"})
+    with pytest.raises(AwsError) as err:
+        eventbridge.scheduled_state_machines(client, {arn("mlplatform.prod.DemoFlow"): CREATED})
+    assert err.value.code == "AccessDeniedException" and not err.value.request_scoped
