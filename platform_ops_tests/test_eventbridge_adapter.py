@@ -4,7 +4,7 @@ Metaflow makes them, and every API call counted."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from metaflow.plugins.aws.step_functions.event_bridge_client import format as metaflow_rule_name
@@ -13,7 +13,7 @@ from platform_ops.adapters import eventbridge
 from platform_ops.adapters.aws import AwsError, count_calls
 from platform_ops.schedules.core import ScheduledStateMachine
 
-CREATED = datetime(2026, 11, 1, 8, 0, tzinfo=timezone.utc)
+CREATED = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 
 
 @pytest.fixture

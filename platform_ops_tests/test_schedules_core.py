@@ -1,15 +1,22 @@
 """AWS schedule expressions against the EventBridge user guide's examples, and the missed-schedule
 plan: no AWS, no Dagster, no clock (every `now` is given)."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from platform_ops.schedules import core
-from platform_ops.schedules.core import (AnnounceMiss, AnnounceRecovery, ForgetMiss, MissRecord,
-                                         ScheduledStateMachine, ScheduleExpressionError, UnreadableSchedule)
+from platform_ops.schedules.core import (
+    AnnounceMiss,
+    AnnounceRecovery,
+    ForgetMiss,
+    MissRecord,
+    ScheduledStateMachine,
+    ScheduleExpressionError,
+    UnreadableSchedule,
+)
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def at(*args: int) -> datetime:
@@ -140,7 +147,8 @@ def test_rates():
     assert core.parse("rate(1 minute)").period == timedelta(minutes=1)
     assert core.parse("rate(1 hour)").period == timedelta(hours=1)
     assert core.parse("rate(7 days)").period == timedelta(days=7)
-    got = core.fire_times("rate(20 minutes)", at(2026, 11, 1, 10, 0), at(2026, 11, 1, 11, 0), anchor=at(2026, 11, 1, 9, 5))
+    got = core.fire_times("rate(20 minutes)", at(2026, 11, 1, 10, 0), at(2026, 11, 1, 11, 0),
+                          anchor=at(2026, 11, 1, 9, 5))
     assert got == [at(2026, 11, 1, 10, 5), at(2026, 11, 1, 10, 25), at(2026, 11, 1, 10, 45)]
 
 
@@ -175,7 +183,10 @@ GRACE = timedelta(minutes=30)
 DAILY_10 = "cron(0 10 * * ? *)"
 
 
-def scheduled(expression=DAILY_10, arn=ARN, enabled=True, created_at=at(2026, 10, 1)):
+CREATED = at(2026, 10, 1)
+
+
+def scheduled(expression=DAILY_10, arn=ARN, enabled=True, created_at=CREATED):
     return ScheduledStateMachine(arn, arn.rsplit(":", 1)[1], expression, enabled, created_at)
 
 

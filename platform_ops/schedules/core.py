@@ -36,7 +36,7 @@ import calendar
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 
 MONTHS = {name: i for i, name in enumerate(
     ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], start=1)}
@@ -235,7 +235,7 @@ def _week_days(expression: str, field: str) -> tuple[tuple[str, int, int], ...]:
 
 
 def _utc(dt: datetime) -> datetime:
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def _cron_times(cron: Cron, first: datetime, last: datetime, backwards: bool) -> Iterator[datetime]:
@@ -251,7 +251,7 @@ def _cron_times(cron: Cron, first: datetime, last: datetime, backwards: bool) ->
             continue
         for hour in sorted(cron.hours, reverse=backwards):
             for minute in sorted(cron.minutes, reverse=backwards):
-                at = datetime.combine(day, time(hour, minute), tzinfo=timezone.utc)
+                at = datetime.combine(day, time(hour, minute), tzinfo=UTC)
                 if first <= at <= last:
                     yield at
 
