@@ -20,10 +20,11 @@ user guide ("Cron expressions", "Rate expressions") and Quartz, whose dialect AW
     rate(value unit): value a positive integer, unit minute|hour|day when value is 1, else
     minutes|hours|days (`rate(1 minutes)` and `rate(5 minute)` are refused by AWS, and here)
 
-Rate rules: AWS counts a rate rule's periods from the rule's creation (the user guide: the first
-fire is about one period after the rule is created), and neither ListRules nor DescribeRule says
-when that was. So a rate schedule is read as "at least one start every period": the next start is
-expected one period after the last one (or after the state machine was created, if none yet).
+Rate rules: "a rate expression starts when you create the scheduled event rule, and then it runs
+on a defined schedule" (EventBridge user guide, "Rate expressions reference"), and neither
+ListRules nor DescribeRule says when the rule was created (nor whether a redeploy's put_rule
+restarts the count). So a rate schedule is read as "at least one start every period": the next
+start is expected one period after the last one (or after the state machine was created, if none).
 
 What counts as a start: any execution of the state machine, scheduled or by hand (an
 EventBridge-started execution looks like any other: input `{"Parameters": "{}"}`, a generated
@@ -443,7 +444,8 @@ Action = AnnounceMiss | AnnounceRecovery | ForgetMiss | UnreadableSchedule
 
 
 def _minute(dt: datetime) -> datetime:
-    """EventBridge fires at minute precision: a start at 10:00:40 answers the 10:00 fire time."""
+    """EventBridge schedules have one-minute precision and the target starts seconds after the
+    trigger (user guide, "Creating a scheduled rule"): a start at 10:00:40 answers 10:00."""
     return _utc(dt).replace(second=0, microsecond=0)
 
 
