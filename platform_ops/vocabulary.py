@@ -46,6 +46,7 @@ class AfterReadError(StrEnum):
 
     NEXT_QUEUE = "next queue"  # the request was wrong for this queue only (it does not exist, say)
     NEXT_ENVIRONMENT = "next environment"  # the account or its endpoint failed: its other queues would too
+    RETRY_STEP = "retry the step"  # throttled past the client's attempts: no fact about the queue, a step retries
 
 
 def after_read_error(request_scoped: bool) -> AfterReadError:

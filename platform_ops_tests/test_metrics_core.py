@@ -1,15 +1,17 @@
 """Metrics decisions on real-shaped job records: vectorised summaries, datums, batching."""
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from platform_ops.metrics import core
 from platform_ops.observations import BatchJob
+from platform_ops.vocabulary import AfterReadError
 
-NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
 def ago(minutes):
@@ -117,3 +119,54 @@ def test_dashboard_body_is_stable_and_covers_every_queue():
     assert "RUNNABLE jobs" in titles and "Instances registered / deregistered" in titles
     metrics = [m for w in body["widgets"] for m in w["properties"]["metrics"]]
     assert {m[5] for m in metrics if m[4] == "JobQueue"} == {"q1", "q2"}
+
+
+def test_instances_gone_counts_only_what_left_a_compute_environment_read_this_time():
+    previous = {("staging", "ce"): ["arn:i1", "arn:i2", "arn:i3"], ("production", "ce2"): ["arn:p1"]}
+    current = {("staging", "ce"): ["arn:i3", "arn:i4"], ("staging", "new-ce"): ["arn:n1"]}
+    # production was not read (its read failed): no count, rather than one deregistration
+    assert core.instances_gone(previous, current) == {("staging", "ce"): 2, ("staging", "new-ce"): 0}
+    assert core.instances_gone({}, {}) == {}
+
+
+@pytest.mark.parametrize("request_scoped, throttled, after", [
+    (True, False, AfterReadError.NEXT_QUEUE), (False, False, AfterReadError.NEXT_ENVIRONMENT),
+    (True, True, AfterReadError.RETRY_STEP), (False, True, AfterReadError.RETRY_STEP)])
+def test_a_read_error_skips_a_queue_or_an_environment_and_a_throttle_fails_the_step(request_scoped, throttled, after):
+    assert core.after_read_error(request_scoped, throttled) is after
+
+
+def test_a_publish_plan_resumes_after_the_batches_an_earlier_attempt_put():
+    datums = [core.Datum(env, f"M{i}", (("Environment", env),), float(i), "Count")
+              for env in ("staging", "production") for i in range(5)]
+    plan = core.publish_plan(datums, ["staging", "production", "empty"], NOW, {"staging": 2})
+    assert [(p.environment, len(p.batches), p.start, p.datums) for p in plan] == [
+        ("staging", 1, 2, 5), ("production", 1, 0, 5), ("empty", 0, 0, 0)]
+    [[first, *_]] = plan[0].batches
+    assert first["Timestamp"] == NOW and first["Dimensions"] == [{"Name": "Environment", "Value": "staging"}]
+    assert core.publish_plan(datums, ["staging"], NOW, {}) == core.publish_plan(datums, ["staging"], NOW, {})
+
+
+def test_the_checks_pick_late_and_failing_queues_and_their_numbers_read_short():
+    summary = core.queue_summary(core.jobs_frame("staging", JOBS), NOW, [("staging", "ml-gpu")])
+    late = core.late_queues(summary, lambda queue: 120 * 60)
+    assert list(late["queue"]) == ["ml-staging"]  # r1 has waited 150 minutes; ml-gpu has nothing
+    assert list(core.late_queues(summary, lambda queue: 151 * 60)["queue"]) == []
+    assert list(core.failing_queues(summary, 0.5)["queue"]) == []  # ml-staging: 2 of 5 finished failed
+    assert list(core.failing_queues(summary, 0.3)["queue"]) == ["ml-staging"]
+    assert (core.age_text(150 * 60), core.age_text(float("nan")), core.pct_text(0.4), core.pct_text(np.nan)) == (
+        "2h30m", "-", "40%", "-")
+    overview = core.overview_markdown(summary).splitlines()
+    assert overview[0].startswith("| environment | queue | RUNNABLE | oldest |") and len(overview) == 2 + len(summary)
+    assert "| staging | ml-staging | 2 | 2h30m | 0 | 2 | 40% | 1 |" in overview
+
+
+def test_chart_panels_split_what_the_chart_queries_read_back():
+    queries = core.chart_queries("staging", ["ml-staging", "ml-gpu"])
+    dims = {"Environment": "staging", "JobQueue": "ml-staging"}
+    assert queries[:2] == [("ml-staging RunnableJobs", "RunnableJobs", dims),
+                           ("ml-staging OldestRunnableAgeSeconds", "OldestRunnableAgeSeconds", dims)]
+    series = {label: [(NOW, 1.0)] for label, _, _ in queries}
+    [(runnable, jobs_series), (oldest, ages)] = core.chart_panels(series)
+    assert sorted(jobs_series) == ["ml-gpu RunnableJobs", "ml-staging RunnableJobs"]
+    assert sorted(ages) == ["ml-gpu OldestRunnableAgeSeconds", "ml-staging OldestRunnableAgeSeconds"]

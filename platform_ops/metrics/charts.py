@@ -15,10 +15,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 def line_chart(title: str, panels: list[tuple[str, dict[str, list[tuple[datetime, float]]]]]) -> bytes:
     """One PNG, a panel per (y label, {series label: [(time, value)]}), stacked vertically."""
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.8 * len(panels)), sharex=True, squeeze=False)
-    for ax, (ylabel, series) in zip(axes[:, 0], panels):
+    for ax, (ylabel, series) in zip(axes[:, 0], panels, strict=True):
         for label, points in sorted(series.items()):
             if points:
-                xs, ys = zip(*points)
+                xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, marker="o", markersize=3, label=label)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

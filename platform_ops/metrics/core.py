@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
 from platform_ops.observations import BatchJob
 from platform_ops.vocabulary import REASON_PREFIX as REAPER_PREFIX
+from platform_ops.vocabulary import AfterReadError, format_duration
+from platform_ops.vocabulary import after_read_error as _after_read_error
 
 STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
 ACTIVE = STATUSES[:5]
@@ -123,11 +125,26 @@ def capacity_summary(instances: pd.DataFrame, window_start: datetime,
     out = out.fillna(0)
     out = out.reset_index()
     gone = gone or {}
-    out["deregistered"] = [gone.get((e, c), 0) for e, c in zip(out["environment"], out["compute_environment"])]
+    out["deregistered"] = [gone.get((e, c), 0)
+                           for e, c in zip(out["environment"], out["compute_environment"], strict=True)]
     ints = ["active", "draining", "registered_in_window", "deregistered", "registered_memory_mib",
             "remaining_memory_mib"]
     out[ints] = out[ints].astype(int)
     return out[CAPACITY_COLUMNS]
+
+
+def instances_gone(previous: Mapping[tuple[str, str], Iterable[str]],
+                   current: Mapping[tuple[str, str], Iterable[str]]) -> dict[tuple[str, str], int]:
+    """Per (environment, compute environment) read this time, how many container instances seen
+    last time are missing now; one not read this time gets no count (a failed read is no
+    deregistration)."""
+    return {key: len(set(previous.get(key, ())) - set(arns)) for key, arns in current.items()}
+
+
+def after_read_error(request_scoped: bool, throttled: bool) -> AfterReadError:
+    """A throttle that outlasted the client's attempts says nothing of the queue: the step fails
+    for its retry policy rather than publish a gap; any other error is recorded and skipped."""
+    return AfterReadError.RETRY_STEP if throttled else _after_read_error(request_scoped)
 
 
 INSTANCE_COLUMNS = ["environment", "compute_environment", "cluster", "arn", "status", "registered_at",
@@ -176,7 +193,7 @@ def _datums(frame: pd.DataFrame, metrics: Mapping[str, tuple[str, str]], dimensi
     for name, (col, unit) in metrics.items():
         values = pd.to_numeric(frame[col], errors="coerce").astype(float)
         ok = np.isfinite(values.to_numpy())  # CloudWatch rejects NaN and inf
-        for env, key, value in zip(frame.loc[ok, "environment"], frame.loc[ok, column], values[ok]):
+        for env, key, value in zip(frame.loc[ok, "environment"], frame.loc[ok, column], values[ok], strict=True):
             out.append(Datum(env, name, (("Environment", env), (dimension, key)), float(value), unit))
     return out
 
@@ -185,6 +202,29 @@ def metric_data(queues: pd.DataFrame, capacity: pd.DataFrame) -> list[Datum]:
     """Bounded cardinality: Environment plus JobQueue or ComputeEnvironment, nothing per job."""
     return (_datums(queues, QUEUE_METRICS, "JobQueue", "queue")
             + _datums(capacity, CAPACITY_METRICS, "ComputeEnvironment", "compute_environment"))
+
+
+@dataclass(frozen=True)
+class Publish:
+    """One environment's PutMetricData calls; the first `start` an earlier attempt already put."""
+
+    environment: str
+    batches: list[list[dict]]
+    start: int = 0
+
+    @property
+    def datums(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+
+def publish_plan(datums: Iterable[Datum], environments: Iterable[str], timestamp: datetime,
+                 put: Mapping[str, int]) -> list[Publish]:
+    """Per environment (its own account), the calls to make. The same datums and `timestamp` give
+    the same batches on every attempt, so `put` (environment -> batches already put) says what is
+    left: a retried step doubles no sample."""
+    datums = list(datums)
+    return [Publish(env, batches([d.api(timestamp) for d in datums if d.environment == env]), put.get(env, 0))
+            for env in environments]
 
 
 MAX_DATUMS_PER_CALL = 1000
@@ -248,3 +288,46 @@ def dashboard_body(environment: str, region: str, queues: Iterable[str], compute
 
 def dashboard_name(environment: str) -> str:
     return f"platform-ops-{environment}"
+
+
+CHART_METRICS = ("RunnableJobs", "OldestRunnableAgeSeconds")
+
+
+def chart_queries(environment: str, queues: Iterable[str]) -> list[tuple[str, str, dict[str, str]]]:
+    """The series a chart reads back: (label, metric, dimensions) per queue and charted metric."""
+    return [(f"{q} {metric}", metric, {"Environment": environment, "JobQueue": q})
+            for q in queues for metric in CHART_METRICS]
+
+
+def chart_panels(series: Mapping[str, list]) -> list[tuple[str, dict[str, list]]]:
+    """The chart's panels, (y label, {series label: points}), from what `chart_queries` read."""
+    return [("RUNNABLE jobs", {k: v for k, v in series.items() if k.endswith("RunnableJobs")}),
+            ("oldest age (s)", {k: v for k, v in series.items() if k.endswith("OldestRunnableAgeSeconds")})]
+
+
+# ---- checks and how their numbers read ----
+
+def late_queues(summary: pd.DataFrame, threshold_s: Callable[[str], float]) -> pd.DataFrame:
+    """The rows whose oldest RUNNABLE job is older than its queue's threshold (seconds)."""
+    return summary[summary["oldest_runnable_age_s"] > summary["queue"].map(threshold_s)]
+
+
+def failing_queues(summary: pd.DataFrame, max_rate: float) -> pd.DataFrame:
+    """The rows whose failure rate in the window exceeds `max_rate` (no finished job: not failing)."""
+    return summary[summary["failure_rate"] > max_rate]
+
+
+def age_text(seconds: float) -> str:
+    return "-" if pd.isna(seconds) else format_duration(timedelta(seconds=float(seconds)))
+
+
+def pct_text(rate: float) -> str:
+    return "-" if pd.isna(rate) else f"{rate:.0%}"
+
+
+def overview_markdown(summary: pd.DataFrame) -> str:
+    """The queue summary as the short table an operator scans first."""
+    lines = [f"| {r.environment} | {r.queue} | {r.RUNNABLE} | {age_text(r.oldest_runnable_age_s)} | {r.RUNNING} | "
+             f"{r.FAILED} | {pct_text(r.failure_rate)} | {r.reaped} |" for r in summary.itertuples()]
+    return ("| environment | queue | RUNNABLE | oldest | RUNNING | FAILED | failure rate | reaped |\n"
+            "|---|---|---|---|---|---|---|---|\n" + "\n".join(lines))
