@@ -38,4 +38,4 @@ bench: $(STAMP) system-packages
 	@PYTHONWARNINGS=ignore $(BIN)/python -m platform_ops_tests.bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .tmp_dagster_home_*
+	rm -rf $(VENV) .pytest_cache .ruff_cache .tmp_dagster_home_*
