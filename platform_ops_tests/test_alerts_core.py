@@ -1,5 +1,6 @@
 """Alert decisions on histories shaped like Step Functions returns them for Metaflow runs."""
 
+import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -276,3 +277,195 @@ def test_announced_outcomes_keep_their_words():
     assert core.announced(in_thread=True, found=True) == "announced in digest thread (found in Slack)"
     assert core.ANNOUNCED == {core.announced(t, f) for t in (False, True) for f in (False, True)}
     assert "already announced" not in core.ANNOUNCED and core.Outcome.RECOVERY_ANNOUNCED not in core.ANNOUNCED
+
+
+# ---- the plans: what a tick requests, what a run sends ----
+
+STAGING_SM = "arn:aws:states:us-east-1:111111111111:stateMachine:mlplatform.test.DemoFlow"
+
+
+def ref(ex):
+    return core.Ref("production", ex.arn, ex.state_machine_arn)
+
+
+def test_a_success_is_a_recovery_candidate_only_after_the_last_failure():
+    failed, _, _ = core.scan([execution("f1", minutes=3), execution("f2", minutes=6)], T0)
+    later, earlier = execution("ok-late", "SUCCEEDED", 9), execution("ok-early", "SUCCEEDED", 5)
+    found = core.candidates("production", failed, [earlier, later])
+    assert [r.execution_arn.rsplit(":", 1)[-1] for r in found.failures] == ["f1", "f2"]
+    assert [r.execution_arn.rsplit(":", 1)[-1] for r in found.successes] == ["ok-late"]
+    assert core.candidates("production", failed, [earlier]).successes == []
+    assert [r.environment for r in core.candidates("staging", [], [earlier]).successes] == ["staging"]
+
+
+def test_events_are_decided_per_state_machine_of_the_environment_only():
+    other = dataclasses.replace(execution("elsewhere"), state_machine_arn=STAGING_SM,
+                                arn=execution("elsewhere").arn.replace("mlplatform.prod", "mlplatform.test"))
+    seen = [execution("f1", minutes=3), execution("ok", "SUCCEEDED", 2), other]
+    found = core.from_events("production", ["mlplatform.prod."], seen)
+    assert [r.execution_arn for r in found.failures] == [execution("f1").arn]
+    assert found.successes == []  # it succeeded before the failure
+    assert core.from_events("production", ["nothing."], seen) == core.Candidates()
+
+
+def test_a_run_is_requested_for_failures_and_for_successes_that_recover_something():
+    f, ok = ref(execution("f1")), ref(execution("ok", "SUCCEEDED", 9))
+    elsewhere = core.Ref("staging", "arn:aws:states:us-east-1:111111111111:execution:mlplatform.test.DemoFlow:ok",
+                         STAGING_SM)
+    assert core.plan_work([core.Candidates([], [ok])], open_machines=[]) is None  # nothing to recover
+    work = core.plan_work([core.Candidates([], [ok, elsewhere])], open_machines=[SM])
+    assert work.failures == () and work.recoveries == (ok,)
+    work = core.plan_work([core.Candidates([f]), core.Candidates([], [ok])], open_machines=[])
+    assert (work.failures, work.recoveries) == ((f,), (ok,))  # failing in the same set
+    swapped = core.plan_work([core.Candidates([], [ok]), core.Candidates([f])], open_machines=[])
+    assert work.run_key == swapped.run_key and work.run_key.startswith("alert:")
+    assert core.plan_work([core.Candidates([f])], []).run_key != work.run_key
+
+
+def test_the_cursor_carries_what_it_could_not_read_and_only_the_environments_own():
+    prod = core.Scope("production", "222222222222", "us-east-1", ("mlplatform.prod.",), event_driven=True)
+    shared = core.Scope("other", "222222222222", "us-east-1", ("team.",))  # the same account
+    other_sm = "arn:aws:states:us-east-1:222222222222:stateMachine:team.Flow"
+    previous = {SM: 1_000, other_sm: 2_000, prod.mark: core.to_epoch_ms(T0)}
+    cursor = core.Cursor.loads(json.dumps(previous))
+    assert not cursor.due(prod, T0 + timedelta(seconds=599), reconcile_seconds=600)
+    assert cursor.next == {SM: 1_000, prod.mark: core.to_epoch_ms(T0)}  # carried, mark and all
+    assert cursor.due(shared, T0, 600)  # polled every tick
+    cursor.seen(other_sm, T0)
+    cursor.unread("arn:aws:states:us-east-1:222222222222:stateMachine:team.New")  # never read: nothing to carry
+    assert json.loads(cursor.dumps()) == {SM: 1_000, other_sm: core.to_epoch_ms(T0), prod.mark: core.to_epoch_ms(T0)}
+
+    late = core.Cursor(previous)
+    assert late.due(prod, T0 + timedelta(seconds=600), 600) and late.next == {}
+    late.keep(prod, mark=False)  # its listing failed: reconcile again next tick
+    assert late.next == {SM: 1_000}
+    listed = core.Cursor(previous)
+    listed.listed(prod, T0 + timedelta(hours=1))
+    listed.unread(SM)
+    assert listed.next == {prod.mark: core.to_epoch_ms(T0 + timedelta(hours=1)), SM: 1_000}
+    assert listed.since(SM, T0) == core.from_epoch_ms(1_000) and listed.since("new", T0) == T0
+
+
+@pytest.mark.parametrize("step, record, outcome, detail", [
+    (core.exactly_once.Step.DONE, {"state": "announced", "ts": "1.2"}, core.Outcome.ALREADY_ANNOUNCED, "1.2"),
+    (core.exactly_once.Step.DONE, {"state": "muted", "reason": "x"}, core.Outcome.ALREADY_MUTED, ""),
+    (core.exactly_once.Step.DONE, {"ts": "0.5"}, core.Outcome.ALREADY_ANNOUNCED, "0.5"),  # before claims
+    (core.exactly_once.Step.BUSY, {"state": "claimed", "run_id": "r9"}, core.Outcome.IN_FLIGHT, "r9"),
+])
+def test_the_ledger_alone_skips_what_went_out_or_is_in_flight(step, record, outcome, detail):
+    result = core.skipped(ref(execution()), step, record)
+    assert (result.outcome, result.detail) == (outcome, detail)
+    assert str(result.outcome) == result.row()["result"]
+
+
+def test_what_the_ledger_does_not_skip_is_looked_into():
+    assert core.skipped(ref(execution()), core.exactly_once.Step.POST, None) is None
+    assert core.skipped(ref(execution()), core.exactly_once.Step.LOOKUP, {"state": "claimed"}) is None
+
+
+def test_silences_mute_matching_state_machines_until_they_end():
+    from platform_ops.settings import Silence
+
+    ex = execution()
+    silences = [Silence(state_machine_pattern="mlplatform.test.*", until=T0 + timedelta(days=1), reason="branches"),
+                Silence(state_machine_pattern="mlplatform.prod.*", until=T0 + timedelta(hours=1), reason="upgrade")]
+    muted = core.screen(ref(ex), ex, silences, now=T0)
+    assert isinstance(muted, core.Mute) and muted.reason == "upgrade"
+    assert (muted.result.outcome, muted.result.detail) == (core.Outcome.MUTED, "upgrade (until 2026-11-28 10:00)")
+    assert core.screen(ref(ex), ex, silences, now=T0 + timedelta(hours=1)) is None  # it ended
+    gone = core.screen(ref(ex), None, silences, now=T0)
+    assert gone.outcome is core.Outcome.GONE
+
+
+def _finding(name, n_failed=1):
+    ex = execution(name)
+    outcomes = [lambda i: job(i, exit_code=137, reason="OutOfMemoryError")] * n_failed + [None]
+    return core.Finding(ref(ex), core.drill_down(ex, foreach_history(outcomes), "production"), ["Killed"])
+
+
+LINKS = core.Links("https://mf", "http://dagster/runs/r1", {"alice": "U0ALICE"})
+
+
+def test_below_the_threshold_each_execution_is_its_own_message():
+    findings = [_finding("a", 2), _finding("b")]
+    plan = core.plan_posts(findings, [f.ref for f in findings], LINKS, threshold=2, digest_record=None)
+    assert plan.digest is None and [p.key for p in plan.posts] == [f"execution/{execution(n).arn}" for n in "ab"]
+    post = plan.posts[0]
+    assert post.kind is core.Kind.EXECUTION and not post.in_digest and post.thread_ts is None
+    assert post.summary == "2/4 tasks: out of memory" == findings[0].result.detail
+    assert findings[0].result.outcome is core.Outcome.TO_ANNOUNCE
+    assert "Killed" in json.dumps(post.message.blocks)
+    assert dict(post.payload) == {"kind": "execution", "execution_arn": execution("a").arn}
+    assert post.opened("9.9") == {"thread_ts": "9.9", "stopped_ms": core.to_epoch_ms(T0 + timedelta(minutes=7)),
+                                  "execution": "a"}
+    assert core.plan_posts([], [], LINKS, 2, None) == core.Posts(None, ())
+
+
+def test_a_storm_is_a_digest_first_and_stays_one_for_a_rerun_with_fewer_left():
+    findings = [_finding(f"s{i}") for i in range(3)]
+    asked = [f.ref for f in findings]
+    plan = core.plan_posts(findings, asked, LINKS, threshold=2, digest_record=None)
+    assert plan.digest.key == core.digest_key(reversed(asked)) and plan.digest.ref is None
+    assert plan.digest.message.text.startswith("3 Metaflow runs failed")
+    assert dict(plan.digest.payload) == {"kind": "digest", "executions": 3}
+    assert all(p.in_digest for p in plan.posts)
+    rerun = core.plan_posts(findings[2:], asked, LINKS, threshold=2, digest_record={"state": "claimed"})
+    assert rerun.digest.key == plan.digest.key and rerun.digest.payload["executions"] == 3
+
+
+def test_the_details_wait_on_the_digest():
+    findings = [_finding(f"s{i}") for i in range(3)]
+    plan = core.plan_posts(findings, [f.ref for f in findings], LINKS, threshold=2, digest_record=None)
+    posts, held = core.after_digest(plan, "posted", "5.5")
+    assert held == [] and [p.thread_ts for p in posts] == ["5.5"] * 3
+    assert core.delivered(posts[0], "posted", "6.1").outcome is core.Outcome.ANNOUNCED_IN_THREAD
+    assert core.after_digest(plan, None, None) == ([], [])  # it failed: the retry sends them
+    posts, held = core.after_digest(plan, "busy", None)
+    assert posts == []
+    assert {(r.outcome, r.detail) for r in held} == {(core.Outcome.IN_FLIGHT, "1/3 tasks: out of memory")}
+
+
+def test_what_a_post_became():
+    post = core.plan_posts([_finding("a")], [], LINKS, 5, None).posts[0]
+    assert (core.delivered(post, "posted", "1.1").outcome, core.delivered(post, "posted", "1.1").detail) == (
+        core.Outcome.ANNOUNCED, "1.1")
+    assert core.delivered(post, "found", "1.1").outcome is core.Outcome.FOUND
+    assert core.delivered(post, "already", "1.1").outcome is core.Outcome.ANNOUNCED
+    assert core.delivered(post, "busy", None).outcome is core.Outcome.IN_FLIGHT
+    assert core.not_sent(post, "HTTP 500").outcome is core.Outcome.NOT_SENT
+    ok = execution("ok", "SUCCEEDED", 30)
+    recovery = core.plan_recovery(ref(ok), {"thread_ts": "1.1", "stopped_ms": 0}, ok, LINKS)
+    assert core.delivered(recovery, "posted", "2.2").outcome is core.Outcome.RECOVERY_ANNOUNCED
+    assert core.delivered(recovery, "posted", "2.2").detail == "1.1"
+    assert core.delivered(recovery, "busy", None).outcome is core.Outcome.RECOVERY_IN_FLIGHT
+    assert core.not_sent(recovery, "x").outcome is core.Outcome.RECOVERY_NOT_SENT
+
+
+def test_a_recovery_answers_in_the_failures_thread_only_if_it_came_after_it():
+    ok = execution("ok", "SUCCEEDED", 30)
+    opened = {"thread_ts": "1.1", "stopped_ms": core.to_epoch_ms(T0 + timedelta(minutes=7)), "execution": "f"}
+    post = core.plan_recovery(ref(ok), opened, ok, LINKS)
+    assert (post.key, post.kind, post.thread_ts, post.label) == (f"recovery/{ok.arn}", core.Kind.RECOVERY, "1.1",
+                                                                 "recovery ok")
+    assert "Recovered: DemoFlow run" in post.message.text
+    assert core.plan_recovery(ref(ok), None, ok, LINKS).outcome is core.Outcome.RECOVERY_NOTHING_OPEN
+    assert core.plan_recovery(ref(ok), opened, None, LINKS).outcome is core.Outcome.GONE
+    same = execution("same", "SUCCEEDED", 7)
+    assert core.plan_recovery(ref(same), opened, same, LINKS).outcome is core.Outcome.RECOVERY_OLDER
+
+
+def test_the_report_keeps_the_last_word_on_each_execution_in_the_order_asked():
+    a, b = _finding("a"), _finding("b")
+    report = core.Report()
+    report.record(a.result, b.result, core.Result(ref(execution("m")), core.Outcome.MUTED, "why"))
+    post_a, post_b = core.plan_posts([a, b], [], LINKS, 5, None).posts
+    report.record(core.delivered(post_a, "posted", "1.1"))
+    report.failed(post_b, "chat.postMessage to #alerts: HTTP 500")
+    assert report.counts == {"announced": 1, "not sent": 1, "muted": 1}
+    assert report.announced == 1 and report.errors == ["b: chat.postMessage to #alerts: HTTP 500"]
+    assert [r["execution"] for r in report.rows] == ["a", "b", "m"]
+    assert report.rows[0] == {"execution": "a", "environment": "production",
+                              "state_machine": "mlplatform.prod.DemoFlow", "result": "announced", "detail": "1.1"}
+    report.failed(core.Post("digest/x", core.Kind.DIGEST, post_a.message, "digest"), "down")
+    assert report.errors[-1] == "digest: down" and len(report.results) == 3
+

@@ -6,19 +6,22 @@ returns them (lists of event dicts). No AWS, no Slack client, no Dagster.
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
+from platform_ops import exactly_once
 from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, SlackMessage, escape, pack
 from platform_ops.observations import Execution
 from platform_ops.vocabulary import REASON_PREFIX as REAPER_PREFIX
-from platform_ops.vocabulary import format_duration, from_epoch_ms
+from platform_ops.vocabulary import format_duration, from_epoch_ms, ids_digest, to_epoch_ms
 
 FAILED_STATUSES = ("FAILED", "TIMED_OUT", "ABORTED")
 SUCCEEDED = "SUCCEEDED"
@@ -64,6 +67,152 @@ def executions_from_events(bodies: Iterable[str]) -> tuple[list[Execution], int]
             continue
         by_arn[ex.arn] = ex
     return list(by_arn.values()), other
+
+
+# ---- what the sensors ask an alert run to do ----
+
+EPOCH = datetime.min.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """An execution an alert run is asked about; the run describes it again (it may be gone)."""
+
+    environment: str
+    execution_arn: str
+    state_machine_arn: str
+
+    def row(self) -> dict[str, str]:
+        return {"execution": self.execution_arn.rsplit(":", 1)[-1], "environment": self.environment,
+                "state_machine": self.state_machine_arn.rsplit(":", 1)[-1]}
+
+
+@dataclass
+class Candidates:
+    """What a tick found for an alert run: failures, and successes that may recover one."""
+
+    failures: list[Ref] = field(default_factory=list)
+    successes: list[Ref] = field(default_factory=list)
+
+    def extend(self, other: Candidates) -> None:
+        self.failures += other.failures
+        self.successes += other.successes
+
+
+def candidates(environment: str, failed: list[Execution], succeeded: list[Execution]) -> Candidates:
+    """One state machine's failures (as `scan` sorts them), and its latest success if it came after
+    them: only that one can say the state machine recovered."""
+    found = Candidates([Ref(environment, e.arn, e.state_machine_arn) for e in failed])
+    if succeeded and (not failed or succeeded[-1].stopped_at > failed[-1].stopped_at):
+        found.successes.append(Ref(environment, succeeded[-1].arn, succeeded[-1].state_machine_arn))
+    return found
+
+
+def from_events(environment: str, prefixes: Iterable[str], executions: Iterable[Execution]) -> Candidates:
+    """What events reported, decided as polling would, state machine by state machine; only the
+    environment's own state machines (by name prefix) count."""
+    prefixes = tuple(prefixes)
+    by_machine: dict[str, list[Execution]] = {}
+    for ex in executions:
+        if ex.state_machine_name.startswith(prefixes):
+            by_machine.setdefault(ex.state_machine_arn, []).append(ex)
+    found = Candidates()
+    for executions_of_one in by_machine.values():
+        failed, succeeded, _ = scan(executions_of_one, EPOCH)
+        found.extend(candidates(environment, failed, succeeded))
+    return found
+
+
+@dataclass(frozen=True)
+class Work:
+    """One alert run's config. Its run key names the set of executions, so the polling and the
+    event sensor asking for the same set make one run (and the ledger skips what went out)."""
+
+    failures: tuple[Ref, ...]
+    recoveries: tuple[Ref, ...]
+
+    @property
+    def run_key(self) -> str:
+        ids = [f.execution_arn for f in self.failures] + [f"ok:{r.execution_arn}" for r in self.recoveries]
+        return f"alert:{ids_digest(ids)}"
+
+
+def plan_work(found: Iterable[Candidates], open_machines: Iterable[str]) -> Work | None:
+    """The run to request, if any: a success counts only where it can recover something, a failure
+    still open in the ledger (`open_machines`) or one in this same set."""
+    failures = [f for c in found for f in c.failures]
+    successes = [s for c in found for s in c.successes]
+    recoverable = set(open_machines) | {f.state_machine_arn for f in failures}
+    recoveries = [s for s in successes if s.state_machine_arn in recoverable]
+    if not failures and not recoveries:
+        return None
+    return Work(tuple(failures), tuple(recoveries))
+
+
+@dataclass(frozen=True)
+class Scope:
+    """An environment as the polling cursor sees it: the state machines it owns (by ARN: account,
+    region, name prefix) and, when events carry it, the mark of its last reconciliation."""
+
+    environment: str
+    account_id: str
+    region: str
+    prefixes: tuple[str, ...]
+    event_driven: bool = False
+
+    @property
+    def mark(self) -> str:
+        return f"reconciled:{self.environment}"
+
+    def owns(self, key: str) -> bool:
+        parts = key.split(":")
+        return (len(parts) >= 7 and parts[3] == self.region and parts[4] == self.account_id
+                and parts[6].startswith(self.prefixes))
+
+
+class Cursor:
+    """The polling sensor's cursor (epoch ms): per state machine the newest stop seen, per
+    event-driven environment when polling last reconciled it. `next` is the tick's new value: what
+    was read anew, and what could not be read (or was not due) carried over unchanged."""
+
+    def __init__(self, previous: Mapping[str, int] | None = None):
+        self.previous = dict(previous or {})
+        self.next: dict[str, int] = {}
+
+    @classmethod
+    def loads(cls, text: str | None) -> Cursor:
+        return cls(json.loads(text) if text else {})
+
+    def dumps(self) -> str:
+        return json.dumps(self.next, sort_keys=True)
+
+    def due(self, scope: Scope, now: datetime, reconcile_seconds: float) -> bool:
+        """Polled environments every tick; event-driven ones once per reconcile interval (events
+        carry them in between, and their cursor is carried over)."""
+        if scope.event_driven and to_epoch_ms(now) - self.previous.get(scope.mark, 0) < reconcile_seconds * 1000:
+            self.keep(scope, mark=True)
+            return False
+        return True
+
+    def keep(self, scope: Scope, mark: bool) -> None:
+        """Carry over what `scope` owns; without its mark when its listing failed, so that an
+        event-driven environment is reconciled again on the next tick."""
+        self.next.update({k: v for k, v in self.previous.items()
+                          if scope.owns(k) or (mark and k == scope.mark)})
+
+    def listed(self, scope: Scope, now: datetime) -> None:
+        if scope.event_driven:
+            self.next[scope.mark] = to_epoch_ms(now)
+
+    def since(self, machine_arn: str, default: datetime) -> datetime:
+        return from_epoch_ms(self.previous[machine_arn]) if machine_arn in self.previous else default
+
+    def seen(self, machine_arn: str, newest: datetime) -> None:
+        self.next[machine_arn] = to_epoch_ms(newest)
+
+    def unread(self, machine_arn: str) -> None:
+        if machine_arn in self.previous:
+            self.next[machine_arn] = self.previous[machine_arn]
 
 
 # ---- classification ----
@@ -113,6 +262,8 @@ class Outcome(StrEnum):
     ANNOUNCED_IN_THREAD = "announced in digest thread"
     FOUND = "announced (found in Slack)"
     FOUND_IN_THREAD = "announced in digest thread (found in Slack)"
+    ALREADY_ANNOUNCED = "already announced"
+    ALREADY_MUTED = "already muted"
     NOT_SENT = "not sent"
     IN_FLIGHT = "in flight in another run"
     MUTED = "muted"
@@ -494,3 +645,215 @@ def render_run_failure(job_name: str, run_id: str, error: str, run_url: str) -> 
     )
     return SlackMessage(text=f"platform-ops job {job_name} failed (run {run_id[:8]}): {error.strip()[:200]}",
                         blocks=blocks)
+
+
+# ---- an alert run, planned ----
+
+@dataclass(frozen=True)
+class Result:
+    """What became of one execution in an alert run: a row of the run's metadata."""
+
+    ref: Ref
+    outcome: Outcome
+    detail: str = ""
+
+    def row(self) -> dict[str, str]:
+        return {**self.ref.row(), "result": str(self.outcome), "detail": self.detail}
+
+
+def skipped(ref: Ref, step: exactly_once.Step, record: Mapping[str, Any] | None) -> Result | None:
+    """Nothing to send, by the ledger alone: it went out (or was muted) before, or another live
+    run is sending it. None: look into it."""
+    if step is exactly_once.Step.DONE:
+        outcome = Outcome.ALREADY_MUTED if record.get("state") == "muted" else Outcome.ALREADY_ANNOUNCED
+        return Result(ref, outcome, record.get("ts", ""))
+    if step is exactly_once.Step.BUSY:
+        return Result(ref, Outcome.IN_FLIGHT, record.get("run_id") or "")
+    return None
+
+
+class Silence(Protocol):
+    """A silence as the settings give it: state machines matching a glob, muted until a time."""
+
+    state_machine_pattern: str
+    until: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class Mute:
+    """Record the execution as muted in the ledger, announce nothing."""
+
+    ref: Ref
+    reason: str
+    until: datetime
+
+    @property
+    def result(self) -> Result:
+        return Result(self.ref, Outcome.MUTED, f"{self.reason} (until {self.until:%Y-%m-%d %H:%M})")
+
+
+def screen(ref: Ref, execution: Execution | None, silences: Iterable[Silence], now: datetime) -> Result | Mute | None:
+    """Before the drill-down: gone (e.g. its state machine was deleted), silenced, or (None) drill
+    into it."""
+    if execution is None:
+        return Result(ref, Outcome.GONE)
+    name = execution.state_machine_name
+    silence = next((s for s in silences if now < s.until and fnmatch.fnmatchcase(name, s.state_machine_pattern)),
+                   None)
+    return Mute(ref, silence.reason, silence.until) if silence else None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """An execution drilled into, to announce: what failed, and its first failed task's last log lines."""
+
+    ref: Ref
+    incident: Incident
+    log_tail: list[str] | None = None
+
+    @property
+    def result(self) -> Result:
+        i = self.incident
+        return Result(self.ref, Outcome.TO_ANNOUNCE, f"{i.failed}/{i.submitted} tasks: {i.headline_reason}")
+
+
+class Kind(StrEnum):
+    """What a post announces (also its Slack metadata's `kind`)."""
+
+    EXECUTION = "execution"
+    DIGEST = "digest"
+    RECOVERY = "recovery"
+
+
+@dataclass(frozen=True)
+class Post:
+    """One Slack message to send exactly once under `key`, and what the ledger learns once it is
+    out: an execution's failure opens (its recovery answers in its thread), a recovery closes it."""
+
+    key: str
+    kind: Kind
+    message: SlackMessage
+    label: str  # names it in an error (an execution's post: the execution's name)
+    ref: Ref | None = None  # the execution it announces; none for a digest
+    thread_ts: str | None = None
+    in_digest: bool = False  # goes in the thread of the run's digest, known once the digest is out
+    summary: str = ""  # its row's detail while it is not out
+    stopped_ms: int = 0  # of the execution whose failure it opens
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+    def opened(self, ts: str | None) -> dict[str, Any]:
+        """The ledger's open failure after an execution's post: where its recovery replies."""
+        return {"thread_ts": self.thread_ts or ts, "stopped_ms": self.stopped_ms,
+                "execution": self.label}
+
+
+@dataclass(frozen=True)
+class Posts:
+    """What to send, in order: in a storm a digest first, the rest in its thread."""
+
+    digest: Post | None
+    posts: tuple[Post, ...]
+
+
+def digest_key(failures: Iterable[Ref]) -> str:
+    """The digest of a set of failures: the same set, however often it is run, has one."""
+    return f"digest/{ids_digest([f.execution_arn for f in failures])}"
+
+
+def plan_posts(findings: list[Finding], asked: list[Ref], links: Links, threshold: int,
+               digest_record: Mapping[str, Any] | None) -> Posts:
+    """One message per execution to announce; in a storm (more than `threshold`, or a digest
+    already claimed for this set) a digest first, with the details in its thread."""
+    if not findings:
+        return Posts(None, ())
+    storm = exactly_once.is_storm(len(findings), threshold, digest_record)
+    posts = tuple(_execution_post(f, links, in_digest=storm) for f in findings)
+    if not storm:
+        return Posts(None, posts)
+    digest = Post(digest_key(asked), Kind.DIGEST, render_digest([f.incident for f in findings], links), "digest",
+                  payload={"kind": Kind.DIGEST.value, "executions": len(asked)})
+    return Posts(digest, posts)
+
+
+def _execution_post(finding: Finding, links: Links, in_digest: bool) -> Post:
+    ex = finding.incident.execution
+    return Post(f"execution/{ex.arn}", Kind.EXECUTION, render_incident(finding.incident, links, finding.log_tail),
+                ex.name, finding.ref, in_digest=in_digest, summary=finding.result.detail,
+                stopped_ms=to_epoch_ms(ex.stopped_at) if ex.stopped_at else 0,
+                payload={"kind": Kind.EXECUTION.value, "execution_arn": ex.arn})
+
+
+def after_digest(plan: Posts, how: str | None, ts: str | None) -> tuple[list[Post], list[Result]]:
+    """The posts that go out once the digest's post answered (`how` as post_once says it, None if
+    it failed), in its thread; and the results of those held back: when another live run is
+    sending the digest, the details are that run's too. Failed, they wait for the retry."""
+    if how == "busy":
+        return [], [delivered(p, how, None) for p in plan.posts]
+    if how is None or not ts:
+        return [], []
+    return [dataclasses.replace(p, thread_ts=ts) if p.in_digest else p for p in plan.posts], []
+
+
+def delivered(post: Post, how: str, ts: str | None) -> Result:
+    """A post's result once post_once answered: `busy` (another live run claimed it), or out
+    (`posted`, `found` in Slack after a lost answer, `already` confirmed)."""
+    recovery = post.kind is Kind.RECOVERY
+    if how == "busy":
+        return Result(post.ref, Outcome.RECOVERY_IN_FLIGHT if recovery else Outcome.IN_FLIGHT,
+                      "" if recovery else post.summary)
+    if recovery:
+        return Result(post.ref, Outcome.RECOVERY_ANNOUNCED, post.thread_ts or "")
+    return Result(post.ref, announced(in_thread=bool(post.thread_ts), found=how == "found"), ts or "")
+
+
+def not_sent(post: Post, error: str) -> Result:
+    """Slack refused or could not be reached: the claim stays, the retry looks before posting."""
+    return Result(post.ref, Outcome.RECOVERY_NOT_SENT if post.kind is Kind.RECOVERY else Outcome.NOT_SENT, error)
+
+
+def plan_recovery(ref: Ref, opened: Mapping[str, Any] | None, execution: Execution | None,
+                  links: Links) -> Result | Post:
+    """A success answers in its state machine's open failure's thread, if it came after that
+    failure; else it is only recorded."""
+    if not opened:
+        return Result(ref, Outcome.RECOVERY_NOTHING_OPEN)
+    if execution is None:
+        return Result(ref, Outcome.GONE)
+    if not execution.stopped_at or to_epoch_ms(execution.stopped_at) <= opened.get("stopped_ms", 0):
+        return Result(ref, Outcome.RECOVERY_OLDER)
+    flow = execution.state_machine_name.rsplit(".", 1)[-1]
+    return Post(f"recovery/{ref.execution_arn}", Kind.RECOVERY, render_recovery(execution, flow, links),
+                f"recovery {execution.name}", ref, thread_ts=opened["thread_ts"],
+                payload={"kind": Kind.RECOVERY.value, "execution_arn": ref.execution_arn})
+
+
+@dataclass
+class Report:
+    """What an alert run did: a result per execution, in the order asked (the last word on each
+    counts), and the posts that failed."""
+
+    results: dict[str, Result] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def record(self, *results: Result) -> None:
+        for result in results:
+            self.results[result.ref.execution_arn] = result
+
+    def failed(self, post: Post, error: str) -> None:
+        self.errors.append(f"{post.label}: {error}")
+        if post.ref is not None:
+            self.record(not_sent(post, error))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """By the words, as the metadata shows them."""
+        return dict(Counter(str(r.outcome) for r in self.results.values()))
+
+    @property
+    def announced(self) -> int:
+        return sum(1 for r in self.results.values() if r.outcome in ANNOUNCED)
+
+    @property
+    def rows(self) -> list[dict[str, str]]:
+        return [r.row() for r in self.results.values()]
