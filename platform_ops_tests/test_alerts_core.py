@@ -469,3 +469,13 @@ def test_the_report_keeps_the_last_word_on_each_execution_in_the_order_asked():
     report.failed(core.Post("digest/x", core.Kind.DIGEST, post_a.message, "digest"), "down")
     assert report.errors[-1] == "digest: down" and len(report.results) == 3
 
+
+@pytest.mark.parametrize("wiring", ["alerts/defs.py", "events/defs.py"])
+def test_the_wiring_stays_thin(wiring):
+    """Each piece of wiring reads, asks the plan, performs: none grows past a screenful."""
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "platform_ops" / wiring).read_text())
+    sizes = {n.name: n.end_lineno - n.lineno + 1 for n in ast.walk(tree)
+             if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+    assert sizes and max(sizes.values()) <= 60, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]

@@ -3,13 +3,13 @@ one message per execution, digest, silence, recovery, exactly once."""
 
 import dataclasses
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import dagster as dg
 import pytest
 
-from platform_ops.adapters.aws import count_calls
+from platform_ops.adapters.aws import AwsError, count_calls
 from platform_ops.code_location import build_defs
 from platform_ops.sandbox.server import SANDBOX_TOKEN
 from platform_ops.settings import Silence
@@ -227,3 +227,42 @@ def test_dagster_run_failures_are_reported_through_the_same_slack_resource(world
     [message] = world.messages
     assert message["text"].startswith("platform-ops job reap_stuck_jobs failed")
     assert f"/runs/{failed.run_id}" in json.dumps(message["blocks"])
+
+
+# ---- pieces of the wiring alone, with fake clients ----
+
+class FakeStepFunctions:
+    """list_state_machines and list_executions as boto3 answers them; a machine named in
+    `broken` fails its listing."""
+
+    def __init__(self, machines, executions, broken=()):
+        self.machines, self.executions, self.broken = machines, executions, set(broken)
+
+    def list_state_machines(self, **_):
+        return {"stateMachines": [{"name": arn.rsplit(":", 1)[-1], "stateMachineArn": arn} for arn in self.machines]}
+
+    def list_executions(self, stateMachineArn, **_):
+        if stateMachineArn in self.broken:
+            raise AwsError("ThrottlingException", "slow down")
+        return {"executions": self.executions.get(stateMachineArn, [])}
+
+
+def test_a_poll_reads_each_state_machine_and_carries_what_it_could_not():
+    from platform_ops.alerts import core
+    from platform_ops.alerts.defs import Poll, poll_environment
+
+    now = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+    ok_sm, broken_sm = (f"arn:aws:states:us-east-1:222222222222:stateMachine:mlplatform.prod.{n}" for n in "AB")
+    failed = {"executionArn": ok_sm.replace("stateMachine", "execution") + ":e1", "name": "e1",
+              "stateMachineArn": ok_sm, "status": "FAILED", "startDate": now - timedelta(minutes=9),
+              "stopDate": now - timedelta(minutes=2)}
+    sfn = FakeStepFunctions([ok_sm, broken_sm], {ok_sm: [failed]}, broken=[broken_sm])
+    alerts = SimpleNamespace(reconcile_interval_seconds=600, initial_lookback_minutes=60, execution_lookback_hours=24)
+    poll = Poll(SimpleNamespace(alerts=alerts), lambda name: SimpleNamespace(client=lambda service: sfn), now)
+    env = SimpleNamespace(name="production", account_id="222222222222", region="us-east-1",
+                          state_machine_prefixes=("mlplatform.prod.",), event_driven=False)
+    cursor, problems = core.Cursor({broken_sm: 1_000}), []
+    found = poll_environment(poll, env, cursor, problems)
+    assert [r.execution_arn for r in found.failures] == [failed["executionArn"]]
+    assert cursor.next == {ok_sm: core.to_epoch_ms(failed["stopDate"]), broken_sm: 1_000}
+    assert problems == ["production/mlplatform.prod.B: ThrottlingException: slow down"]

@@ -248,3 +248,16 @@ def test_watch_entries_past_the_age_bound_are_dropped(world):
         assert reaped_ids(first) == [recent]
         assert sorted(reaped_ids(tick(defs, instance, "stuck_jobs_sensor"))) == sorted([ancient, recent])
         assert reaped_ids(tick(defs, instance, "aws_events_sensor", first.cursor)) == [recent]
+
+
+def test_events_hand_work_on_through_the_capabilities_public_wiring():
+    """Alerting and the reaper decide what events mean; events only reads the queues."""
+    import ast
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[1] / "platform_ops" / "events" / "defs.py"
+    imported = {(node.module, alias.name) for node in ast.walk(ast.parse(source.read_text()))
+                if isinstance(node, ast.ImportFrom) and node.module for alias in node.names}
+    capabilities = {(m, n) for m, n in imported if m.split(".")[1:2] in (["alerts"], ["reaper"])}
+    assert capabilities and all(m.endswith(".defs") and not n.startswith("_") for m, n in capabilities), capabilities
+    assert ("platform_ops.alerts.defs", "alert_request") in capabilities

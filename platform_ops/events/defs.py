@@ -8,21 +8,77 @@ and reconcile every reconcile interval.
 """
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import dagster as dg
 
 from platform_ops.adapters import sqs
 from platform_ops.adapters.aws import AwsError
-from platform_ops.alerts import core as alerts_core
-from platform_ops.alerts.defs import ExecutionRef, alert_request, refs
+from platform_ops.alerts.defs import alert_request, candidates_from_events
 from platform_ops.reaper.defs import requests_from_job_events
 from platform_ops.resources import aws_for, aws_resource_key
 from platform_ops.sensors import end_tick
-from platform_ops.settings import Settings
+from platform_ops.settings import EnvironmentSettings, Settings
 
 MAX_EVENTS_PER_TICK = 500  # the rest waits for the next tick (10 s): a tick stays short
-EPOCH = datetime.min.replace(tzinfo=timezone.utc)
+
+
+@dataclass
+class Drain:
+    """One tick's reading of the queues: the cursor's state as it goes (receipts to delete next
+    tick, queue URLs), what each capability is handed, what could not be read."""
+
+    pending: dict[str, list[str]]
+    urls: dict[str, str]
+    now: datetime
+    new_pending: dict[str, list[str]]
+    alerts: list
+    reaps: list[dg.RunRequest]
+    problems: list[str]
+    received: int = 0
+
+    @classmethod
+    def start(cls, cursor: str | None) -> "Drain":
+        """From the previous tick's cursor, at this tick's time."""
+        state = json.loads(cursor) if cursor else {}
+        return cls(state.get("pending", {}), state.get("urls", {}), datetime.now(timezone.utc), {}, [], [], [])
+
+    def dumps(self) -> str:
+        return json.dumps({"pending": self.new_pending, "urls": self.urls}, sort_keys=True)
+
+
+def drain_environment(context: dg.SensorEvaluationContext, settings: Settings, env: EnvironmentSettings,
+                      drain: Drain) -> None:
+    """Delete what the previous tick handled, receive what came since, hand it on: Step Functions
+    status changes to alerting, Batch job state changes to the reaper."""
+    client = aws_for(context, env.name).client("sqs")
+    try:
+        url = drain.urls.get(env.name) or sqs.queue_url(client, env.events_queue)
+        drain.urls[env.name] = url
+        # the previous tick returned its run requests: its messages are handled
+        sqs.delete(client, url, drain.pending.get(env.name, []))
+        messages = sqs.receive(client, url, MAX_EVENTS_PER_TICK)
+    except AwsError as exc:
+        drain.problems.append(f"{env.name}: {exc}")
+        drain.new_pending[env.name] = drain.pending.get(env.name, [])
+        return
+    drain.new_pending[env.name] = [m.receipt for m in messages]
+    drain.received += len(messages)
+    bodies = [m.body for m in messages]
+    drain.alerts.append(candidates_from_events(env, bodies))
+    drain.reaps += requests_from_job_events(settings, context.instance, env, bodies, drain.now)
+
+
+def events_tick(context: dg.SensorEvaluationContext, settings: Settings,
+                envs: list[EnvironmentSettings]) -> dg.SensorResult:
+    """Every event-driven environment drained; one alert run for all of them, the reap runs."""
+    drain = Drain.start(context.cursor)
+    for env in envs:
+        drain_environment(context, settings, env, drain)
+    alert = alert_request(context.instance, drain.alerts)
+    return end_tick(context, "aws_events_sensor", ([alert] if alert else []) + drain.reaps, drain.dumps(),
+                    drain.problems, f"{drain.received} events, nothing new to alert or reap")
 
 
 def events_defs(settings: Settings, alert_job: dg.JobDefinition, reap_job: dg.JobDefinition) -> dg.Definitions:
@@ -39,45 +95,6 @@ def events_defs(settings: Settings, alert_job: dg.JobDefinition, reap_job: dg.Jo
                            "Functions status changes request an alert run, Batch job state changes keep the "
                            "reaper's RUNNABLE watch and request reap runs; deletes messages on the next tick.")
     def aws_events_sensor(context: dg.SensorEvaluationContext):
-        state = json.loads(context.cursor) if context.cursor else {}
-        pending: dict[str, list[str]] = state.get("pending", {})
-        urls: dict[str, str] = state.get("urls", {})
-        new_pending: dict[str, list[str]] = {}
-        failures: list[ExecutionRef] = []
-        successes: list[ExecutionRef] = []
-        reaps: list[dg.RunRequest] = []
-        problems: list[str] = []
-        received = 0
-        now = datetime.now(timezone.utc)
-        for env in event_envs:
-            client = aws_for(context, env.name).client("sqs")
-            try:
-                url = urls.get(env.name) or sqs.queue_url(client, env.events_queue)
-                urls[env.name] = url
-                # the previous tick returned its run requests: its messages are handled
-                sqs.delete(client, url, pending.get(env.name, []))
-                messages = sqs.receive(client, url, MAX_EVENTS_PER_TICK)
-            except AwsError as exc:
-                problems.append(f"{env.name}: {exc}")
-                new_pending[env.name] = pending.get(env.name, [])
-                continue
-            new_pending[env.name] = [m.receipt for m in messages]
-            received += len(messages)
-            bodies = [m.body for m in messages]
-            executions, _ = alerts_core.executions_from_events(bodies)
-            reaps += requests_from_job_events(settings, context.instance, env, bodies, now)
-            by_machine: dict[str, list] = {}
-            for ex in executions:
-                if ex.state_machine_name.startswith(tuple(env.state_machine_prefixes)):
-                    by_machine.setdefault(ex.state_machine_arn, []).append(ex)
-            for machine_arn, found in by_machine.items():
-                failed, succeeded, _ = alerts_core.scan(found, EPOCH)
-                new_failures, new_successes = refs(env.name, machine_arn, failed, succeeded)
-                failures += new_failures
-                successes += new_successes
-        alert = alert_request(context.instance, failures, successes)
-        return end_tick(context, "aws_events_sensor", ([alert] if alert else []) + reaps,
-                        json.dumps({"pending": new_pending, "urls": urls}, sort_keys=True), problems,
-                        f"{received} events, nothing new to alert or reap")
+        return events_tick(context, settings, event_envs)
 
     return dg.Definitions(sensors=[aws_events_sensor])
