@@ -21,91 +21,149 @@ faults and submits its jobs. Users copy a scenario file to rehearse their own in
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from platform_ops.sandbox import moto_internals
 
 SCENARIOS = Path(__file__).parent / "scenarios"
-_JOB_KEYS = {"count", "name", "vcpus", "memory", "created_minutes_ago", "tags", "parameters", "job_definition"}
-_FAULT_KEYS = {"fault", "name_prefix", "step", "run_id", "index", "remaining", "created_minutes_ago", "after_seconds"}
-_FLOW_KEYS = {"width", "faults"}
-_INSTANCE_KEYS = {"register", "deregister"}
 
 
 class ScenarioError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class Event:
-    name: str
-    environment: str
-    queue: str
-    jobs: dict[str, Any] = field(default_factory=dict)
-    faults: tuple[dict[str, Any], ...] = ()
-    flow: dict[str, Any] | None = None  # a Metaflow run: {width: N, faults: [...]} (faults for this run only)
-    instances: dict[str, int] | None = None  # the compute environment scales: {register: N, deregister: M}
-    every: int = 1
-    once: bool = False
+Int = Annotated[int, Strict()]
+Count = Annotated[int, Strict(), Field(ge=0)]
+Number = Annotated[float, Strict(), Field(ge=0)]
+Text = Annotated[str, Strict()]
+
+
+class _Part(BaseModel):
+    """A scenario's parts: unknown keys are typos, and nothing changes once parsed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def given(self) -> dict[str, Any]:
+        """The keys the file set, as keyword arguments: the sandbox's own defaults fill the rest."""
+        return self.model_dump(exclude_unset=True, exclude_none=True)
+
+
+class Fault(_Part):
+    """A moto_internals.FaultRule without its account (the event's environment decides it)."""
+
+    fault: Text
+    name_prefix: Text | None = None
+    step: Text | None = None
+    run_id: Text | None = None
+    index: Count | None = None
+    remaining: Count | None = None  # None: forever
+    created_minutes_ago: Number | None = None
+    after_seconds: Number | None = None
+
+    @field_validator("fault")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in moto_internals.FAULTS:
+            raise ValueError(f"expected one of {', '.join(sorted(moto_internals.FAULTS))}, got {v!r}")
+        return v
+
+
+class Jobs(_Part):
+    """Batch jobs to submit: the sandbox's submit_jobs keys (unset: its defaults, e.g. 1 job)."""
+
+    count: Count | None = None
+    name: Text | None = None  # `{i}` is the job's number
+    vcpus: Annotated[int, Strict(), Field(ge=1)] | None = None
+    memory: Annotated[int, Strict(), Field(ge=1)] | None = None
+    created_minutes_ago: Number | None = None
+    tags: dict[Text, Text] | None = None
+    parameters: dict[Text, Text] | None = None
+    job_definition: Text | None = None
+
+
+class Flow(_Part):
+    """A Metaflow run; its faults apply to this run only."""
+
+    width: Annotated[int, Strict(), Field(ge=1)] = 3
+    faults: tuple[Fault, ...] = ()
+
+
+class Instances(_Part):
+    """The compute environment scales."""
+
+    # aliased: `register` would shadow BaseModel's ABC method
+    register_count: Count = Field(0, alias="register")
+    deregister_count: Count = Field(0, alias="deregister")
+
+
+class Event(_Part):
+    name: Text
+    environment: Text
+    queue: Text = ""  # required when the event submits jobs or installs faults
+    jobs: Jobs | None = None
+    faults: tuple[Fault, ...] = ()
+    flow: Flow | None = None
+    instances: Instances | None = None
+    every: Annotated[int, Strict(), Field(ge=1)] = 1
+    once: Annotated[bool, Strict()] = False
+
+    @model_validator(mode="after")
+    def _queue_for_jobs(self) -> Event:
+        if not self.queue and (self.jobs is not None or self.faults):
+            raise ValueError("queue: required key is missing (jobs and faults go to a queue)")
+        return self
 
     def due(self, round_no: int) -> bool:
         return round_no == 0 if self.once else round_no % self.every == 0
 
 
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    interval_seconds: float
+class Scenario(_Part):
+    name: Text = "scenario"
+    interval_seconds: Number = 45.0
     events: tuple[Event, ...]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _event_names(cls, data: Any) -> Any:
+        """An unnamed event is called after its position."""
+        if isinstance(data, dict) and isinstance(data.get("events"), list):
+            events = [{"name": f"event {i}", **e} if isinstance(e, dict) else e for i, e in enumerate(data["events"])]
+            data = {**data, "events": events}
+        return data
 
 
 def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
-    if not isinstance(data, dict) or not isinstance(data.get("events"), list):
-        raise ScenarioError(f"{source}: expected a mapping with an 'events' list")
-    events = []
-    for i, raw in enumerate(data["events"]):
-        where = f"{source}: events[{i}]"
-        if not isinstance(raw, dict):
-            raise ScenarioError(f"{where}: expected a mapping")
-        for key in ("environment",) if raw.get("flow") or raw.get("instances") else ("environment", "queue"):
-            if not isinstance(raw.get(key), str):
-                raise ScenarioError(f"{where}.{key}: required string")
-        flow = raw.get("flow")
-        if flow is not None:
-            if not isinstance(flow, dict) or set(flow) - _FLOW_KEYS:
-                raise ScenarioError(f"{where}.flow: a mapping with keys {sorted(_FLOW_KEYS)}")
-            _check_faults(f"{where}.flow", flow.get("faults") or [])
-        instances = raw.get("instances")
-        if instances is not None and (not isinstance(instances, dict) or set(instances) - _INSTANCE_KEYS):
-            raise ScenarioError(f"{where}.instances: a mapping with keys {sorted(_INSTANCE_KEYS)}")
-        jobs = raw.get("jobs") or {}
-        unknown = set(jobs) - _JOB_KEYS
-        if unknown:
-            raise ScenarioError(f"{where}.jobs: unknown key {sorted(unknown)[0]!r} (known: {sorted(_JOB_KEYS)})")
-        faults = raw.get("faults") or []
-        _check_faults(where, faults)
-        events.append(Event(
-            name=str(raw.get("name", f"event {i}")), environment=raw["environment"], queue=raw.get("queue", ""),
-            jobs=dict(jobs), faults=tuple(faults), flow=flow, instances=instances, every=int(raw.get("every", 1)),
-            once=bool(raw.get("once", False)),
-        ))
-    return Scenario(str(data.get("name", source)), float(data.get("interval_seconds", 45)), tuple(events))
+    """A scenario from its parsed YAML; each problem is `source: key: what is wrong`."""
+    if isinstance(data, dict):
+        data = {"name": source, **data}
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError("\n".join(f"{source}: {_message(e)}" for e in exc.errors())) from None
 
 
-def _check_faults(where: str, faults: list) -> None:
-    for j, fault in enumerate(faults):
-        unknown = set(fault) - _FAULT_KEYS
-        if unknown:
-            raise ScenarioError(f"{where}.faults[{j}]: unknown key {sorted(unknown)[0]!r}")
-        if fault.get("fault") not in moto_internals.FAULTS:
-            raise ScenarioError(f"{where}.faults[{j}].fault: one of {sorted(moto_internals.FAULTS)}")
+def _message(error: dict) -> str:
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
+    kind, msg = error["type"], error["msg"].removeprefix("Value error, ")
+    if kind == "missing":
+        msg = "required key is missing"
+    elif kind == "extra_forbidden":
+        msg = "unknown key"
+    elif kind in ("model_type", "dict_type"):
+        msg = "expected a mapping"
+    elif kind != "value_error":
+        msg = f"{msg[0].lower()}{msg[1:]}, got {error['input']!r}"
+    if kind == "value_error" and (rule := re.match(r"^(\w+): (.*)$", msg)):  # a model's rule names its key
+        key, msg = f"{key}.{rule[1]}" if key else rule[1], rule[2]
+    return f"{key or 'scenario'}: {msg}"
 
 
 def load_scenario(name_or_path: str) -> Scenario:
@@ -129,21 +187,23 @@ def play_round(sandbox: Any, scenario: Scenario, round_no: int) -> dict[str, int
             continue
         account, _ = sandbox.account_of(event.environment)
         for fault in event.faults:
-            moto_internals.STATE.add_rule(moto_internals.FaultRule(account=account, queue=event.queue or None, **fault))
-        if event.jobs:
+            moto_internals.STATE.add_rule(moto_internals.FaultRule(account=account, queue=event.queue or None,
+                                                                   **fault.given()))
+        if event.jobs is not None:
             done[event.name] = len(sandbox.submit_jobs({"environment": event.environment, "queue": event.queue,
-                                                        **event.jobs}))
+                                                        **event.jobs.given()}))
         if event.flow is not None:
             run_id = f"{scenario.name}-{round_no}-{uuid.uuid4().hex[:8]}"
-            for fault in event.flow.get("faults") or []:
-                moto_internals.STATE.add_rule(moto_internals.FaultRule(account=account, run_id=run_id, **fault))
+            for fault in event.flow.faults:
+                moto_internals.STATE.add_rule(moto_internals.FaultRule(account=account, run_id=run_id,
+                                                                       **fault.given()))
             env = sandbox.settings.environments[event.environment]
-            flows.trigger(sandbox.endpoint, env, width=int(event.flow.get("width", 3)), name=run_id)
+            flows.trigger(sandbox.endpoint, env, width=event.flow.width, name=run_id)
             done[event.name] = f"run sfn-{run_id}"
-        if event.instances:
+        if event.instances is not None:
             env = sandbox.settings.environments[event.environment]
-            up = world.register_instances(sandbox.endpoint, env, int(event.instances.get("register", 0)))
-            down = world.deregister_instances(sandbox.endpoint, env, int(event.instances.get("deregister", 0)))
+            up = world.register_instances(sandbox.endpoint, env, event.instances.register_count)
+            down = world.deregister_instances(sandbox.endpoint, env, event.instances.deregister_count)
             done[event.name] = f"+{up}/-{down} instances"
     return done
 
@@ -231,7 +291,7 @@ class Driver:
             round_no += 1
             self._stop.wait(self.scenario.interval_seconds)
 
-    def start(self) -> "Driver":
+    def start(self) -> Driver:
         self._thread.start()
         return self
 
