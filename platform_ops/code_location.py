@@ -6,6 +6,7 @@ import dagster as dg
 
 from platform_ops.alerts.defs import ALERT_JOB, alerts_defs
 from platform_ops.events.defs import events_defs
+from platform_ops.health.defs import health_defs
 from platform_ops.metrics.defs import metrics_defs
 from platform_ops.promotion.defs import promotion_defs
 from platform_ops.reaper.defs import REAP_JOB, reaper_defs
@@ -22,5 +23,6 @@ def build_defs(settings: Settings) -> dg.Definitions:
         events_defs(settings, jobs[ALERT_JOB], jobs[REAP_JOB]),
         metrics_defs(settings),
         promotion_defs(settings),
+        health_defs(settings),
         dg.Definitions(resources=build_resources(settings)),
     )

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import dagster as dg
+from dagster._core.scheduler.instigation import InstigatorStatus  # not exported by dagster
 
 from platform_ops.adapters.cloudwatch import put_metric_data
 from platform_ops.adapters.ledger import Ledger
@@ -82,7 +83,7 @@ def read_instigators(instance: Any, repository_def: Any, location: str | None, l
             found.append(Instigator(name, kind, False))
             continue
         ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=limit)
-        found.append(Instigator(name, kind, state.status == dg.InstigatorStatus.STOPPED,
+        found.append(Instigator(name, kind, state.status == InstigatorStatus.STOPPED,
                                 tuple(_tick(t) for t in ticks)))
     return found
 
