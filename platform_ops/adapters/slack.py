@@ -63,18 +63,29 @@ class PlatformSlackResource(SlackResource):
         return client
 
     def post(self, channel: str, message: SlackMessage, thread_ts: str | None = None,
-             metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-        """chat.postMessage (in a thread when `thread_ts`, with message metadata when given),
-        retrying 429s after Retry-After and refused connections; SlackError when it is not sent
-        (`maybe_sent` when it may have been). Text and blocks are redacted on the way out: staging
-        text went into them."""
+             metadata: dict[str, Any] | None = None, broadcast: bool = False) -> dict[str, Any]:
+        """chat.postMessage (in a thread when `thread_ts`, also shown in the channel when
+        `broadcast`, with message metadata when given), retrying 429s after Retry-After and refused
+        connections; SlackError when it is not sent (`maybe_sent` when it may have been). Text and
+        blocks are redacted on the way out: staging text went into them."""
         with _slack_errors("chat.postMessage to", channel):
             response = self._posting_client().chat_postMessage(
                 channel=channel, text=redact(message.text), blocks=redact_data(list(message.blocks)) or None,
-                thread_ts=thread_ts,
+                thread_ts=thread_ts, reply_broadcast=True if thread_ts and broadcast else None,
                 metadata=Metadata(**metadata) if metadata else None,
             )
         return {"channel": response.get("channel"), "ts": response.get("ts")}
+
+    def update(self, channel: str, ts: str, message: SlackMessage) -> None:
+        """chat.update: the message at `ts` says `message` now (redacted like a post). Sending the
+        same update twice leaves the same message, so a retry may repeat it freely."""
+        client = self.get_client()
+        with _slack_errors("chat.update in", channel):
+            channel_id = self.channel_id(client, channel)
+            if channel_id is None:
+                raise SlackError(f"chat.update in {channel}: channel_not_found")
+            client.chat_update(channel=channel_id, ts=ts, text=redact(message.text),
+                               blocks=redact_data(list(message.blocks)) or None)
 
     def find_posted(self, channel: str, key: str, oldest: str, latest: str, thread_ts: str | None = None) -> str | None:
         """The ts of the message whose metadata names `key`, posted between `oldest` and `latest`
@@ -151,7 +162,7 @@ def next_step(ledger: Ledger, record: dict | None, root_run_id: str | None) -> e
 
 def post_once(slack: PlatformSlackResource, ledger: Ledger, key: str, channel: str, message: SlackMessage, *,
               run_id: str | None, root_run_id: str | None, thread_ts: str | None = None,
-              payload: dict[str, Any] | None = None) -> Delivery:
+              payload: dict[str, Any] | None = None, broadcast: bool = False) -> Delivery:
     """Claim `key` in the ledger, post with metadata naming it, confirm after Slack's ok. A claim
     left unconfirmed (a crash, a lost answer) is looked up in Slack first: one message, however
     the previous attempt ended. SlackError when Slack cannot be posted to or read."""
@@ -170,7 +181,7 @@ def post_once(slack: PlatformSlackResource, ledger: Ledger, key: str, channel: s
     claim = exactly_once.claim_record(time.time(), run_id, root_run_id, channel, thread_ts)
     ledger.put(key, **claim)
     ts, found = _post_looking_first(slack, claim, qualified, message,
-                                    exactly_once.metadata(qualified, **(payload or {})))
+                                    exactly_once.metadata(qualified, **(payload or {})), broadcast)
     ledger.put(key, **exactly_once.confirmed_record(ts, channel, run_id, found=found))
     return Delivery("found" if found else "posted", ts)
 
@@ -182,13 +193,14 @@ def _look_up(slack: PlatformSlackResource, claim: dict, qualified: str, channel:
 
 
 def _post_looking_first(slack: PlatformSlackResource, claim: dict, qualified: str, message: SlackMessage,
-                        metadata: dict) -> tuple[str, bool]:
+                        metadata: dict, broadcast: bool = False) -> tuple[str, bool]:
     """Post; after a failure that may have reached Slack, look it up before posting again.
     (ts, whether it was found rather than posted)."""
     attempt = 0
     while True:
         try:
-            return slack.post(claim["channel"], message, thread_ts=claim["thread_ts"], metadata=metadata)["ts"], False
+            return slack.post(claim["channel"], message, thread_ts=claim["thread_ts"], metadata=metadata,
+                              broadcast=broadcast)["ts"], False
         except SlackError as exc:
             if exactly_once.after_failed_post(exc.maybe_sent, attempt) is exactly_once.Step.FAIL:
                 raise
