@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from platform_ops.alerts.streaks import (
     Streak,
@@ -13,7 +13,7 @@ from platform_ops.alerts.streaks import (
 )
 from platform_ops.messages import SlackMessage
 
-NINE = now_ms_of(datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc))
+NINE = now_ms_of(datetime(2026, 12, 1, 9, 0, tzinfo=UTC))
 HOUR = 3600 * 1000
 OPENING = SlackMessage("TrainFlow failed in production (sfn-a): 3 of 50 tasks failed (out of memory).",
                        ({"type": "header", "text": {"type": "plain_text", "text": ":red_circle: TrainFlow failed"}},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from platform_ops.health.core import (
     HealthPolicy,
@@ -19,7 +19,7 @@ from platform_ops.health.core import (
     resolved_message,
 )
 
-NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 POLICY = HealthPolicy(should_run=True, failed_ticks=3, failed_runs=3)
 
 
@@ -34,7 +34,8 @@ def sensor(name: str, *statuses: str, stopped: bool = False) -> Instigator:
 
 
 def test_three_failed_ticks_in_a_row_open_one_problem_with_the_last_error():
-    plan = plan_health([sensor("stuck_jobs_sensor", "failure", "failure", "failure", "success")], {}, {}, {}, POLICY, NOW)
+    failing = sensor("stuck_jobs_sensor", "failure", "failure", "failure", "success")
+    plan = plan_health([failing], {}, {}, {}, POLICY, NOW)
     [problem] = plan.announce
     assert (problem.kind, problem.subject, problem.count) == (ProblemKind.FAILING_TICKS, "stuck_jobs_sensor", 3)
     assert problem.since == NOW - timedelta(minutes=2)  # the first failure of the streak

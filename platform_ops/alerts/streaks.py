@@ -41,12 +41,12 @@ class Streak:
 
     @classmethod
     def opened(cls, thread_ts: str, message_ts: str, execution: str, stopped_ms: int,
-               message: SlackMessage) -> "Streak":
+               message: SlackMessage) -> Streak:
         return cls(thread_ts, message_ts, execution, stopped_ms, execution, stopped_ms, 1, stopped_ms,
                    message.text, tuple(message.blocks))
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any] | None) -> "Streak | None":
+    def from_record(cls, record: Mapping[str, Any] | None) -> Streak | None:
         """The ledger's open failure as a streak; a record from before streaks (thread_ts and
         stopped_ms only) is a streak of one whose message cannot be updated."""
         if not record or not record.get("thread_ts"):
@@ -67,7 +67,7 @@ class Streak:
     def is_newer(self, stopped_ms: int, execution: str) -> bool:
         return (stopped_ms, execution) > (self.last_stopped_ms, self.last_execution)
 
-    def with_failure(self, execution: str, stopped_ms: int) -> "Streak":
+    def with_failure(self, execution: str, stopped_ms: int) -> Streak:
         """One more failed run; the same run again (a retry) or an older one changes nothing."""
         if not self.is_newer(stopped_ms, execution) or execution == self.first_execution:
             return self
@@ -76,7 +76,7 @@ class Streak:
     def reminder_due(self, now_ms: int, repeat_interval: timedelta) -> bool:
         return now_ms - self.broadcast_ms >= repeat_interval.total_seconds() * 1000
 
-    def reminded(self, now_ms: int) -> "Streak":
+    def reminded(self, now_ms: int) -> Streak:
         return replace(self, broadcast_ms=now_ms)
 
 

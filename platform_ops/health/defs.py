@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -19,6 +19,7 @@ from dagster._core.scheduler.instigation import InstigatorStatus  # not exported
 from platform_ops.adapters.cloudwatch import put_metric_data
 from platform_ops.adapters.ledger import Ledger
 from platform_ops.adapters.slack import PlatformSlackResource, SlackError, post_once
+from platform_ops.dagster_runs import first_step_error
 from platform_ops.health.core import (
     HealthPlan,
     HealthPolicy,
@@ -65,7 +66,7 @@ def home_environment(settings: Settings) -> str:
 
 def _tick(tick: Any) -> Tick:
     error = tick.error.message if tick.error else None
-    return Tick(TickStatus(tick.status.value.lower()), datetime.fromtimestamp(tick.timestamp, tz=timezone.utc),
+    return Tick(TickStatus(tick.status.value.lower()), datetime.fromtimestamp(tick.timestamp, tz=UTC),
                 redact(error) if error else None)
 
 
@@ -88,15 +89,6 @@ def read_instigators(instance: Any, repository_def: Any, location: str | None, l
     return found
 
 
-def first_step_error(instance: Any, run_id: str) -> str | None:
-    """The first failed step's error message (redacted): why a run failed, in its own words."""
-    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=1).records:
-        data = record.event_log_entry.dagster_event.step_failure_data
-        if data and data.error:
-            return redact(data.error.message)
-    return None
-
-
 def read_runs(instance: Any, jobs: list[str], limit: int) -> dict[str, list[Run]]:
     """Each job's latest `limit` finished runs, most recent first; a failure carries its error."""
     statuses = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]
@@ -104,7 +96,7 @@ def read_runs(instance: Any, jobs: list[str], limit: int) -> dict[str, list[Run]
     for job in jobs:
         records = instance.get_run_records(filters=dg.RunsFilter(job_name=job, statuses=statuses), limit=limit)
         found[job] = [Run(r.dagster_run.run_id, job, r.dagster_run.status == dg.DagsterRunStatus.SUCCESS,
-                          r.end_time and datetime.fromtimestamp(r.end_time, tz=timezone.utc) or r.update_timestamp,
+                          r.end_time and datetime.fromtimestamp(r.end_time, tz=UTC) or r.update_timestamp,
                           None if r.dagster_run.status == dg.DagsterRunStatus.SUCCESS
                           else first_step_error(instance, r.dagster_run.run_id))
                       for r in records]
@@ -182,7 +174,7 @@ def run_health_sensor(context: dg.SensorEvaluationContext, settings: Settings, h
     jobs = sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__"))
     runs = read_runs(instance, jobs, h.failed_runs)
     ctx = HealthContext(settings, instance, context.resources.slack, aws_for(context, home).client("cloudwatch"),
-                        datetime.now(timezone.utc))
+                        datetime.now(UTC))
     cursor, plan, problems = health_tick(ctx, instigators, runs, context.cursor)
     for problem in problems:
         context.log.error(problem)
