@@ -203,6 +203,15 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, config=CONFIG)
+class ScheduleSettings:
+    """Missed schedules: `missed_schedules_sensor` checks the EventBridge schedule rules of watched
+    state machines at most once per interval (each check lists the rules)."""
+
+    interval_minutes: Int1 = 5
+    grace_minutes: Int1 = 30  # a start this long after the fire time still counts; EventBridge starts within seconds
+
+
+@dataclass(frozen=True, config=CONFIG)
 class PromotionRuleSettings:
     """A team's own definition-safety rule: `forbid` (a regex) must not match the production
     definition."""
@@ -264,7 +273,7 @@ class DagsterSettings:
     sensors_running: Bool = False
 
 
-_SECTIONS = ("environments", "reaper", "slack", "alerts", "metrics", "health", "metaflow", "dagster")
+_SECTIONS = ("environments", "reaper", "slack", "alerts", "metrics", "health", "schedules", "metaflow", "dagster")
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -277,6 +286,7 @@ class Settings:
     alerts: AlertSettings = AlertSettings()
     metrics: MetricsSettings = MetricsSettings()
     health: HealthSettings = HealthSettings()
+    schedules: ScheduleSettings = ScheduleSettings()
     promotion: PromotionSettings | None = None  # absent: promotion is not offered
     metaflow: MetaflowSettings = MetaflowSettings()
 
