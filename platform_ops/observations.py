@@ -38,6 +38,7 @@ class CancelResult:
 class StateMachine:
     name: str
     arn: str
+    created_at: datetime | None = None  # ListStateMachines' creationDate: missed schedules never predate it
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ LIST_PAGE = 1000
 
 
 def list_state_machines(client: Any, prefixes: Iterable[str]) -> list[StateMachine]:
-    """Every state machine whose name starts with one of `prefixes` ("" = all)."""
+    """Every state machine whose name starts with one of `prefixes` ("" = all), with its creationDate."""
     prefixes = tuple(prefixes)
-    return [StateMachine(m["name"], m["stateMachineArn"])
+    return [StateMachine(m["name"], m["stateMachineArn"], m.get("creationDate"))
             for page in pages(client.list_state_machines, maxResults=LIST_PAGE)
             for m in page.get("stateMachines", []) if m["name"].startswith(prefixes)]
 
