@@ -154,3 +154,25 @@ def test_throttling_that_outlasts_the_client_fails_the_step_instead_of_leaving_a
     assert not result.success
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert "TooManyRequestsException" in str(failure.event_specific_data.error)
+
+
+def test_the_capacity_step_runs_without_an_asset_and_counts_instances_gone_since_the_last_read(world, settings):
+    import logging
+
+    from platform_ops.metrics import defs as metrics
+
+    env = world.settings.environments["staging"]
+    sandbox_world.register_instances(world.sandbox.endpoint, env, 3)
+    resources = world.resources()
+    step = metrics.MetricsStep(dg.DagsterInstance.ephemeral(), "run-1", logging.getLogger("test"),
+                               lambda environment: resources[f"aws_{environment}"])
+    now = datetime.now(timezone.utc)
+    first, read = metrics.capacity(settings, step, now)
+    assert read.errors == [] and len(read.arns[("staging", "staging-ondemand")]) == 3
+    assert first.set_index("compute_environment").loc["staging-ondemand", "deregistered"] == 0
+    sandbox_world.deregister_instances(world.sandbox.endpoint, env, 2)
+    second, _ = metrics.capacity(settings, step, now)
+    row = second.set_index("compute_environment").loc["staging-ondemand"]
+    assert (row["deregistered"], row["active"]) == (2, 1)
+    third, _ = metrics.capacity(settings, step, now)  # nothing left since the second read
+    assert third.set_index("compute_environment").loc["staging-ondemand", "deregistered"] == 0

@@ -266,3 +266,48 @@ def test_secrets_never_reach_run_logs_or_metadata(world):
         assert secret not in run_record
     assert SANDBOX_TOKEN not in dump
     assert SANDBOX_TOKEN not in json.dumps(world.messages)
+
+
+def _step(world, instance, root="root-run"):
+    import logging
+
+    from platform_ops.reaper import defs as reaper
+    return reaper.ReapStep(instance, run_id=f"{root}-attempt", root_run_id=root, batch=world.batch("staging"),
+                           slack=None, log=logging.getLogger("test"))
+
+
+def test_a_reap_attempt_runs_without_an_op_and_a_second_one_under_the_same_root_cancels_nothing_again(world):
+    """The attempt step alone: the first cancels and records; a later attempt of the same run (a
+    retry) finds its cancellations in the record and reports them, sending no CancelJobs."""
+    from platform_ops.reaper import core
+    from platform_ops.reaper import defs as reaper
+
+    stuck = world.stuck(count=2)
+    policy = reaper.resolve_target(world.settings, reaper.ReapConfig(environment="staging", queue="ml-staging",
+                                                                     job_ids=stuck))[1]
+    instance = dg.DagsterInstance.ephemeral()
+    first = reaper.reap_jobs(_step(world, instance), stuck, policy)
+    assert first.calls == {"Batch.DescribeJobs": 2, "Batch.CancelJobs": 1}
+    assert [sorted(d.job_ids) for d in first.observed] == [sorted(stuck)] * 2  # the decision's, the verifying one
+    assert {r.outcome for r in first.results} == {core.Outcome.CANCELLED}
+    again = reaper.reap_jobs(_step(world, instance), stuck, policy)
+    assert again.calls == {"Batch.DescribeJobs": 1}
+    assert {r.job_id: r.outcome for r in again.results} == {j: core.Outcome.CANCELLED for j in stuck}
+    other_run = reaper.reap_jobs(_step(world, instance, root="another-run"), stuck, policy)
+    assert {r.outcome for r in other_run.results} == {core.Outcome.NOT_CANCELLED}  # not this run's doing
+    assert reaper.send_report(world.settings, _step(world, instance), None, needed=False) == (
+        core.SlackReport.NOT_NEEDED, "")
+
+
+def test_a_tick_runs_without_a_sensor_and_keeps_a_cursor_only_for_event_driven_environments(world):
+    from platform_ops.reaper import defs as reaper
+
+    stuck = world.stuck("production", count=2, minutes=125)
+    world.stuck("staging", count=1, minutes=10)
+    resources = world.resources()
+    step = reaper.TickStep(dg.DagsterInstance.ephemeral(), lambda environment: resources[f"aws_{environment}"])
+    now = datetime.now(timezone.utc)
+    requests, cursor, problems, seen = reaper.stuck_jobs_tick(world.settings, step, {}, now)
+    assert [sorted(requested_ids(r)) for r in requests] == [sorted(stuck)] and (problems, seen) == ([], 3)
+    event_driven = [env.name for env in world.settings.environments.values() if env.event_driven]
+    assert cursor == {f"reconciled:{name}": int(now.timestamp() * 1000) for name in event_driven}
