@@ -126,7 +126,7 @@ class Event(_Part):
 
 
 class Scenario(_Part):
-    name: Text = "scenario"
+    name: Text  # parse_scenario: the file's path when the file names none
     interval_seconds: Number = 45.0
     events: tuple[Event, ...]
 
