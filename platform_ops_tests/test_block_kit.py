@@ -17,6 +17,7 @@ from slack_sdk.models.blocks import Block
 
 from platform_ops.adapters.batch import job_from_api
 from platform_ops.alerts import core as alerts
+from platform_ops.alerts import streaks
 from platform_ops.health import core as health
 from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, MAX_TEXT_CHARS, SlackMessage
 from platform_ops.observations import CancelResult, Execution
@@ -170,6 +171,18 @@ def reap_report(count: int, dry_run: bool = False, max_cancels: int = 50) -> Sla
                          "https://dagster.example.com/runs/0f1e2d3c")
 
 
+def streak(failures: int = 3) -> streaks.Streak:
+    """A streak opened by an incident message, failed on, and read back from the ledger as JSON."""
+    start = int(T0.timestamp() * 1000)
+    opened = streaks.Streak.opened("1764320400.000100", "1764320400.000100", "e4ecf027", start,
+                                   alerts.render_incident(incident(MIXED), LINKS, LOG))
+    for i in range(1, failures):
+        opened = opened.with_failure(f"run-{i}", start + i * 3_600_000)
+    return streaks.Streak.from_record(json.loads(json.dumps(opened.record())))
+
+
+HOURS_LATER = int((T0 + timedelta(hours=26)).timestamp() * 1000)
+
 MESSAGES = {
     "incident": lambda: alerts.render_incident(incident(MIXED), LINKS, LOG),
     "incident, unknown owner, no logs": lambda: alerts.render_incident(incident(MIXED), alerts.Links("https://mf")),
@@ -189,6 +202,10 @@ MESSAGES = {
     "platform-ops run failure": lambda: alerts.render_run_failure(
         "reap_stuck_jobs", "0f1e2d3c-0000", "Traceback ``` " + "boto error & " * 500,
         "https://dagster.example.com/runs/0f1e2d3c"),
+    "streak, updated": lambda: streaks.render_update(streak(), HOURS_LATER),
+    "streak, resolved": lambda: streaks.render_resolved(streak(), "sfn-run-9", HOURS_LATER),
+    "streak, reminder over a digest of 80": lambda: streaks.as_reminder(
+        alerts.render_digest([incident(MIXED)] * 80, LINKS), streak(), HOURS_LATER),
     "reap report, 500 jobs, breaker tripped": lambda: reap_report(500),
     "reap report, dry run": lambda: reap_report(3, dry_run=True),
     "reap report, a cancel failed": lambda: reap_report(4),
