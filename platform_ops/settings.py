@@ -212,6 +212,18 @@ class ScheduleSettings:
 
 
 @dataclass(frozen=True, config=CONFIG)
+class RuntimeSettings:
+    """Runs that take too long: `long_runs_sensor` compares RUNNING jobs and executions with the
+    p95 of their kind's succeeded runs over `metrics.window_hours`."""
+
+    factor: Annotated[float, Strict(), Field(ge=1), Expect("a number >= 1")] = 3.0  # long = factor x p95
+    min_minutes: Int1 = 30  # and at least this long: a 1-minute step at 3 minutes is nobody's problem
+    min_history: Int1 = 5  # succeeded runs a key needs before its runs are judged
+    interval_minutes: Int1 = 10
+    history_refresh_minutes: Int1 = 60  # the finished runs are listed again this often, not every tick
+
+
+@dataclass(frozen=True, config=CONFIG)
 class PromotionRuleSettings:
     """A team's own definition-safety rule: `forbid` (a regex) must not match the production
     definition."""
@@ -273,7 +285,8 @@ class DagsterSettings:
     sensors_running: Bool = False
 
 
-_SECTIONS = ("environments", "reaper", "slack", "alerts", "metrics", "health", "schedules", "metaflow", "dagster")
+_SECTIONS = ("environments", "reaper", "slack", "alerts", "metrics", "health", "schedules", "runtime", "metaflow",
+             "dagster")
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -287,6 +300,7 @@ class Settings:
     metrics: MetricsSettings = MetricsSettings()
     health: HealthSettings = HealthSettings()
     schedules: ScheduleSettings = ScheduleSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
     promotion: PromotionSettings | None = None  # absent: promotion is not offered
     metaflow: MetaflowSettings = MetaflowSettings()
 
