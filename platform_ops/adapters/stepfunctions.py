@@ -44,6 +44,22 @@ def recent_executions(client: Any, state_machine_arn: str, started_after: dateti
             return
 
 
+def executions_in_status(client: Any, state_machine_arn: str, status: str,
+                         started_after: datetime | None = None) -> Iterator[Execution]:
+    """ListExecutions with statusFilter, newest first (one call while fewer than 1000 are in that
+    status); with `started_after`, paging stops at the first page that reaches back before it."""
+    for page in pages(client.list_executions, stateMachineArn=state_machine_arn, statusFilter=status,
+                      maxResults=LIST_PAGE):
+        older = False
+        for item in page.get("executions", []):
+            if started_after is not None and item["startDate"] < started_after:
+                older = True
+                continue
+            yield execution_from_api(item)
+        if older:
+            return
+
+
 def describe_execution(client: Any, arn: str) -> Execution:
     with aws_errors():
         return execution_from_api(client.describe_execution(executionArn=arn))
