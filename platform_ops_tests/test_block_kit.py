@@ -21,6 +21,7 @@ from platform_ops.alerts import streaks
 from platform_ops.health import core as health
 from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, MAX_TEXT_CHARS, SlackMessage
 from platform_ops.observations import CancelResult, Execution
+from platform_ops.promotion import core as promotion
 from platform_ops.reaper import core as reaper
 
 T0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
@@ -183,6 +184,28 @@ def streak(failures: int = 3) -> streaks.Streak:
 
 HOURS_LATER = int((T0 + timedelta(hours=26)).timestamp() * 1000)
 
+PROD_SM = f"arn:aws:states:us-east-1:{ACCOUNT}:stateMachine:{MACHINE}"
+
+
+def promotion_announcement(checks: list[promotion.CheckResult], steps: list[promotion.StepResult],
+                           kind: str = promotion.Kind.PROMOTION, **target: str) -> SlackMessage | None:
+    """An attempt's announcement from its record as S3 stores it (to_dict, JSON)."""
+    request = promotion.PromotionRequest("DemoFlow", "mlplatform", "feature_x" if kind == "promotion" else None,
+                                         "alice & <!here>", "new model " * 300)
+    record = promotion.new_record(kind, request, run_id="0f1e2d3c4b5a6978", started=T0, dagster_user="alice",
+                                  target={"state_machine_arn": PROD_SM, **target}, lint_isolation="namespaces")
+    record.source = {"state_machine_arn": PROD_SM.replace("prod", "test.feature_x"),
+                     "latest_run_arn": f"arn:aws:states:us-east-1:{ACCOUNT}:execution:x:staging-ok"}
+    record.checks, record.steps = checks, steps
+    promotion.conclude(record, T0.isoformat())
+    links = promotion.announcement_links("https://dagster.example.com/runs/0f1e2d3c", "audit",
+                                         f"promotions/DemoFlow/{record.promotion_id}.json", PROD_SM)
+    return promotion.render_announcement(json.loads(json.dumps(record.to_dict())), links)
+
+
+PASSED = [promotion.CheckResult(n, True, "ok") for n in ("lint", "naming", "latest staging run")]
+DEPLOYED = promotion.StepResult("deploy", True, "updated, published 2", changed=True)
+
 MESSAGES = {
     "incident": lambda: alerts.render_incident(incident(MIXED), LINKS, LOG),
     "incident, unknown owner, no logs": lambda: alerts.render_incident(incident(MIXED), alerts.Links("https://mf")),
@@ -206,6 +229,15 @@ MESSAGES = {
     "streak, resolved": lambda: streaks.render_resolved(streak(), "sfn-run-9", HOURS_LATER),
     "streak, reminder over a digest of 80": lambda: streaks.as_reminder(
         alerts.render_digest([incident(MIXED)] * 80, LINKS), streak(), HOURS_LATER),
+    "promotion, promoted": lambda: promotion_announcement(PASSED, [DEPLOYED], version_arn=f"{PROD_SM}:2",
+                                                          previous_version_arn=f"{PROD_SM}:1"),
+    "promotion, blocked by 40 checks with 40 kB of lint output": lambda: promotion_announcement(
+        [promotion.CheckResult(f"definition: rule_{i}", False, "``` <x> & " * 4000) for i in range(40)], []),
+    "promotion, failed deploy": lambda: promotion_announcement(
+        PASSED, [promotion.StepResult("deploy", False, "AccessDeniedException: " + "y" * 5000)]),
+    "promotion, rolled back": lambda: promotion_announcement(
+        [promotion.CheckResult("version", True, "restore version 1")], [DEPLOYED], kind=promotion.Kind.ROLLBACK,
+        version_arn=f"{PROD_SM}:3", previous_version_arn=f"{PROD_SM}:2", restored_version_arn=f"{PROD_SM}:1"),
     "reap report, 500 jobs, breaker tripped": lambda: reap_report(500),
     "reap report, dry run": lambda: reap_report(3, dry_run=True),
     "reap report, a cancel failed": lambda: reap_report(4),

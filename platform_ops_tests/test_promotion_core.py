@@ -363,3 +363,134 @@ def test_a_record_is_opened_filled_and_concluded_in_plain_words():
                                started=NOW, dagster_user=None, target=target, lint_isolation="namespaces")
     assert rollback.lint_isolation is None and rollback.branch is None  # a rollback lints nothing
     assert rollback.promotion_id == "20261128T120000Z-rollback-DemoFlow-abcdef01"
+
+
+# ---- launching from the UI, and what on-call reads in Slack ----
+
+def test_a_partition_gives_the_launchpad_flow_and_project_and_blanks_for_the_rest():
+    assert core.launch_fields(core.Kind.PROMOTION, "mlplatform.prod.DemoFlow") == {
+        "flow": "DemoFlow", "project": "mlplatform", "branch": "", "requested_by": "", "reason": ""}
+    assert core.launch_fields(core.Kind.ROLLBACK, "mlplatform.prod.DemoFlow") == {
+        "flow": "DemoFlow", "project": "mlplatform", "requested_by": "", "reason": ""}
+    assert core.launch_fields("checks", "mlplatform.prod.DemoFlow") == {
+        "flow": "DemoFlow", "project": "mlplatform", "branch": ""}
+    # the blanks are bad config: a launch (or a backfill over every partition) that leaves them promotes nothing
+    blank = core.PromotionRequest(**{k: v for k, v in core.launch_fields(core.Kind.PROMOTION,
+                                                                         "mlplatform.prod.DemoFlow").items()})
+    with pytest.raises(ValueError):
+        core.validate_request(blank)
+    for bad in ("mlplatform.test.feature_x.DemoFlow", "mlplatform.prod.hotfix.DemoFlow", "DemoFlow"):
+        with pytest.raises(ValueError):
+            core.launch_fields(core.Kind.PROMOTION, bad)
+
+
+STAGING_SM = "arn:aws:states:us-east-1:111111111111:stateMachine:mlplatform.test.feature_x.DemoFlow"
+LINT_OUTPUT = ("`python demoflow.py check` failed (exit 1):\n  File \"demoflow.py\", line 14\n    def end(self:\n"
+               "SyntaxError: '(' was never closed <!channel> & <https://evil.example|click>")
+
+
+def _attempt(checks, steps, kind=core.Kind.PROMOTION, **target):
+    """A concluded record as the wiring stores it (to_dict, then JSON): the announcement's input."""
+    request = REQUEST if kind == core.Kind.PROMOTION else dataclasses.replace(REQUEST, branch=None,
+                                                                               requested_by="bob",
+                                                                               reason="AUC <dropped> & worse")
+    record = core.new_record(kind, request, run_id="0f1e2d3c4b5a69788796a5b4c3d2e1f0", started=NOW,
+                             dagster_user="ci-bot", target={"environment": "production",
+                                                             "account_id": "222222222222", "state_machine_arn": SM},
+                             lint_isolation="namespaces")
+    if kind == core.Kind.PROMOTION:
+        record.source = {"environment": "staging", "account_id": "111111111111", "state_machine_arn": STAGING_SM,
+                         "latest_run_arn": STAGING_SM.replace("stateMachine", "execution") + ":staging-ok"}
+    record.target.update(target)
+    record.checks, record.steps = list(checks), list(steps)
+    if TRIGGERED in steps:
+        record.execution_arn = f"{SM.replace('stateMachine', 'execution')}:{TRIGGERED.detail}"
+    core.conclude(record, (NOW + timedelta(minutes=2)).isoformat())
+    return json.loads(json.dumps(record.to_dict()))
+
+
+LINKS = core.announcement_links("https://dagster.example.com/runs/0f1e2d3c", "audit-bucket",
+                                "promotions/DemoFlow/20261128T120000Z-promotion-DemoFlow-0f1e2d3c.json", SM)
+
+
+def _texts(message):
+    return json.dumps(message.blocks, ensure_ascii=False)
+
+
+def test_a_promotion_is_announced_with_who_what_from_where_the_versions_and_links():
+    data = _attempt(CHECKS, [PACKAGE, DEPLOYED, TRIGGERED], version_arn=f"{SM}:2", previous_version_arn=f"{SM}:1")
+    message = core.render_announcement(data, LINKS)
+    header = message.blocks[0]["text"]["text"]
+    assert header == ":rocket: DemoFlow promoted to production"
+    fields = [f["text"] for f in message.blocks[1]["fields"]]
+    assert "*State machine*\n`mlplatform.prod.DemoFlow`" in fields
+    assert "*Requested by*\nalice (launched by ci-bot)" in fields
+    assert "*Version*\n1 → 2" in fields and "*Production changed*\nyes" in fields
+    assert "*From staging*\n`mlplatform.test.feature_x.DemoFlow`\nrun `staging-ok`" in fields
+    assert "*Production run*\n`c0ffee00-0000-4000-8000-000000000001`" in fields
+    assert "*Checks*: all 3 passed (`lint`, `naming`, `latest staging run`)" in _texts(message)
+    buttons = {e["text"]["text"]: e["url"] for e in message.blocks[-2]["elements"]}
+    assert buttons == {
+        "Dagster run": "https://dagster.example.com/runs/0f1e2d3c",
+        "Audit record": "https://us-east-1.console.aws.amazon.com/s3/object/audit-bucket?region=us-east-1&prefix="
+                        "promotions/DemoFlow/20261128T120000Z-promotion-DemoFlow-0f1e2d3c.json",
+        "Step Functions": f"https://us-east-1.console.aws.amazon.com/states/home?region=us-east-1"
+                          f"#/statemachines/view/{SM}"}
+    context = message.blocks[-1]["elements"][0]["text"]
+    assert data["promotion_id"] in context and LINKS.record_url in context
+    assert message.text == "DemoFlow promoted to production: mlplatform.prod.DemoFlow 1 → 2, requested by alice."
+
+
+def test_a_first_promotion_has_no_previous_version():
+    data = _attempt(CHECKS, [PACKAGE, DEPLOYED], version_arn=f"{SM}:1")
+    assert "*Version*\\nnone → 1" in _texts(core.render_announcement(data, LINKS))
+
+
+def test_a_blocked_promotion_lists_its_failed_checks_escaped():
+    lint = core.CheckResult("lint", False, LINT_OUTPUT)
+    data = _attempt([lint, *BLOCKED[1:]], [])
+    message = core.render_announcement(data, LINKS)
+    assert message.blocks[0]["text"]["text"] == ":no_entry: DemoFlow promotion blocked"
+    text = _texts(message)
+    assert "*Failed checks (2 of 3)*" in text and "`naming`" not in text  # passed checks are not listed
+    assert "• `latest staging run`: staging-oom FAILED (States.TaskFailed)" in text
+    assert "SyntaxError: '(' was never closed &lt;!channel&gt; &amp; &lt;https://evil.example|click&gt;" in text
+    assert "<!channel>" not in text and "<https://evil" not in text  # staging text cannot ping or link
+    assert "*Version*\\nunchanged" in text  # a blocked attempt never reads production's versions
+    assert "*Production changed*\\nno" in text
+    assert message.text.endswith("Failed: lint, latest staging run.")
+
+
+def test_a_failed_attempt_names_its_step_and_a_rollback_its_versions():
+    denied = core.StepResult("deploy", False, DENIED.format("UpdateStateMachine"))
+    failed = core.render_announcement(_attempt(CHECKS, [PACKAGE, denied], previous_version_arn=f"{SM}:1"), LINKS)
+    assert failed.blocks[0]["text"]["text"] == ":x: DemoFlow promotion failed, production unchanged"
+    assert "*Failed step*\\n• `deploy`: AccessDeniedException" in _texts(failed)
+    assert "*Version*\\n1, unchanged" in _texts(failed)
+    rollback = _attempt([core.CheckResult("version", True, "restore version 1")],
+                        [core.StepResult("deploy", True, "published version 1's definition as 3", changed=True)],
+                        kind=core.Kind.ROLLBACK, previous_version_arn=f"{SM}:2", restored_version_arn=f"{SM}:1",
+                        version_arn=f"{SM}:3")
+    message = core.render_announcement(rollback, LINKS)
+    assert message.blocks[0]["text"]["text"] == ":rewind: DemoFlow rolled back in production"
+    text = _texts(message)
+    assert "*Version*\\n2 → 3 (version 1's definition)" in text and "From staging" not in text
+    assert "*Reason*: AUC &lt;dropped&gt; &amp; worse" in text and "*Requested by*\\nbob (launched by ci-bot)" in text
+
+
+def test_a_no_op_is_not_announced_but_a_deploy_whose_trigger_failed_is():
+    assert core.render_announcement(_attempt(CHECKS, [core.StepResult("deploy", True, "already runs it")]),
+                                    LINKS) is None
+    data = _attempt(CHECKS, [PACKAGE, DEPLOYED, core.StepResult("trigger", False, DENIED.format("StartExecution"))],
+                    version_arn=f"{SM}:2", previous_version_arn=f"{SM}:1")
+    message = core.render_announcement(data, LINKS)
+    assert message.blocks[0]["text"]["text"] == ":warning: DemoFlow promoted to production, its run not started"
+    assert "*Failed step*\\n• `trigger`: AccessDeniedException" in _texts(message)
+
+
+def test_many_failed_checks_are_counted_past_the_first_ten_and_long_details_cut():
+    many = [core.CheckResult(f"definition: rule_{i}", False, "x" * 5000) for i in range(25)]
+    text = _texts(core.render_announcement(_attempt(many, []), LINKS))
+    assert text.count("• `definition: rule_") == core.MAX_LISTED and "…and 15 more (all in the audit record)" in text
+    assert "x" * core.MAX_DETAIL not in text and "x" * (core.MAX_DETAIL - 1) + "…" in text
+    assert core.announcement_key("p1") == "announcement/p1"

@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from platform_ops import naming
+from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, SlackMessage, escape, pack
 from platform_ops.observations import StateMachineVersion as Version
 
 
@@ -675,3 +676,138 @@ def promotion_id(kind: str, flow: str, started_at: Any, run_id: str) -> str:
 
 def record_key(prefix: str, flow: str, pid: str) -> str:
     return f"{prefix}/{flow}/{pid}.json"
+
+
+# ---- launching from the UI: a partition per production state machine ----
+
+def launch_fields(kind: str, partition_key: str) -> dict[str, Any]:
+    """The op config the Launchpad shows for a partition (a production state machine): flow and
+    project from its name, and blanks for what only the person launching knows. A blank left as
+    is fails the run as bad config, before any AWS call, so a backfill over every partition
+    promotes nothing. ValueError (the UI shows it) when the key is not a production name."""
+    parsed = naming.parse_state_machine_name(partition_key)
+    if partition_key != str(naming.state_machine_name(parsed.project, parsed.flow, production=True)):
+        raise ValueError(f"partition {partition_key!r} is not a production state machine (<project>.prod.<Flow>)")
+    fields: dict[str, Any] = {"flow": parsed.flow, "project": parsed.project}
+    if kind != Kind.ROLLBACK:
+        fields["branch"] = ""
+    if kind != "checks":
+        fields.update(requested_by="", reason="")
+    return fields
+
+
+# ---- what on-call sees: one Slack message per attempt that changed or tried to change production ----
+
+@dataclass(frozen=True)
+class AnnouncementLinks:
+    """Where an announcement points: the Dagster run, the audit record (its s3:// URL and the S3
+    console), the production state machine in the Step Functions console."""
+
+    dagster_run: str
+    record_url: str
+    record_console: str
+    state_machine_console: str
+
+
+def announcement_links(dagster_run: str, bucket: str, key: str, state_machine_arn: str) -> AnnouncementLinks:
+    region = state_machine_arn.split(":")[3] if state_machine_arn.count(":") >= 6 else "us-east-1"
+    console = f"https://{region}.console.aws.amazon.com"
+    return AnnouncementLinks(
+        dagster_run, f"s3://{bucket}/{key}", f"{console}/s3/object/{bucket}?region={region}&prefix={key}",
+        f"{console}/states/home?region={region}#/statemachines/view/{state_machine_arn}")
+
+
+def announcement_key(promotion_id: str) -> str:
+    """The ledger key of an attempt's announcement (namespace `promotion`): one message per attempt."""
+    return f"announcement/{promotion_id}"
+
+
+HEADLINES = {
+    Outcome.PROMOTED: (":rocket:", "promoted to production"),
+    Outcome.PROMOTED_NOT_TRIGGERED: (":warning:", "promoted to production, its run not started"),
+    Outcome.ROLLED_BACK: (":rewind:", "rolled back in production"),
+    Outcome.BLOCKED: (":no_entry:", "promotion blocked"),
+    Outcome.FAILED: (":x:", "{kind} failed, production unchanged"),
+    Outcome.INCOMPLETE: (":rotating_light:", "{kind} incomplete: production changed, then a step failed"),
+}
+MAX_LISTED = 10  # failed checks or steps listed one by one; the rest counted
+MAX_DETAIL = 400  # characters of one check's or step's detail (a lint's output is in the record)
+
+
+def _version(arn: str | None) -> str:
+    return tail(arn) if arn else "none"
+
+
+def _results(title: str, results: list[Mapping[str, Any]]) -> list[str]:
+    lines = [f"*{title}*"]
+    for r in results[:MAX_LISTED]:
+        detail = str(r.get("detail", ""))
+        detail = detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL - 1] + "…"
+        lines.append(f"• `{escape(str(r['name']))}`: {escape(detail)}")
+    if len(results) > MAX_LISTED:
+        lines.append(f"…and {len(results) - MAX_LISTED} more (all in the audit record)")
+    return lines
+
+
+def render_announcement(record: Mapping[str, Any], links: AnnouncementLinks) -> SlackMessage | None:
+    """The announcement of one audited attempt, from its record as stored; None for a no-op
+    (production did not change and nothing went wrong: the record is enough, and relaunches,
+    re-executions and CI retries would otherwise fill the channel). Everything from the record
+    is escaped: check details carry staging code's output, reason and names are typed by people."""
+    outcome_ = Outcome(record["outcome"])
+    if outcome_ is Outcome.NO_OP:
+        return None
+    kind, flow = str(record["kind"]), str(record["flow"])
+    source, target = record.get("source") or {}, record.get("target") or {}
+    machine = tail(str(target.get("state_machine_arn", ""))) or flow
+    icon, words = HEADLINES[outcome_]
+    title = f"{flow} {words.format(kind=kind)}"
+    who = str(record.get("requested_by") or "unknown")
+    launcher = record.get("dagster_user")
+    who_text = escape(who) + (f" (launched by {escape(str(launcher))})" if launcher and launcher != who else "")
+    new = target.get("version_arn")
+    if kind == Kind.ROLLBACK:
+        restored = target.get("restored_version_arn")
+        versions = (f"{_version(target.get('previous_version_arn'))} → {_version(new)}"
+                    + (f" (version {_version(restored)}'s definition)" if restored else ""))
+    else:
+        previous = target.get("previous_version_arn")
+        versions = (f"{_version(previous)} → {_version(new)}" if new else
+                    f"{_version(previous)}, unchanged" if previous else "unchanged")
+    fields = [f"*State machine*\n`{escape(machine)}`", f"*Requested by*\n{who_text}",
+              f"*Version*\n{versions}", f"*Production changed*\n{'yes' if record.get('production_changed') else 'no'}"]
+    if kind == Kind.PROMOTION:
+        staging = tail(str(source.get("state_machine_arn", ""))) or "?"
+        run = source.get("latest_run_arn")
+        fields.append(f"*From staging*\n`{escape(staging)}`" + (f"\nrun `{escape(tail(str(run)))}`" if run else ""))
+    if record.get("execution_arn"):
+        fields.append(f"*Production run*\n`{escape(tail(str(record['execution_arn'])))}`")
+    blocks: list[dict] = [
+        {"type": "header", "text": {"type": "plain_text", "text": f"{icon} {title}"[:MAX_HEADER_CHARS]}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f[:2000]} for f in fields]},
+    ]
+    reason = str(record.get("reason") or "")
+    if reason:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Reason*: {escape(reason)}"[:MAX_SECTION_CHARS]}})
+    checks = list(record.get("checks") or [])
+    failed_checks = [c for c in checks if not c.get("passed")]
+    failed_steps = [s for s in record.get("steps") or [] if not s.get("passed")]
+    lines: list[str] = []
+    if failed_checks:
+        lines += _results(f"Failed checks ({len(failed_checks)} of {len(checks)})", failed_checks)
+    elif checks:
+        lines.append(f"*Checks*: all {len(checks)} passed (" + ", ".join(f"`{escape(str(c['name']))}`"
+                                                                        for c in checks[:MAX_LISTED]) + ")")
+    if failed_steps:
+        lines += _results("Failed step", failed_steps)
+    for text in pack(lines)[:MAX_BLOCKS - 6]:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+    buttons = [("Dagster run", links.dagster_run), ("Audit record", links.record_console),
+               ("Step Functions", links.state_machine_console)]
+    blocks.append({"type": "actions", "elements": [
+        {"type": "button", "text": {"type": "plain_text", "text": label}, "url": url[:3000]} for label, url in buttons]})
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text":
+                   f"{escape(kind)} `{escape(str(record['promotion_id']))}` · record `{escape(links.record_url)}`"[:3000]}]})
+    failed = ", ".join(str(r["name"]) for r in failed_checks + failed_steps)
+    text = escape(f"{title}: {machine} {versions}, requested by {who}." + (f" Failed: {failed}." if failed else ""))
+    return SlackMessage(text=text, blocks=tuple(blocks))
