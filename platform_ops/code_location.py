@@ -12,6 +12,7 @@ from platform_ops.promotion.defs import promotion_defs
 from platform_ops.reaper.defs import REAP_JOB, reaper_defs
 from platform_ops.resources import build_resources
 from platform_ops.runtime.defs import runtime_defs
+from platform_ops.schedules.defs import schedules_defs
 from platform_ops.settings import Settings
 
 
@@ -26,5 +27,6 @@ def build_defs(settings: Settings) -> dg.Definitions:
         promotion_defs(settings),
         health_defs(settings),
         runtime_defs(settings),
+        schedules_defs(settings),
         dg.Definitions(resources=build_resources(settings)),
     )

@@ -1,5 +1,5 @@
 """Least privilege, proven: every capability runs once against the sandbox (reaper, alerts,
-metrics, promotion with create, update, no-op and rollback, history), every AWS operation is
+metrics, missed schedules, promotion with create, update, no-op and rollback, history), every AWS operation is
 collected with botocore's before-call hook, and the role policy in
 deploy/cloudformation/platform-ops-account.yaml must grant exactly those actions: one missing
 fails, one granted but never called fails."""
@@ -13,21 +13,24 @@ from cfnlint.decode import decode
 from platform_ops.adapters.aws import count_calls
 from platform_ops.code_location import build_defs
 from platform_ops.promotion.defs import PROMOTION_TAG
-from platform_ops.sandbox import flows, world as estate
+from platform_ops.sandbox import flows
+from platform_ops.sandbox import world as estate
 from platform_ops.sandbox.daemon import Daemon
 from platform_ops.sandbox.world import account_client
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "cloudformation" / "platform-ops-account.yaml"
 IAM_PREFIX = {"Batch": "batch", "SFN": "states", "CloudWatchLogs": "logs", "CloudWatch": "cloudwatch", "ECS": "ecs",
-              "S3": "s3", "STS": "sts", "SQS": "sqs"}
+              "S3": "s3", "STS": "sts", "SQS": "sqs", "EventBridge": "events"}
 # Operations whose IAM action is not "<prefix>:<Operation>", or that need more than one action
 ACTIONS_FOR = {"S3.ListObjectsV2": {"s3:ListBucket"}, "Batch.CancelJobs": {"batch:CancelJob"},
                "S3.HeadObject": {"s3:GetObject"},
-               "SQS.DeleteMessageBatch": {"sqs:DeleteMessage"}, "SFN.CreateStateMachine": {"states:CreateStateMachine", "iam:PassRole"}}
+               "SQS.DeleteMessageBatch": {"sqs:DeleteMessage"},
+               "SFN.CreateStateMachine": {"states:CreateStateMachine", "iam:PassRole"}}
 CALLER_SIDE = {"sts:AssumeRole"}  # the principal's own permission (trust policy), not the role's
 # Actions AWS authorises on "*" only (no resource-level permissions); everything else must be scoped
 ONLY_ON_ANY_RESOURCE = {"batch:DescribeJobs", "batch:DescribeJobQueues", "batch:DescribeComputeEnvironments",
-                        "states:ListStateMachines", "cloudwatch:PutMetricData", "cloudwatch:GetMetricData"}
+                        "states:ListStateMachines", "cloudwatch:PutMetricData", "cloudwatch:GetMetricData",
+                        "events:ListRules"}
 
 
 def iam_actions(operations) -> set[str]:
@@ -65,6 +68,16 @@ def promote(defs, instance, job="promote_flow", **config):
     return result.output_for_node(job)["outcome"]
 
 
+def schedule_rule(endpoint, env) -> None:
+    """The rule Metaflow's @schedule makes (named after the state machine, targeting it). In staging:
+    moto offers the production account's service events to a schedule rule as well, and fails."""
+    name = flows.DEPLOYMENTS[env.name].name
+    events = account_client(endpoint, "events", env.account_id, env.region)
+    events.put_rule(Name=name, ScheduleExpression="cron(0 * * * ? *)", State="ENABLED")
+    events.put_targets(Rule=name, Targets=[{"Id": name, "Arn": f"arn:aws:states:{env.region}:{env.account_id}:"
+                                                                f"stateMachine:{name}"}])
+
+
 def test_the_role_policy_grants_exactly_what_platform_ops_calls(world):
     envs = dict(world.settings.environments)  # production event-driven, staging polled: both paths
     envs["production"] = dataclasses.replace(envs["production"], events_queue="platform-ops-events")
@@ -75,6 +88,7 @@ def test_the_role_policy_grants_exactly_what_platform_ops_calls(world):
     world.stuck("production", count=1)
     world.run_flow("production", "lp-oom", width=2, faults=[{"fault": "oom", "step": "train", "index": 0}])
     estate.register_instances(endpoint, production, 1)
+    schedule_rule(endpoint, staging)  # missed_schedules_sensor: a rule whose targets it reads
     defs = build_defs(settings)
     with dg.instance_for_test() as instance, count_calls() as calls:
         daemon = Daemon(defs, instance, dedupe=False)

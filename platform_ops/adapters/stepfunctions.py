@@ -60,6 +60,14 @@ def executions_in_status(client: Any, state_machine_arn: str, status: str,
             return
 
 
+def last_start(client: Any, state_machine_arn: str) -> datetime | None:
+    """When the newest execution started (ListExecutions is newest first): one call, maxResults=1;
+    None if it never ran (or Step Functions no longer keeps any: 90 days after they closed)."""
+    with aws_errors():
+        page = client.list_executions(stateMachineArn=state_machine_arn, maxResults=1)
+    return next((item["startDate"] for item in page.get("executions", [])), None)
+
+
 def describe_execution(client: Any, arn: str) -> Execution:
     with aws_errors():
         return execution_from_api(client.describe_execution(executionArn=arn))

@@ -34,9 +34,10 @@ name). A start at or after a fire time satisfies it, however late: by the time w
 from __future__ import annotations
 
 import calendar
+import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
 MONTHS = {name: i for i, name in enumerate(
@@ -517,3 +518,44 @@ def due_lookups(schedules: list[ScheduledStateMachine], known_last_starts: dict[
         if expected is not None and (known is None or _minute(known) < expected):
             due.add(arn)
     return due
+
+
+# --- what a check keeps for the next -----------------------------------------------------------
+
+
+@dataclass
+class EnvironmentCursor:
+    """One environment's part of the sensor's cursor. `known_targets` (rule ARN -> target ARNs) and
+    `last_starts` only save calls: losing them costs ListTargetsByRule and ListExecutions, never a
+    message. `open` names the state machines with an open miss (the misses themselves live in the
+    ledger, which a lost cursor keeps), so a miss whose schedule went away can be forgotten."""
+
+    known_targets: dict[str, frozenset[str]] = field(default_factory=dict)
+    last_starts: dict[str, datetime | None] = field(default_factory=dict)
+    open: set[str] = field(default_factory=set)
+
+    def bounded(self, rule_names: set[str], scheduled: set[str]) -> EnvironmentCursor:
+        """Only rules named like a watched state machine, starts of scheduled ones: the cursor
+        never outgrows the watched estate, whatever was deleted."""
+        return EnvironmentCursor(
+            {arn: t for arn, t in self.known_targets.items() if arn.rsplit("rule/", 1)[-1] in rule_names},
+            {arn: s for arn, s in self.last_starts.items() if arn in scheduled}, set(self.open))
+
+
+def dump_cursor(cursors: dict[str, EnvironmentCursor]) -> str:
+    return json.dumps({env: {"known_targets": {r: sorted(t) for r, t in c.known_targets.items()},
+                             "last_starts": {a: s.isoformat() if s else None for a, s in c.last_starts.items()},
+                             "open": sorted(c.open)}
+                       for env, c in cursors.items()}, sort_keys=True)
+
+
+def load_cursor(text: str | None) -> dict[str, EnvironmentCursor]:
+    """The cursor as dumped; an unreadable one is an empty one (it only costs calls)."""
+    try:
+        data = json.loads(text) if text else {}
+        return {env: EnvironmentCursor(
+            {r: frozenset(t) for r, t in c.get("known_targets", {}).items()},
+            {a: datetime.fromisoformat(s) if s else None for a, s in c.get("last_starts", {}).items()},
+            set(c.get("open", []))) for env, c in data.items()}
+    except (ValueError, TypeError, AttributeError):
+        return {}
