@@ -500,6 +500,7 @@ def main() -> None:
         bench_alerts(settings)
         bench_promotion(settings)
         bench_sensor_calls(settings)
+        bench_schedule_check(settings)
         bench_alert_latency(Path(tmp))
     bench_metrics()
     bench_lint_isolation()
@@ -564,6 +565,75 @@ def bench_sensor_calls(settings_path: Path, machines: int = 200) -> None:
                                   "calls_per_hour": sum(event_calls.values()) * ticks + reconcile_calls * reconciles}
         emit(bench="alerts_calls_per_hour", state_machines=machines, **per_hour,
              baseline="polling every alerts.interval_seconds")
+    finally:
+        sandbox.stop()
+
+
+def bench_schedule_check(settings_path: Path, machines: int = 200) -> None:
+    """missed_schedules_sensor at `machines` state machines, each with a Metaflow schedule rule
+    (hourly, enabled, no start due yet): AWS calls and time of the first check (no cursor: every
+    rule's targets and every last start read) and of a steady one (cursor kept), beside a naive
+    check that asks ListRuleNamesByTarget and ListExecutions for every state machine each time."""
+    import dataclasses
+
+    import dagster as dg
+
+    from platform_ops.adapters.aws import forget_sessions
+    from platform_ops.resources import build_resources
+    from platform_ops.sandbox.world import account_client
+    from platform_ops.schedules.defs import schedules_tick
+    from platform_ops.settings import ScheduleSettings, load_settings
+
+    sandboxed = load_settings(settings_path)
+    prod = sandboxed.environments["production"]
+    settings = dataclasses.replace(sandboxed, environments={"production": prod}, promotion=None,
+                                   schedules=ScheduleSettings())  # every 5 minutes, 30 minutes' grace
+    sandbox = SandboxProcess(settings_path)
+    try:
+        os.environ.update(sandbox.env)
+        sandbox.control("reset", {})
+        forget_sessions()
+        endpoint = sandbox.env["AWS_ENDPOINT_URL"]
+        sfn = account_client(endpoint, "stepfunctions", prod.account_id, prod.region)
+        events = account_client(endpoint, "events", prod.account_id, prod.region)
+        definition = json.dumps({"StartAt": "A", "States": {"A": {"Type": "Pass", "End": True}}})
+        arns = [m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]]
+        for i in range(machines - len(arns)):
+            arns.append(sfn.create_state_machine(name=f"mlplatform.prod.Flow{i}Flow", definition=definition,
+                                                 roleArn=f"arn:aws:iam::{prod.account_id}:role/mf-sfn")["stateMachineArn"])
+        for arn in arns:  # what Metaflow's @schedule makes on `step-functions create`
+            name = arn.rsplit(":", 1)[-1]
+            events.put_rule(Name=name, ScheduleExpression="cron(0 * * * ? *)", State="ENABLED")
+            events.put_targets(Rule=name, Targets=[{"Id": name, "Arn": arn}])
+        resources = build_resources(settings)
+        with tempfile.TemporaryDirectory() as home, dg.instance_for_test(temp_dir=home) as instance:
+            def check(cursor=None):
+                with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as ctx:
+                    return schedules_tick(ctx, settings).cursor
+
+            cursor, first_seconds, first_calls = timed(check)
+            _, steady_seconds, steady_calls = timed(lambda: check(cursor))
+            product = resources[f"aws_{prod.name}"]
+            naive_sfn, naive_events = product.client("stepfunctions"), product.client("events")
+
+            def naive():
+                for machine in naive_sfn.list_state_machines(maxResults=1000)["stateMachines"]:
+                    naive_events.list_rule_names_by_target(TargetArn=machine["stateMachineArn"])
+                    naive_sfn.list_executions(stateMachineArn=machine["stateMachineArn"], maxResults=1)
+
+            _, naive_seconds, naive_calls = timed(naive)
+        first_calls.pop("STS.AssumeRole", None)  # the role, once per session
+        checks = 60 // settings.schedules.interval_minutes
+        # an hourly schedule comes due once an hour: that check asks ListExecutions of each
+        per_hour = sum(steady_calls.values()) * checks + machines
+        emit(bench="schedule_check", scheduled_state_machines=machines,
+             interval_minutes=settings.schedules.interval_minutes,
+             first_check={"calls": first_calls, "seconds": round(first_seconds, 2)},
+             steady_check={"calls": steady_calls, "seconds": round(steady_seconds, 2)},
+             calls_per_hour_hourly_schedules=per_hour, checks_per_hour=checks,
+             baseline={"variant": "naive: ListRuleNamesByTarget + ListExecutions per state machine, every check",
+                       "calls_per_check": naive_calls, "seconds": round(naive_seconds, 2),
+                       "calls_per_hour": sum(naive_calls.values()) * checks})
     finally:
         sandbox.stop()
 
