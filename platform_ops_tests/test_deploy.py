@@ -71,7 +71,7 @@ def test_the_account_template_passes_cfn_lint():
 
 def test_the_sandbox_runs_on_the_template_in_both_accounts(world):
     """The sandbox deploys the same template through CloudFormation in moto, and runs on what it
-    creates: the queue, both rules targeting it, the role production is reached through (with its
+    creates: the queue, the three rules targeting it, the role production is reached through (with its
     external id), and in the promotion target the audit bucket. moto's CloudFormation skips
     AWS::SQS::QueuePolicy and the bucket's versioning/Object Lock (cfn-lint checks those)."""
     from platform_ops.sandbox.world import STACK_NAME, account_client
@@ -88,7 +88,8 @@ def test_the_sandbox_runs_on_the_template_in_both_accounts(world):
         queue_arn = f"arn:aws:sqs:{env.region}:{env.account_id}:platform-ops-events"
         rules = client("events").list_rules()["Rules"]
         patterns = sorted(json.loads(r["EventPattern"])["detail-type"][0] for r in rules)
-        assert patterns == ["Batch Job State Change", "Step Functions Execution Status Change"]
+        assert patterns == ["Batch Job Queue Blocked", "Batch Job State Change",
+                            "Step Functions Execution Status Change"]
         for rule in rules:
             assert [t["Arn"] for t in client("events").list_targets_by_rule(Rule=rule["Name"])["Targets"]] == [queue_arn]
         trust = client("iam").get_role(RoleName="platform-ops")["Role"]["AssumeRolePolicyDocument"]
