@@ -22,7 +22,7 @@ import dagster as dg
 from platform_ops.adapters import eventbridge, stepfunctions
 from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError
 from platform_ops.adapters.ledger import Ledger
-from platform_ops.adapters.slack import PlatformSlackResource, SlackError, post_once
+from platform_ops.adapters.slack import Pacer, PlatformSlackResource, SlackError, post_once
 from platform_ops.messages import SlackMessage
 from platform_ops.redaction import redact
 from platform_ops.resources import aws_for, aws_resource_key
@@ -39,7 +39,9 @@ KIND = "missed_schedule"  # the Slack metadata's event_payload kind of every mes
 
 @dataclass(frozen=True)
 class Check:
-    """One tick: the settings, the ledger, Slack, AWS by environment name, the time, the log."""
+    """One tick: the settings, the ledger, Slack, AWS by environment name, the time, the log, and
+    the pace of posts (alerts.post_interval_seconds: an outage of many schedules stays under
+    Slack's per-channel limit)."""
 
     settings: Settings
     ledger: Ledger
@@ -47,6 +49,7 @@ class Check:
     aws: Callable[[str], AwsEnvironmentResource]
     now: datetime
     log: Any
+    pacer: Pacer
 
     @property
     def grace(self) -> timedelta:
@@ -103,8 +106,9 @@ def plan(check: Check, reading: Reading) -> list[core.Action]:
 def say(check: Check, key: str, message: SlackMessage, arn: str, problems: list[str]) -> bool:
     """One post, exactly once; False (and a problem) when Slack refused it: it stays unsaid."""
     try:
-        post_once(check.slack, check.ledger, key, check.settings.slack.channel, message, run_id=None,
-                  root_run_id=None, payload={"kind": KIND, "state_machine_arn": arn})
+        with check.pacer:
+            post_once(check.slack, check.ledger, key, check.settings.slack.channel, message, run_id=None,
+                      root_run_id=None, payload={"kind": KIND, "state_machine_arn": arn})
         return True
     except SlackError as exc:
         problems.append(f"{arn.rsplit(':', 1)[-1]}: Slack: {exc}")
@@ -172,7 +176,8 @@ def schedules_tick(context: dg.SensorEvaluationContext, settings: Settings,
     """Every environment checked (one failing does not stop the others), the cursor carried. `now`
     is the check's clock (a test's; the sensor's is the wall clock)."""
     check = Check(settings, Ledger(context.instance, namespace=LEDGER_NAMESPACE), context.resources.slack,
-                  lambda name: aws_for(context, name), now or datetime.now(UTC), context.log)
+                  lambda name: aws_for(context, name), now or datetime.now(UTC), context.log,
+                  Pacer(settings.alerts.post_interval_seconds))
     cursors, problems, checked, said = core.load_cursor(context.cursor), [], 0, 0
     for env in settings.environments.values():
         cursors[env.name], n, s = check_environment(check, env, cursors.get(env.name, core.EnvironmentCursor()),
