@@ -17,3 +17,16 @@ def end_tick(context: dg.SensorEvaluationContext, sensor: str, requests: list[dg
     if problems:
         raise RuntimeError(f"{sensor} could not read: " + "; ".join(problems))
     return dg.SensorResult(skip_reason=skip_reason, cursor=cursor)
+
+
+RUN_KEY_TAG = "dagster/run_key"  # the tag Dagster gives a run of a request with a run key
+
+
+def not_yet_requested(instance: dg.DagsterInstance, requests: list[dg.RunRequest | None]) -> list[dg.RunRequest]:
+    """The requests whose run key no run has yet, whichever sensor asked for it: Dagster skips a
+    key only per sensor, so two sensors seeing one situation (events and polling) would make two
+    runs. One cheap query per keyed request (a tag lookup, limit 1); a request without a key
+    passes, None (nothing to request) drops out. Two sensors ticking at the very same moment can
+    still both ask: the reap run re-checks every job, so the second finds nothing to cancel."""
+    return [r for r in requests if r is not None and (
+        not r.run_key or not instance.get_run_records(dg.RunsFilter(tags={RUN_KEY_TAG: r.run_key}), limit=1))]

@@ -7,6 +7,7 @@ digest that keys a run by the set of ids it is about.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -52,3 +53,24 @@ class AfterReadError(StrEnum):
 def after_read_error(request_scoped: bool) -> AfterReadError:
     """A request-scoped error spoils one queue; any other spoils the environment's remaining reads."""
     return AfterReadError.NEXT_QUEUE if request_scoped else AfterReadError.NEXT_ENVIRONMENT
+
+
+# ---- which reap run cancelled a job: alerting threads a reaped job's failure under that run's report ----
+
+_REAP_RUN = re.compile(r" \(reap ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\)$")
+
+
+def reap_reason_suffix(root_run_id: str) -> str:
+    """What the reaper appends to its cancel reason: the reap run's root run id (a Dagster run id,
+    shared by the run's retries and re-executions, which share its report)."""
+    return f" (reap {root_run_id})"
+
+
+def reap_run_of(status_reason: str | None) -> str | None:
+    """The root run id of the reap run that cancelled a job, from its statusReason; None for any
+    other text. Only a reason the reaper wrote counts (it begins with REASON_PREFIX and ends with
+    the suffix, a Dagster run id's shape): staging code can write any statusReason it likes."""
+    if not isinstance(status_reason, str) or not status_reason.startswith(REASON_PREFIX):
+        return None
+    match = _REAP_RUN.search(status_reason)
+    return match.group(1) if match else None

@@ -282,3 +282,103 @@ def test_result_counts_are_keyed_by_what_the_metadata_shows():
                core.JobResult("c", "", timedelta(0), "", "UNKNOWN", core.Outcome.CANCELLED)]
     assert core.result_counts(results) == {"cancelled": 2, "not cancelled: moved on to STARTING": 1}
     assert core.cancelled_count(results) == 2
+
+
+# ---- which reap run cancelled a job (alerting threads its failure under that run's report) ----
+
+RUN = "6a118fca-6264-4040-bc98-d6c797428607"
+
+
+def test_the_cancel_reason_names_its_reap_run_and_the_name_is_read_back():
+    from platform_ops.vocabulary import REASON_PREFIX, reap_run_of
+
+    reason = core.cancel_reason(timedelta(minutes=134), timedelta(hours=2), "CAPACITY:X", RUN)
+    assert reason == f"platform-ops reaper: RUNNABLE for 2h14m > 2h0m (CAPACITY:X) (reap {RUN})"
+    assert reason.startswith(REASON_PREFIX) and reap_run_of(reason) == RUN
+    # the suffix survives the 1024 characters Batch keeps, whatever the category's length
+    long = core.cancel_reason(timedelta(minutes=134), timedelta(hours=2), "X" * 2000, RUN)
+    assert len(long) == core.MAX_REASON_CHARS and reap_run_of(long) == RUN
+
+
+@pytest.mark.parametrize("text", [
+    None, "", "Essential container in task exited",
+    f"someone's staging code: cancelled (reap {RUN})",  # the suffix without the reaper's prefix
+    f"platform-ops reaper: RUNNABLE for 3h > 2h (reap {RUN}) and more",  # not at the end
+    "platform-ops reaper: RUNNABLE for 3h > 2h (reap not-a-run-id)",
+    "platform-ops reaper: RUNNABLE for 3h > 2h0m (MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT)",  # before runs were named
+])
+def test_no_reap_run_is_read_from_any_other_text(text):
+    from platform_ops.vocabulary import reap_run_of
+
+    assert reap_run_of(text) is None
+
+
+def test_every_cancel_an_attempt_sends_names_the_runs_root():
+    details = jobs(detail("a", 300), detail("b", 200, reason="CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - no"))
+    attempt = core.plan_attempt(["a", "b"], details, POLICY, NOW, {}, RUN)
+    assert len(attempt.batches) == 2 and all(b.reason.endswith(f"(reap {RUN})") for b in attempt.batches)
+    assert {s.reason for s in attempt.sent.values()} == {b.reason for b in attempt.batches}
+
+
+# ---- "Batch Job Queue Blocked" events ----
+
+def blocked_event(job_id="j1", at="2026-11-28T10:00:00Z", queue="ml-staging", reason=RESOURCE):
+    """The envelope as the AWS Batch User Guide ("Job queue blocked events") shows it."""
+    return json.dumps({
+        "version": "0", "id": "c8f9c4b5-76e5-d76a-f980-7011e206042b", "detail-type": "Batch Job Queue Blocked",
+        "source": "aws.batch", "account": "111111111111", "time": at, "region": "us-east-1",
+        "resources": [f"arn:aws:batch:us-east-1:111111111111:job/{job_id}",
+                      f"arn:aws:batch:us-east-1:111111111111:job-queue/{queue}"],
+        "detail": {**detail(job_id), "jobQueue": f"arn:aws:batch:us-east-1:111111111111:job-queue/{queue}",
+                   "statusReason": reason},
+    })
+
+
+def test_queue_blocked_events_are_read_and_nothing_else_is_taken_for_one():
+    state_change = json.loads(blocked_event())
+    state_change["detail-type"] = "Batch Job State Change"
+    bodies = [blocked_event("j2", "2026-11-28T11:00:00Z", reason="x" * 1000), "not json", json.dumps(state_change),
+              blocked_event("j1"), json.dumps({"detail-type": "Batch Job Queue Blocked", "source": "aws.batch"})]
+    [first, second] = core.queue_blocks_from_events(bodies)
+    assert first == core.QueueBlock("ml-staging", "j1", at(120), RESOURCE)
+    assert first.category == "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT"
+    assert (second.job_id, len(second.reason)) == ("j2", core.MAX_BLOCK_REASON_CHARS)  # bounded
+
+
+def test_a_queue_stays_blocked_since_the_first_event_while_its_job_is_watched():
+    first = core.QueueBlock("ml-staging", "j1", at(120), RESOURCE)
+    later = core.QueueBlock("ml-staging", "j2", at(30), "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - none left")
+    other = core.QueueBlock("not-watched", "j3", at(10), RESOURCE)
+    blocks = core.track_blocks({}, [first, later, other], ["ml-staging"])
+    assert blocks == {"ml-staging": dataclasses.replace(later, since=at(120))}  # one per watched queue
+    assert core.blocks_from_record(json.loads(json.dumps(core.blocks_record(blocks)))) == blocks
+    watch = {"j2": ("ml-staging", at(30))}
+    assert core.lift_blocks(blocks, watch) == blocks
+    assert core.lift_blocks(blocks, {}) == {}  # its job left RUNNABLE (or the watch): no longer known blocked
+    assert core.block_changes([later]) == [core.JobChange("j2", "ml-staging", "RUNNABLE", at(30))]
+    assert core.block_text(blocks["ml-staging"]) == (
+        "queue ml-staging blocked since 2026-11-28 10:00 UTC: CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - none left")
+
+
+# ---- the report: whose jobs, why one was kept, where to look ----
+
+def test_the_report_names_owners_the_protect_value_the_block_and_links_the_console_escaping_staging_text():
+    details = jobs(detail("a" * 36, 300, tags={"metaflow.owner": "alice"}),
+                   detail("b" * 36, 250, tags={"metaflow.owner": "<!channel>"}),
+                   detail("c" * 36, 200, tags={"platform-ops:protect": "backfill <ask bob> & co",
+                                               "metaflow.owner": "bob"}))
+    plan = core.plan_reap(list(details), details, POLICY, NOW)
+    after = {i: job_from_api(detail(i, 300, status="FAILED", reason=f"platform-ops reaper: x (reap {RUN})"))
+             for i in ("a" * 36, "b" * 36)}
+    results = core.verify(plan, CancelResult(tuple(after), {}), after)
+    block = core.QueueBlock("ml-staging", "a" * 36, at(90), "MISCONFIGURATION:X - <b>too big</b>")
+    ctx = core.ReportContext("eu-west-1", {"alice": "U0ALICE"}, block, "http://dagster/runs/r")
+    msg = core.report("staging", "ml-staging", POLICY, plan, results, ctx=ctx)
+    text = "\n".join(b.get("text", {}).get("text", "") for b in msg.blocks)
+    assert "Owners: &lt;!channel&gt; 1, <@U0ALICE> 1, bob 1." in text and "<!channel>" not in text
+    assert "skipped: protected by tag (backfill &lt;ask bob&gt; &amp; co) · bob" in text
+    assert (f"• <https://eu-west-1.console.aws.amazon.com/batch/home?region=eu-west-1#jobs/detail/{'a' * 36}|"
+            f"`SFN-DemoFlow--train--`> `aaaaaaaa` RUNNABLE 5h0m: cancelled · <@U0ALICE>") in text
+    assert ("*Batch reported the queue blocked* since 2026-11-28 10:30 UTC by `aaaaaaaa`: "
+            "MISCONFIGURATION:X - &lt;b&gt;too big&lt;/b&gt;") in text
+    assert "http://dagster/runs/r" in msg.blocks[-1]["elements"][0]["text"]

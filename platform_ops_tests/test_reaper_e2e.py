@@ -9,7 +9,8 @@ import pytest
 
 from platform_ops.adapters.aws import AwsEnvironmentResource, count_calls
 from platform_ops.code_location import build_defs
-from platform_ops.vocabulary import format_duration
+from platform_ops.reaper import defs as reaper_defs
+from platform_ops.vocabulary import format_duration, reap_run_of
 from platform_ops.sandbox.server import SANDBOX_TOKEN
 
 
@@ -90,14 +91,17 @@ def test_one_environments_aws_failure_does_not_stop_the_other(world):
 
 
 def test_reap_cancels_stuck_jobs_skips_protected_and_reports_once(world):
-    stuck = world.stuck(count=3)
-    protected = world.stuck(count=1, tags={"platform-ops:protect": "backfill"})
+    stuck = world.stuck(count=3, tags={"metaflow.owner": "alice"})
+    protected = world.stuck(count=1, tags={"platform-ops:protect": "quarterly backfill - ask bob",
+                                           "metaflow.owner": "bob"})
     defs = build_defs(world.settings)
     [request] = tick(defs).run_requests
     assert sorted(requested_ids(request)) == sorted(stuck + protected)
     before = datetime.now(timezone.utc)
-    with count_calls() as calls:
-        result = run(defs, request)
+    with dg.instance_for_test() as instance, count_calls() as calls:
+        result = run(defs, request, instance=instance)
+        posted = reaper_defs.report_message(instance, result.run_id)
+        tags = instance.get_run_by_id(result.run_id).tags
     decided_by = datetime.now(timezone.utc)
     assert result.success
     # describe candidates, cancel once (one category, <= 50 ids), describe to verify
@@ -108,22 +112,33 @@ def test_reap_cancels_stuck_jobs_skips_protected_and_reports_once(world):
     youngest = max(datetime.fromtimestamp(after[j]["createdAt"] / 1000, tz=timezone.utc) for j in stuck)
     minutes = range(int((before - youngest).total_seconds() // 60), int((decided_by - youngest).total_seconds() // 60) + 1)
     reasons = {f"platform-ops reaper: RUNNABLE for {format_duration(timedelta(minutes=m))} > 2h0m "
-               "(MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT)" for m in minutes}
+               f"(MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT) (reap {result.run_id})" for m in minutes}
     assert minutes[0] >= 150 and len({after[j]["statusReason"] for j in stuck}) == 1  # one CancelJobs, one reason
     for job_id in stuck:
         assert after[job_id]["status"] == "FAILED"
         assert after[job_id]["statusReason"] in reasons
+        assert reap_run_of(after[job_id]["statusReason"]) == result.run_id  # alerting threads under its report
     assert after[protected[0]]["status"] == "RUNNABLE"
     meta = run_metadata(result)
     assert meta["cancelled"].value == 3
     rows = {r.data["job_id"]: r.data["result"] for r in meta["jobs"].value.records}
     assert rows == {**{j: "cancelled" for j in stuck}, protected[0]: "skipped: protected by tag"}
     assert meta["aws_calls"].value == {"Batch.DescribeJobs": 2, "Batch.CancelJobs": 1}
+    assert (tags["platform_ops/cancelled"], tags["platform_ops/candidates"], tags["platform_ops/slack_report"]) == (
+        "3", "4", "sent")  # what the run did, beside what it was asked
     [message] = world.messages
     assert message["channel"] == "#ml-platform-alerts"
     assert message["text"].startswith("Reaper: Cancelled 3 stuck jobs in staging / ml-staging")
     body = json.dumps(message["blocks"])
     assert "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT" in body and "1 skipped: protected by tag" in body
+    # whose jobs (alice is in slack.owners, bob is not), why one was kept, where to look
+    assert "Owners: <@U0ALICE> 3, bob 1." in body
+    assert "skipped: protected by tag (quarterly backfill - ask bob)" in body
+    region = world.settings.environments["staging"].region
+    assert f"<https://{region}.console.aws.amazon.com/batch/home?region={region}#jobs/detail/{stuck[0]}|" in body
+    # what alerting threads under and updates: the posted report, by the run that cancelled
+    assert posted == {"channel": "#ml-platform-alerts", "ts": message["ts"], "text": message["text"],
+                      "blocks": message["blocks"]}
 
 
 def test_a_reap_retried_after_a_failed_cancel_reports_every_job_it_cancelled_once(world, monkeypatch):

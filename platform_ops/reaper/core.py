@@ -10,15 +10,16 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import NamedTuple
 
 from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, SlackMessage, escape, pack
 from platform_ops.observations import BatchJob, CancelResult
-from platform_ops.vocabulary import REASON_PREFIX, format_duration, from_epoch_ms, to_epoch_ms
+from platform_ops.vocabulary import REASON_PREFIX, format_duration, from_epoch_ms, reap_reason_suffix, to_epoch_ms
 
 RUNNABLE = "RUNNABLE"
+OWNER_TAG = "metaflow.owner"  # Metaflow tags every Batch job with the user who ran the flow
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,93 @@ def job_changes_from_events(bodies: Iterable[str]) -> tuple[list[JobChange], int
         except (ValueError, KeyError, TypeError, AttributeError):
             other += 1
     return sorted(changes, key=lambda c: c.at), other
+
+
+QUEUE_BLOCKED_EVENT = "Batch Job Queue Blocked"
+MAX_BLOCK_REASON_CHARS = 300  # a block is kept per queue in the instance: bounded
+
+
+@dataclass(frozen=True)
+class QueueBlock:
+    """Batch said job `job_id` is blocking `queue` since `since`, for `reason` (its statusReason,
+    e.g. "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job resource requirement ... is higher
+    than that can be met by the CE(s) attached to the job queue.")."""
+
+    queue: str
+    job_id: str
+    since: datetime
+    reason: str
+
+    @property
+    def category(self) -> str:
+        return classify(self.reason)
+
+
+def queue_blocks_from_events(bodies: Iterable[str]) -> list[QueueBlock]:
+    """The "Batch Job Queue Blocked" events among EventBridge envelopes, oldest first.
+
+    The shape relied on, from the AWS Batch User Guide, "Job queue blocked events"
+    (https://docs.aws.amazon.com/batch/latest/userguide/batch-job-queue-blocked-events.html):
+    source `aws.batch`, detail-type "Batch Job Queue Blocked", `time` (ISO 8601, UTC), and a
+    `detail` that "resembles the JobDetail object" of DescribeJobs for the job at the head of the
+    queue: `jobId`, `jobName`, `jobArn`, `jobQueue` (the queue's ARN), `status` ("RUNNABLE"),
+    `statusReason` (the blocking reason, "the same reason ... in the statusReason field in the
+    DescribeJobs API action"; categories as in "Jobs stuck in a RUNNABLE status"), `createdAt`.
+    Anything else, or a body missing these, is not a block."""
+    blocks = []
+    for body in bodies:
+        try:
+            event = json.loads(body)
+            if event.get("detail-type") != QUEUE_BLOCKED_EVENT or event.get("source") != "aws.batch":
+                continue
+            detail = event["detail"]
+            at = datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
+            if at.tzinfo is None:
+                continue
+            reason = str(detail.get("statusReason") or "")[:MAX_BLOCK_REASON_CHARS]
+            blocks.append(QueueBlock(detail["jobQueue"].rsplit("/", 1)[-1], str(detail["jobId"]), at, reason))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return sorted(blocks, key=lambda b: b.since)
+
+
+def track_blocks(blocks: Mapping[str, QueueBlock], new: Iterable[QueueBlock],
+                 queues: Iterable[str]) -> dict[str, QueueBlock]:
+    """One block per watched queue: a later event keeps the block's earlier `since` (the queue has
+    been blocked all along) and takes its job and reason (what blocks it now)."""
+    watched, result = set(queues), dict(blocks)
+    for block in new:
+        if block.queue in watched:
+            earlier = result.get(block.queue)
+            result[block.queue] = replace(block, since=min(earlier.since, block.since)) if earlier else block
+    return result
+
+
+def lift_blocks(blocks: Mapping[str, QueueBlock], watch: Mapping[str, tuple[str, datetime]]) -> dict[str, QueueBlock]:
+    """A block lasts while its job is RUNNABLE: once the watch lost it (an event, a reap run's
+    describe, a reconciling listing, the age bound), the queue is no longer known to be blocked."""
+    return {queue: b for queue, b in blocks.items() if b.job_id in watch}
+
+
+def block_changes(blocks: Iterable[QueueBlock]) -> list[JobChange]:
+    """A blocked queue's job is RUNNABLE at the event's time: watched from then at the latest."""
+    return [JobChange(b.job_id, b.queue, RUNNABLE, b.since) for b in blocks]
+
+
+def blocks_record(blocks: Mapping[str, QueueBlock]) -> dict[str, list]:
+    """The blocks as stored: queue -> [job id, since in epoch ms, reason] (JSON, compact)."""
+    return {queue: [b.job_id, to_epoch_ms(b.since), b.reason] for queue, b in blocks.items()}
+
+
+def blocks_from_record(record: Mapping[str, list]) -> dict[str, QueueBlock]:
+    return {queue: QueueBlock(queue, job_id, from_epoch_ms(ms), reason)
+            for queue, (job_id, ms, reason) in record.items()}
+
+
+def block_text(block: QueueBlock) -> str:
+    """'queue ml-production blocked since 2026-12-01 10:02 UTC: MISCONFIGURATION:... - ...'."""
+    since = block.since.astimezone(UTC)
+    return f"queue {block.queue} blocked since {since:%Y-%m-%d %H:%M} UTC: {block.reason or UNKNOWN}"
 
 
 def track_runnable(watch: Mapping[str, tuple[str, datetime]], changes: Iterable[JobChange],
@@ -259,6 +347,7 @@ class Decision:
     action: Outcome
     job: BatchJob | None = None
     runnable_for: timedelta = timedelta(0)
+    protected_by: str = ""  # the protect tag's value: why its owner asked to keep it
 
     @property
     def category(self) -> str:
@@ -290,7 +379,7 @@ def plan_reap(candidate_ids: Iterable[str], details: Mapping[str, BatchJob], pol
         if job.status != RUNNABLE:
             decisions.append(Decision(job_id, Outcome.SKIP_NOT_RUNNABLE, job, age))
         elif policy.protect_tag in job.tags:
-            decisions.append(Decision(job_id, Outcome.SKIP_PROTECTED, job, age))
+            decisions.append(Decision(job_id, Outcome.SKIP_PROTECTED, job, age, job.tags[policy.protect_tag]))
         elif age < policy.threshold:
             decisions.append(Decision(job_id, Outcome.SKIP_RETRIED, job, age))
         else:
@@ -303,10 +392,17 @@ def plan_reap(candidate_ids: Iterable[str], details: Mapping[str, BatchJob], pol
     return ReapPlan(tuple(decisions), len(eligible), len(eligible) > policy.max_cancels)
 
 
-def cancel_reason(runnable_for: timedelta, threshold: timedelta, category: str) -> str:
-    """The statusReason a reaped job carries; alerting recognises REASON_PREFIX."""
-    return (f"{REASON_PREFIX} RUNNABLE for {format_duration(runnable_for)} > {format_duration(threshold)} "
+MAX_REASON_CHARS = 1024  # CancelJobs' reason; Batch keeps no more
+
+
+def cancel_reason(runnable_for: timedelta, threshold: timedelta, category: str, root_run_id: str = "") -> str:
+    """The statusReason a reaped job carries: alerting recognises REASON_PREFIX, and reads the reap
+    run back from the suffix (`vocabulary.reap_run_of`) to thread the failure under its report;
+    the suffix survives the length cap."""
+    suffix = reap_reason_suffix(root_run_id) if root_run_id else ""
+    body = (f"{REASON_PREFIX} RUNNABLE for {format_duration(runnable_for)} > {format_duration(threshold)} "
             f"({category})")
+    return body[:MAX_REASON_CHARS - len(suffix)] + suffix
 
 
 @dataclass(frozen=True)
@@ -315,7 +411,7 @@ class CancelBatch:
     reason: str
 
 
-def cancel_batches(plan: ReapPlan, threshold: timedelta, chunk: int = 50) -> list[CancelBatch]:
+def cancel_batches(plan: ReapPlan, threshold: timedelta, chunk: int = 50, root_run_id: str = "") -> list[CancelBatch]:
     """CancelJobs takes one reason for up to 50 ids: group by category, oldest first, and state
     the youngest age in each group (every job in it has been RUNNABLE at least that long)."""
     by_category: dict[str, list[Decision]] = {}
@@ -326,7 +422,8 @@ def cancel_batches(plan: ReapPlan, threshold: timedelta, chunk: int = 50) -> lis
         for start in range(0, len(decisions), chunk):
             group = decisions[start:start + chunk]
             youngest = min(d.runnable_for for d in group)
-            batches.append(CancelBatch(tuple(d.job_id for d in group), cancel_reason(youngest, threshold, category)))
+            reason = cancel_reason(youngest, threshold, category, root_run_id)
+            batches.append(CancelBatch(tuple(d.job_id for d in group), reason))
     return batches
 
 
@@ -339,6 +436,8 @@ class JobResult:
     category: str
     outcome: Outcome
     detail: str = ""  # the status a job moved on to, the error a cancel met
+    owner: str = ""  # its metaflow.owner tag
+    protected_by: str = ""  # its protect tag's value (staging text)
 
     @property
     def result(self) -> str:
@@ -376,6 +475,8 @@ def verify(plan: ReapPlan, cancel: CancelResult | None, after: Mapping[str, Batc
             category=d.category,
             outcome=outcome,
             detail=detail,
+            owner=job.tags.get(OWNER_TAG, "") if job else "",
+            protected_by=d.protected_by,
         ))
     return results
 
@@ -391,10 +492,60 @@ def worth_reporting(plan: ReapPlan, results: list[JobResult]) -> bool:
     return plan.breaker_tripped or any(r.outcome not in QUIET_OUTCOMES for r in results)
 
 
+def console_url(region: str, job_id: str) -> str:
+    """The job's page in the AWS Batch console."""
+    return f"https://{region}.console.aws.amazon.com/batch/home?region={region}#jobs/detail/{job_id}"
+
+
+def owner_text(owner: str, owners: Mapping[str, str]) -> str:
+    """An owner @-mentioned through `slack.owners`, else named (escaped: a tag is staging text)."""
+    if not owner:
+        return "unknown"
+    slack_id = owners.get(owner)
+    return f"<@{slack_id}>" if slack_id else escape(owner)
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What a report links and names beyond the run's results: the region (console links), the
+    Slack ids of Metaflow users, the queue's block as Batch reported it, the Dagster run."""
+
+    region: str = ""
+    owners: Mapping[str, str] = field(default_factory=dict)
+    block: QueueBlock | None = None
+    run_url: str | None = None
+
+
+def job_line(r: JobResult, ctx: ReportContext) -> str:
+    """'• <console|`train-job`> `1a2b3c4d` RUNNABLE 2h14m: cancelled · <@U1>' (staging text escaped)."""
+    name = f"`{escape(r.name or r.job_id)}`"
+    if ctx.region:
+        name = f"<{console_url(ctx.region, r.job_id)}|{name}>"
+    result = r.result + (f" ({escape(r.protected_by)})" if r.protected_by else "")
+    return (f"• {name} `{escape(r.job_id[:8])}` RUNNABLE {format_duration(r.runnable_for)}: {result}"
+            f" · {owner_text(r.owner, ctx.owners)}")
+
+
+def owners_line(results: Iterable[JobResult], owners: Mapping[str, str]) -> str:
+    """'Owners: <@U1> 3, bob 1.': whose jobs these were, mentioned so they hear of it."""
+    counts = Counter(r.owner for r in results)
+    return "Owners: " + ", ".join(f"{owner_text(o, owners)} {n}" for o, n in sorted(
+        counts.items(), key=lambda item: (-item[1], item[0]))) + "."
+
+
+def block_section(block: QueueBlock) -> dict:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": (
+        f":no_entry: *Batch reported the queue blocked* since {block.since.astimezone(UTC):%Y-%m-%d %H:%M} UTC "
+        f"by `{escape(block.job_id[:8])}`: {escape(block.reason or UNKNOWN)}")[:MAX_SECTION_CHARS]}}
+
+
 def report(environment: str, queue: str, policy: ReapPolicy, plan: ReapPlan, results: list[JobResult],
-           run_url: str | None = None) -> SlackMessage:
-    """One Slack message per reap run: counts, the breaker, and per category what it means and
-    which jobs, summarised past the first MAX_JOB_LINES to stay inside Block Kit's limits."""
+           run_url: str | None = None, ctx: ReportContext | None = None) -> SlackMessage:
+    """One Slack message per reap run: counts, whose jobs, the queue's block, the breaker, and per
+    category what it means and which jobs (console links), summarised past the first
+    MAX_JOB_LINES to stay inside Block Kit's limits."""
+    ctx = ctx or ReportContext(run_url=run_url)
+    run_url = run_url or ctx.run_url
     outcomes = Counter(r.outcome for r in results)
     cancelled = outcomes[Outcome.CANCELLED]
     would = outcomes[Outcome.WOULD_CANCEL]
@@ -406,11 +557,15 @@ def report(environment: str, queue: str, policy: ReapPolicy, plan: ReapPlan, res
         summary.append("Dry run: nothing was cancelled.")
     others = Counter(r.result for r in results if r.outcome not in (Outcome.CANCELLED, Outcome.WOULD_CANCEL))
     if others:
-        summary.append("Not cancelled: " + ", ".join(f"{v} {k}" for k, v in sorted(others.items())) + ".")
+        summary.append("Not cancelled: " + ", ".join(f"{v} {escape(k)}" for k, v in sorted(others.items())) + ".")
+    if results:
+        summary.append(owners_line(results, ctx.owners))
     blocks: list[dict] = [
         {"type": "header", "text": {"type": "plain_text", "text": title[:MAX_HEADER_CHARS]}},
         {"type": "section", "text": {"type": "mrkdwn", "text": " ".join(summary)[:MAX_SECTION_CHARS]}},
     ]
+    if ctx.block is not None:
+        blocks.append(block_section(ctx.block))
     if plan.breaker_tripped:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": (
             f":rotating_light: *Breaker tripped*: {plan.eligible} stuck jobs > max_cancels_per_run "
@@ -427,8 +582,7 @@ def report(environment: str, queue: str, policy: ReapPolicy, plan: ReapPlan, res
             if shown >= MAX_JOB_LINES:
                 break
             shown += 1
-            lines.append(f"• `{escape(r.name or r.job_id)}` `{r.job_id[:8]}` RUNNABLE {format_duration(r.runnable_for)}"
-                         f": {r.result}")
+            lines.append(job_line(r, ctx))
         for text in pack(lines):
             if len(blocks) >= MAX_BLOCKS - 2:
                 break
@@ -462,18 +616,20 @@ class SentCancel:
     category: str
     runnable_for: timedelta
     status_reason: str
+    owner: str = ""
 
 
 def sent_record(sent: Mapping[str, SentCancel]) -> dict[str, dict]:
     """The stored form of what a run sent (JSON: job id -> fields, the age in seconds)."""
     return {job_id: {"reason": s.reason, "name": s.name, "category": s.category,
-                     "runnable_for_s": s.runnable_for.total_seconds(), "status_reason": s.status_reason}
+                     "runnable_for_s": s.runnable_for.total_seconds(), "status_reason": s.status_reason,
+                     "owner": s.owner}
             for job_id, s in sent.items()}
 
 
 def sent_from_record(record: Mapping[str, Mapping]) -> dict[str, SentCancel]:
     return {job_id: SentCancel(was["reason"], was["name"], was["category"], timedelta(seconds=was["runnable_for_s"]),
-                               was["status_reason"]) for job_id, was in record.items()}
+                               was["status_reason"], was.get("owner", "")) for job_id, was in record.items()}
 
 
 def cancelled_earlier(sent: Mapping[str, SentCancel], details: Mapping[str, BatchJob]) -> dict[str, JobResult]:
@@ -485,11 +641,8 @@ def cancelled_earlier(sent: Mapping[str, SentCancel], details: Mapping[str, Batc
         if job is not None and job.status == "FAILED" and job.status_reason == was.reason:
             done[job_id] = JobResult(job_id=job_id, name=was.name, runnable_for=was.runnable_for,
                                      status_reason=was.status_reason, category=was.category,
-                                     outcome=Outcome.CANCELLED)
+                                     outcome=Outcome.CANCELLED, owner=was.owner)
     return done
-
-
-MAX_REASON_CHARS = 1024  # CancelJobs' reason; Batch keeps no more
 
 
 @dataclass(frozen=True)
@@ -504,17 +657,18 @@ class AttemptPlan:
 
 
 def plan_attempt(job_ids: Iterable[str], details: Mapping[str, BatchJob], policy: ReapPolicy, now: datetime,
-                 sent: Mapping[str, SentCancel]) -> AttemptPlan:
+                 sent: Mapping[str, SentCancel], root_run_id: str = "") -> AttemptPlan:
     """`plan_reap` for an attempt that may follow others: their cancellations count against the
-    breaker cap and are not decided again."""
+    breaker cap and are not decided again. The reasons name `root_run_id`, the run's root."""
     done = cancelled_earlier(sent, details)
     plan = plan_reap([j for j in job_ids if j not in done], details,
                      replace(policy, max_cancels=max(0, policy.max_cancels - len(done))), now)
     plan = replace(plan, eligible=plan.eligible + len(done))
-    batches = cancel_batches(plan, policy.threshold)
+    batches = cancel_batches(plan, policy.threshold, root_run_id=root_run_id)
     decided = {d.job_id: d for d in plan.decisions}
     now_sent = {job_id: SentCancel(b.reason[:MAX_REASON_CHARS], decided[job_id].job.name, decided[job_id].category,
-                                   decided[job_id].runnable_for, decided[job_id].job.status_reason)
+                                   decided[job_id].runnable_for, decided[job_id].job.status_reason,
+                                   decided[job_id].job.tags.get(OWNER_TAG, ""))
                 for b in batches for job_id in b.job_ids}
     return AttemptPlan(plan, done, batches, {**sent, **now_sent})
 

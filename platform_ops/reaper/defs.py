@@ -25,12 +25,33 @@ from platform_ops.metadata import table as metadata_table
 from platform_ops.observations import BatchJob, CancelResult
 from platform_ops.reaper import core
 from platform_ops.resources import aws_for, aws_resource_key, dagster_run_url
-from platform_ops.sensors import end_tick
+from platform_ops.sensors import end_tick, not_yet_requested
 from platform_ops.settings import EnvironmentSettings, Settings
 from platform_ops.vocabulary import AfterReadError, after_read_error, from_epoch_ms, ids_digest, to_epoch_ms
 
 REAP_JOB = "reap_stuck_jobs"
 LEDGER = "reaper"  # the ledger namespace of the watch, the runs' sent cancels and their reports
+
+
+def report_key(root_run_id: str) -> str:
+    """The ledger key (namespace LEDGER) of a reap run's exactly-once Slack report."""
+    return f"report/{root_run_id}"
+
+
+def report_message_key(root_run_id: str) -> str:
+    """The ledger key (namespace LEDGER) of the report a reap run posted, once Slack took it:
+    {"channel", "ts", "text", "blocks"}, so alerting can reply in its thread and chat.update it.
+    `vocabulary.reap_run_of(statusReason)` names the run of a job it cancelled."""
+    return f"report-message/{root_run_id}"
+
+
+def report_message(instance: dg.DagsterInstance, root_run_id: str) -> dict | None:
+    """The posted report of reap run `root_run_id` (see report_message_key), or None."""
+    return Ledger(instance, LEDGER).get(report_message_key(root_run_id))
+
+
+EVENTS_SENSOR = "aws_events_sensor"
+POLLING_SENSOR = "stuck_jobs_sensor"
 
 
 class ReapConfig(dg.Config):
@@ -55,15 +76,18 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def reap_request(environment: str, queue: str, job_ids: list[str]) -> dg.RunRequest:
-    """One reap run for these jobs; keyed by the set, so polling and events asking for the same
-    jobs make one run."""
+def reap_request(environment: str, queue: str, job_ids: list[str], requested_by: str = "") -> dg.RunRequest:
+    """One reap run for these jobs, keyed by the set. Dagster skips a key only per sensor, so each
+    sensor drops a key that any run already has (`sensors.not_yet_requested`): polling and events
+    asking for the same jobs make one run. The tags say what it was asked; the run adds what it did."""
     digest = ids_digest(job_ids)
+    tags = {"platform_ops/environment": environment, "platform_ops/queue": queue,
+            "platform_ops/candidates": str(len(job_ids))}
     return dg.RunRequest(
         run_key=f"reap:{environment}:{queue}:{digest}",
         job_name=REAP_JOB,
         run_config=dg.RunConfig(ops={"reap": ReapConfig(environment=environment, queue=queue, job_ids=job_ids)}),
-        tags={"platform_ops/environment": environment, "platform_ops/queue": queue},
+        tags={**tags, "platform_ops/requested_by": requested_by} if requested_by else tags,
     )
 
 
@@ -74,32 +98,53 @@ Watch = dict[str, tuple[str, datetime]]
 
 def requests_from_job_events(settings: Settings, instance: dg.DagsterInstance, env: EnvironmentSettings,
                              bodies: list[str], now: datetime) -> list[dg.RunRequest]:
-    """Fold "Batch Job State Change" events (SQS bodies) into the environment's RUNNABLE watch
-    and request a reap of what is due."""
+    """Fold "Batch Job State Change" and "Batch Job Queue Blocked" events (SQS bodies) into the
+    environment's RUNNABLE watch and its queues' blocks, and request a reap of what is due."""
     changes, _ = core.job_changes_from_events(bodies)
-    return requests_from_job_changes(settings, instance, env, changes, now)
+    return requests_from_job_changes(settings, instance, env, changes, now, core.queue_blocks_from_events(bodies))
 
 
 def requests_from_job_changes(settings: Settings, instance: dg.DagsterInstance, env: EnvironmentSettings,
-                              changes: Iterable[core.JobChange], now: datetime) -> list[dg.RunRequest]:
-    """`requests_from_job_events` for changes already parsed (`core.job_changes_from_events`)."""
+                              changes: Iterable[core.JobChange], now: datetime,
+                              blocks: Iterable[core.QueueBlock] = ()) -> list[dg.RunRequest]:
+    """`requests_from_job_events` for events already parsed (`core.job_changes_from_events`,
+    `core.queue_blocks_from_events`): a blocking job is RUNNABLE, so it is watched too."""
     max_age = timedelta(hours=settings.reaper.watch_max_age_hours)
-    changes = list(changes)
-    watch = update_watch(instance, env.name, lambda w: core.follow_events(w, changes, env.job_queues, now, max_age))
+    blocks = list(blocks)
+    changes = sorted([*changes, *core.block_changes(blocks)], key=lambda c: c.at)
+    watch = update_watch(instance, env.name, lambda w: core.follow_events(w, changes, env.job_queues, now, max_age),
+                         lambda b: core.track_blocks(b, blocks, env.job_queues))
     due = core.due(watch, lambda queue: _policy(settings, queue).threshold, now)
-    return [reap_request(env.name, queue, ids) for queue, ids in due.items()]
+    return not_yet_requested(instance, [reap_request(env.name, queue, ids, EVENTS_SENSOR)
+                                        for queue, ids in due.items()])
 
 
-def update_watch(instance: dg.DagsterInstance, environment: str, change: Callable[[Watch], Watch]) -> Watch:
-    """Read the environment's RUNNABLE watch, apply `change` (a pure core function), store the
-    result if it differs. Read and write sit together to keep the window for a concurrent writer
-    small; an update lost to one is redone by the next reconciliation, and the age bound caps it."""
+Blocks = dict[str, core.QueueBlock]
+
+
+def update_watch(instance: dg.DagsterInstance, environment: str, change: Callable[[Watch], Watch],
+                 block: Callable[[Blocks], Blocks] = dict) -> Watch:
+    """Read the environment's RUNNABLE watch and queue blocks, apply `change` and `block` (pure core
+    functions; a block lasts while its job is watched), store the result if it differs. Read and
+    write sit together to keep the window for a concurrent writer small; an update lost to one is
+    redone by the next reconciliation, and the age bound caps it."""
     ledger, key = Ledger(instance, LEDGER), f"runnable/{environment}"
-    before = core.watch_from_record((ledger.get(key) or {}).get("jobs", {}))
+    record = ledger.get(key) or {}
+    before = core.watch_from_record(record.get("jobs", {}))
+    blocks_before = core.blocks_from_record(record.get("blocked", {}))
     watch = change(before)
-    if watch != before:
-        ledger.put(key, jobs=core.watch_record(watch))
+    blocks = core.lift_blocks(block(blocks_before), watch)
+    if watch != before or blocks != blocks_before:
+        ledger.put(key, jobs=core.watch_record(watch), blocked=core.blocks_record(blocks))
     return watch
+
+
+def queue_blocks(instance: dg.DagsterInstance, environment: str) -> Blocks:
+    """The environment's queues Batch reported blocked ("Batch Job Queue Blocked" events) whose
+    blocking job is still RUNNABLE as far as the watch knows: queue -> block. Event-driven
+    environments only (a polled one has none)."""
+    record = Ledger(instance, LEDGER).get(f"runnable/{environment}") or {}
+    return core.blocks_from_record(record.get("blocked", {}))
 
 
 def settle_watch(instance: dg.DagsterInstance, environment: str,
@@ -173,7 +218,7 @@ def reap_jobs(step: ReapStep, job_ids: list[str], policy: core.ReapPolicy) -> Re
     with count_calls() as calls:
         described_at = _now()
         details = batch.describe_jobs(step.batch, job_ids)
-        attempt = core.plan_attempt(job_ids, details, policy, _now(), sent)
+        attempt = core.plan_attempt(job_ids, details, policy, _now(), sent, step.root_run_id)
         observed = [core.Described(job_ids, details, described_at)]
         cancel_result, after = None, {}
         if attempt.batches:
@@ -201,36 +246,54 @@ def send_report(settings: Settings, step: ReapStep, message: Any, needed: bool) 
     raised: the report must not hide what was done."""
     if not needed:
         return core.SlackReport.NOT_NEEDED, ""
+    ledger = Ledger(step.instance, LEDGER)
     try:
-        post_once(step.slack, Ledger(step.instance, LEDGER), f"report/{step.root_run_id}", settings.slack.channel,
-                  message, run_id=step.run_id, root_run_id=step.root_run_id,
-                  payload={"kind": "reaper_report", "run_id": step.root_run_id})
+        delivery = post_once(step.slack, ledger, report_key(step.root_run_id), settings.slack.channel,
+                             message, run_id=step.run_id, root_run_id=step.root_run_id,
+                             payload={"kind": "reaper_report", "run_id": step.root_run_id})
     except SlackError as exc:
         return core.SlackReport.FAILED, str(exc)
+    if delivery.ts and ledger.get(report_message_key(step.root_run_id)) is None:  # alerting threads under it
+        ledger.put(report_message_key(step.root_run_id), channel=settings.slack.channel, ts=delivery.ts,
+                   text=message.text, blocks=list(message.blocks))
     return core.SlackReport.SENT, ""
 
 
 def _table(results: list[core.JobResult]) -> dg.MetadataValue:
     return metadata_table(
         ({**vars(r), "runnable_for": core.format_duration(r.runnable_for), "result": r.result} for r in results),
-        ["job_id", "name", "runnable_for", "category", "result", "status_reason"])
+        ["job_id", "name", "owner", "runnable_for", "category", "result", "protected_by", "status_reason"])
 
 
 def reap_metadata(config: ReapConfig, policy: core.ReapPolicy, attempt: ReapAttempt, report: core.SlackReport,
-                  slack_error: str) -> dict[str, Any]:
-    return {
+                  slack_error: str, ctx: core.ReportContext) -> dict[str, Any]:
+    """Numbers as numbers (the UI plots them across runs), the jobs as a table, links as links."""
+    metadata = {
         "environment": config.environment,
         "queue": config.queue,
         "dry_run": policy.dry_run,
         "threshold": core.format_duration(policy.threshold),
-        "candidates": len(config.job_ids),
-        "cancelled": core.cancelled_count(attempt.results),
+        "candidates": dg.MetadataValue.int(len(config.job_ids)),
+        "cancelled": dg.MetadataValue.int(core.cancelled_count(attempt.results)),
         "breaker_tripped": attempt.plan.breaker_tripped,
         "results": dg.MetadataValue.json(core.result_counts(attempt.results)),
         "jobs": _table(attempt.results),
         "aws_calls": dg.MetadataValue.json(attempt.calls),
         "slack_report": f"{report.value}: {slack_error}" if report is core.SlackReport.FAILED else report.value,
+        "queue_blocked": core.block_text(ctx.block) if ctx.block else "not reported blocked",
     }
+    if ctx.region:
+        metadata["batch_console"] = dg.MetadataValue.url(
+            f"https://{ctx.region}.console.aws.amazon.com/batch/home?region={ctx.region}#queues")
+    return metadata
+
+
+def run_tags(attempt: ReapAttempt, policy: core.ReapPolicy, report: core.SlackReport) -> dict[str, str]:
+    """What the run did, as tags the runs list filters on (its request's tags say what it was asked)."""
+    done = core.Outcome.WOULD_CANCEL if policy.dry_run else core.Outcome.CANCELLED
+    return {f"platform_ops/{'would_cancel' if policy.dry_run else 'cancelled'}":
+            str(sum(r.outcome is done for r in attempt.results)),
+            "platform_ops/slack_report": report.name.lower()}
 
 
 def _reap_op(settings: Settings) -> dg.OpDefinition:
@@ -241,19 +304,21 @@ def _reap_op(settings: Settings) -> dg.OpDefinition:
         """Describe, decide, cancel, verify, report: one Slack message per run."""
         env, policy = resolve_target(settings, config)
         step = reap_step(context, env.name)
+        ctx = core.ReportContext(env.region, settings.slack.owners, queue_blocks(step.instance, env.name).get(
+            config.queue), dagster_run_url(settings, step.run_id))  # the block as it was before this run
         attempt = reap_jobs(step, config.job_ids, policy)
         if env.event_driven:  # this run saw its jobs afresh: the events-fed watch forgets what moved on
             settle_watch(step.instance, env.name, attempt.observed)
         if attempt.plan.breaker_tripped:
             context.log.error(f"Breaker tripped: {attempt.plan.eligible} stuck jobs > max_cancels_per_run "
                               f"{policy.max_cancels}; cancelled none past the cap")
-        message = core.report(env.name, config.queue, policy, attempt.plan, attempt.results,
-                              dagster_run_url(settings, step.run_id))
+        message = core.report(env.name, config.queue, policy, attempt.plan, attempt.results, ctx=ctx)
         report, slack_error = send_report(settings, step, message,
                                           core.worth_reporting(attempt.plan, attempt.results))
+        step.instance.add_run_tags(step.run_id, run_tags(attempt, policy, report))
         yield dg.Output({"cancelled": core.cancelled_count(attempt.results),
                          "results": core.result_counts(attempt.results)},
-                        metadata=reap_metadata(config, policy, attempt, report, slack_error))
+                        metadata=reap_metadata(config, policy, attempt, report, slack_error, ctx))
         if report is core.SlackReport.FAILED:
             raise dg.Failure(f"the reaper's Slack report was not sent ({slack_error}); "
                              "what was cancelled is in this run's metadata", allow_retries=False)
@@ -316,7 +381,8 @@ def stuck_jobs_tick(settings: Settings, step: TickStep, cursor: dict[str, int], 
         if not core.lists_now(env.event_driven, last, now, interval):
             continue  # events carry this environment; listing only reconciles now and then
         listing = list_environment(settings, step.aws(env.name), env, now)
-        requests += [reap_request(env.name, queue, ids) for queue, ids in listing.stuck.items()]
+        requests += not_yet_requested(step.instance, [reap_request(env.name, queue, ids, POLLING_SENSOR)
+                                                      for queue, ids in listing.stuck.items()])
         problems += listing.problems
         seen += listing.seen
         if env.event_driven and listing.listed:  # each queue listed in full corrects the events-fed watch
@@ -328,7 +394,7 @@ def stuck_jobs_tick(settings: Settings, step: TickStep, cursor: dict[str, int], 
 
 def _sensor(settings: Settings, job: dg.JobDefinition) -> dg.SensorDefinition:
     @dg.sensor(
-        name="stuck_jobs_sensor",
+        name=POLLING_SENSOR,
         job=job,
         minimum_interval_seconds=settings.reaper.interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING if settings.sensors_running else dg.DefaultSensorStatus.STOPPED,
@@ -340,7 +406,7 @@ def _sensor(settings: Settings, job: dg.JobDefinition) -> dg.SensorDefinition:
         cursor = json.loads(context.cursor) if context.cursor else {}
         step = TickStep(context.instance, lambda environment: aws_for(context, environment))
         requests, cursor, problems, seen = stuck_jobs_tick(settings, step, cursor, _now())
-        return end_tick(context, "stuck_jobs_sensor", requests, json.dumps(cursor, sort_keys=True), problems,
+        return end_tick(context, POLLING_SENSOR, requests, json.dumps(cursor, sort_keys=True), problems,
                         f"no stuck jobs among {seen} RUNNABLE")
 
     return stuck_jobs_sensor
