@@ -261,3 +261,82 @@ def test_events_hand_work_on_through_the_capabilities_public_wiring():
     capabilities = {(m, n) for m, n in imported if m.split(".")[1:2] in (["alerts"], ["reaper"])}
     assert capabilities and all(m.endswith(".defs") and not n.startswith("_") for m, n in capabilities), capabilities
     assert ("platform_ops.alerts.defs", "alert_request") in capabilities
+
+
+def test_events_and_polling_seeing_the_same_stuck_jobs_make_one_reap_run(world):
+    """Dagster skips a run key only per sensor: at start-up the events sensor asked for a reap and
+    the reconciling listing asked for the same jobs again. Each sensor now drops a key any run
+    has, so the situation makes one run whichever sensor saw it first."""
+    from platform_ops.sandbox.daemon import RUN_KEY_TAG, Daemon
+
+    stuck = world.stuck("production", count=2)
+    defs = build_defs(event_settings(world))
+    with dg.instance_for_test() as instance:
+        daemon = Daemon(defs, instance, dedupe=False)  # launches whatever is asked: no key is skipped for us
+        [(request, job_name)] = daemon.tick("aws_events_sensor")
+        assert sorted(request.run_config["ops"]["reap"]["config"]["job_ids"]) == sorted(stuck)
+        assert request.tags["platform_ops/requested_by"] == "aws_events_sensor"
+        # the daemon stores the requested run at once; the run coordinator starts it later
+        instance.create_run_for_job(defs.resolve_job_def(job_name), run_config=request.run_config,
+                                    tags={**request.tags, RUN_KEY_TAG: request.run_key})
+        polled = daemon.tick("stuck_jobs_sensor")  # no cursor: production is reconciled now, its jobs still RUNNABLE
+        assert [r.tags["platform_ops/queue"] for r, _ in polled] == []
+        assert daemon.tick("aws_events_sensor") == []  # nor does the events sensor ask again
+        assert daemon.ticks_failed == 0
+        [run] = instance.get_runs(dg.RunsFilter(job_name="reap_stuck_jobs"))
+        assert run.tags[RUN_KEY_TAG] == request.run_key
+
+
+def test_a_request_is_dropped_only_for_a_key_some_run_already_has():
+    from platform_ops.sensors import RUN_KEY_TAG, not_yet_requested
+
+    with dg.instance_for_test() as instance:
+        @dg.op
+        def noop():
+            pass
+
+        @dg.job
+        def some_job():
+            noop()
+
+        some_job.execute_in_process(instance=instance, tags={RUN_KEY_TAG: "taken"})
+        keyed = [dg.RunRequest(run_key="taken"), dg.RunRequest(run_key="free"), None, dg.RunRequest()]
+        assert [r.run_key for r in not_yet_requested(instance, keyed)] == ["free", None]
+
+
+BLOCKED = ("MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job resource requirement (vCPU/memory/GPU) is higher "
+           "than that can be met by the CE(s) attached to the job queue.")
+
+
+def put_blocked_event(world, job_id, environment="production"):
+    """A "Batch Job Queue Blocked" event as Batch publishes it (AWS Batch User Guide, "Job queue
+    blocked events"), put on the account's bus: the stack's rule routes it to the events queue."""
+    job = world.describe(environment, [job_id])[job_id]
+    detail = {k: job[k] for k in ("jobArn", "jobName", "jobId", "jobQueue", "status", "createdAt")}
+    events = world.resources()[f"aws_{environment}"].client("events")
+    answer = events.put_events(Entries=[{"Source": "aws.batch", "DetailType": "Batch Job Queue Blocked",
+                                         "Resources": [job["jobArn"], job["jobQueue"]],
+                                         "Detail": json.dumps({**detail, "statusReason": BLOCKED})}])
+    assert answer["FailedEntryCount"] == 0, answer
+
+
+def test_a_blocked_queue_is_known_at_once_reported_with_its_reap_and_lifted_when_its_job_goes(world):
+    from platform_ops.reaper import defs as reaper_defs
+
+    stuck = world.stuck("production", count=2)
+    put_blocked_event(world, stuck[0])
+    defs = build_defs(event_settings(world))
+    with dg.instance_for_test() as instance:
+        first = tick(defs, instance, "aws_events_sensor")
+        [block] = reaper_defs.queue_blocks(instance, "production").values()
+        assert (block.queue, block.job_id, block.reason) == ("ml-production", stuck[0], BLOCKED)
+        [request] = first.run_requests
+        result = defs.resolve_job_def("reap_stuck_jobs").execute_in_process(
+            run_config=request.run_config, instance=instance, tags=request.tags)
+        assert result.output_for_node("reap")["cancelled"] == 2
+        [report] = [m for m in world.messages if m["text"].startswith("Reaper:")]
+        body = json.dumps(report["blocks"])
+        assert "Batch reported the queue blocked" in body and "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job" in body
+        meta = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"][0].event_specific_data.metadata
+        assert meta["queue_blocked"].value.startswith(f"queue ml-production blocked since {block.since:%Y-%m-%d %H:%M}")
+        assert reaper_defs.queue_blocks(instance, "production") == {}  # its job was cancelled: not blocked now

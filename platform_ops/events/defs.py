@@ -1,10 +1,12 @@
 """Events wiring: `aws_events_sensor` drains each event-driven environment's SQS queue and hands
-Step Functions status changes to alerting and Batch job state changes to the reaper.
+Step Functions status changes to alerting, Batch job state changes and "Batch Job Queue Blocked"
+events to the reaper (its watch keeps each queue's block; metrics read it from there).
 
 Messages are deleted on the tick after the one that read them, once that tick's run requests
 are stored; a crash in between only means they come back and are deduplicated (run keys, the
-alert ledger, the reaper's RUNNABLE watch). Events are best-effort, so the polling sensors stay
-and reconcile every reconcile interval.
+alert ledger, the reaper's RUNNABLE watch). A run key another sensor's run already has is not
+requested again (`sensors.not_yet_requested`: Dagster skips keys per sensor only). Events are
+best-effort, so the polling sensors stay and reconcile every reconcile interval.
 """
 
 import json
@@ -18,7 +20,7 @@ from platform_ops.adapters.aws import AwsError
 from platform_ops.alerts.defs import alert_request, candidates_from_events
 from platform_ops.reaper.defs import requests_from_job_events
 from platform_ops.resources import aws_for, aws_resource_key
-from platform_ops.sensors import end_tick
+from platform_ops.sensors import end_tick, not_yet_requested
 from platform_ops.settings import EnvironmentSettings, Settings
 
 MAX_EVENTS_PER_TICK = 500  # the rest waits for the next tick (10 s): a tick stays short
@@ -51,7 +53,7 @@ class Drain:
 def drain_environment(context: dg.SensorEvaluationContext, settings: Settings, env: EnvironmentSettings,
                       drain: Drain) -> None:
     """Delete what the previous tick handled, receive what came since, hand it on: Step Functions
-    status changes to alerting, Batch job state changes to the reaper."""
+    status changes to alerting, Batch job state changes and queue blocks to the reaper."""
     client = aws_for(context, env.name).client("sqs")
     try:
         url = drain.urls.get(env.name) or sqs.queue_url(client, env.events_queue)
@@ -76,8 +78,8 @@ def events_tick(context: dg.SensorEvaluationContext, settings: Settings,
     drain = Drain.start(context.cursor)
     for env in envs:
         drain_environment(context, settings, env, drain)
-    alert = alert_request(context.instance, drain.alerts)
-    return end_tick(context, "aws_events_sensor", ([alert] if alert else []) + drain.reaps, drain.dumps(),
+    alerts = not_yet_requested(context.instance, [alert_request(context.instance, drain.alerts)])
+    return end_tick(context, "aws_events_sensor", alerts + drain.reaps, drain.dumps(),
                     drain.problems, f"{drain.received} events, nothing new to alert or reap")
 
 
@@ -92,8 +94,9 @@ def events_defs(settings: Settings, alert_job: dg.JobDefinition, reap_job: dg.Jo
                else dg.DefaultSensorStatus.STOPPED,
                required_resource_keys={aws_resource_key(env.name) for env in event_envs},
                description="Drains each event-driven environment's SQS queue (10 at a time, no waiting): Step "
-                           "Functions status changes request an alert run, Batch job state changes keep the "
-                           "reaper's RUNNABLE watch and request reap runs; deletes messages on the next tick.")
+                           "Functions status changes request an alert run, Batch job state changes and queue-blocked "
+                           "events keep the reaper's RUNNABLE watch and request reap runs; deletes messages on "
+                           "the next tick.")
     def aws_events_sensor(context: dg.SensorEvaluationContext):
         return events_tick(context, settings, event_envs)
 
