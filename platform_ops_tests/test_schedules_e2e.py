@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -67,10 +68,12 @@ class Ticks:
     def __init__(self, settings, instance):
         self.settings, self.instance, self.cursor = settings, instance, None
         self.resources = build_resources(settings)
+        self.log = Lines()  # what each tick logged (what the UI shows on the tick)
 
     def __call__(self, now: datetime, cursor=...) -> dg.SensorResult:
         with dg.build_sensor_context(instance=self.instance, resources=self.resources,
                                      cursor=self.cursor if cursor is ... else cursor) as context:
+            context.log.addHandler(self.log)
             result = schedules_tick(context, self.settings, now)
         self.cursor = result.cursor
         return result
@@ -189,3 +192,21 @@ def test_one_environment_failing_does_not_stop_the_other(world, instance):
         tick(created(world, "staging", STAGING_SM) + timedelta(hours=3))
     [message] = world.messages
     assert STAGING_SM in message["text"] and "staging" in message["text"]
+
+
+def test_a_rule_aws_would_not_run_is_logged_not_announced(world, instance):
+    metaflow_schedule(world, "production", PRODUCTION_SM, "cron(0 10 * * * *)")  # both day fields: AWS refuses it
+    now = created(world, "production", PRODUCTION_SM) + timedelta(days=2)
+    tick = Ticks(settings_for(world), instance)
+    result = tick(now)
+    assert world.messages == [] and "1 scheduled state machines checked" in result.skip_reason.skip_message
+    assert any("exactly one of day-of-month and day-of-week" in line for line in tick.log.lines), tick.log.lines
+
+
+class Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())

@@ -136,7 +136,7 @@ def act(check: Check, env: EnvironmentSettings, reading: Reading, actions: list[
     for action in actions:
         arn = action.state_machine_arn
         if isinstance(action, core.UnreadableSchedule):
-            check.log.warning(f"{env.name}: rule {action.rule_name} of {arn}: {action.error}: not checked")
+            check.log.warning(redact(f"{env.name}: rule {action.rule_name} of {arn}: {action.error}: not checked"))
         elif isinstance(action, core.ForgetMiss):
             check.ledger.close_failure(arn)
             cursor.open.discard(arn)
