@@ -57,7 +57,10 @@ def created(world, environment, name) -> datetime:
 
 
 def settings_for(world, *environments, grace=30):
-    envs = {n: env_of(world, n) for n in environments or ("production",)}
+    """The sandbox's settings watching only the flow deployments under test (the sandbox has a
+    scheduled deployment of its own, for the demo: sandbox/flows.py)."""
+    envs = {n: dataclasses.replace(env_of(world, n), state_machine_prefixes=(flows.DEPLOYMENTS[n].name,))
+            for n in environments or ("production",)}
     return dataclasses.replace(world.settings, environments=envs, promotion=None,
                                schedules=ScheduleSettings(grace_minutes=grace))
 
