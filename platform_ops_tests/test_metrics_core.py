@@ -170,3 +170,24 @@ def test_chart_panels_split_what_the_chart_queries_read_back():
     [(runnable, jobs_series), (oldest, ages)] = core.chart_panels(series)
     assert sorted(jobs_series) == ["ml-gpu RunnableJobs", "ml-staging RunnableJobs"]
     assert sorted(ages) == ["ml-gpu OldestRunnableAgeSeconds", "ml-staging OldestRunnableAgeSeconds"]
+
+
+def test_a_queue_is_blocked_by_batchs_word_from_an_event_first_else_from_a_runnable_jobs_reason():
+    too_big = "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job resource requirement is higher than the CE(s)"
+    jobs = core.jobs_frame("staging", [
+        job("young", "RUNNABLE", 30, reason="CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - none left"),
+        job("old", "RUNNABLE", 150, reason=too_big),
+        job("plain", "RUNNABLE", 400, queue="ml-gpu"),  # RUNNABLE without a blocking reason
+        job("done", "FAILED", 300, stopped=10, queue="ml-gpu", reason=too_big),  # no longer blocks anything
+        job("ours", "RUNNABLE", 300, queue="ml-cpu", reason="platform-ops reaper: RUNNABLE for 5h > 2h (X)"),
+    ])
+    watched = [("staging", "ml-staging"), ("staging", "ml-gpu"), ("staging", "ml-cpu"), ("staging", "ml-arm")]
+    polled = core.queue_blocks(jobs, {}, watched).set_index("queue")
+    assert list(polled["blocked"]) == [True, False, False, False]  # one row per watched queue, in order
+    assert (polled.loc["ml-staging", "reason"], polled.loc["ml-staging", "since"]) == (too_big, pd.Timestamp(ago(150)))
+    assert polled.loc["ml-staging", "source"] == "job status"
+    reported = {("staging", "ml-gpu"): (ago(5), "CAPACITY:X - y"), ("staging", "ml-staging"): (ago(20), "EVENT:Z - z")}
+    evented = core.queue_blocks(jobs, reported, watched).set_index("queue")
+    assert list(evented["blocked"]) == [True, True, False, False]
+    assert tuple(evented.loc["ml-staging", ["reason", "source"]]) == ("EVENT:Z - z", "queue blocked event")
+    assert list(core.queue_blocks(core.jobs_frame("", []), {}, watched[:1])["blocked"]) == [False]

@@ -64,6 +64,21 @@ def test_published_metrics_match_the_seeded_jobs(world, settings, tmp_path):
         assert stat(world, "staging", "ActiveContainerInstances", ce) == 2
         assert stat(world, "staging", "RegisterContainerInstance", ce) == 2
         assert stat(world, "staging", "RegisteredVcpu", ce) == 8
+        # numbers the asset's Plots tab draws across materializations, per queue
+        summary = meta["batch_queue_summary"]
+        assert summary["runnable/staging/ml-staging"] == dg.MetadataValue.int(3)
+        assert 149 * 60 < summary["oldest_runnable_age_s/staging/ml-staging"].value < 151 * 60
+        assert isinstance(summary["oldest_runnable_age_s/staging/ml-staging"], dg.FloatMetadataValue)
+        # both queues hold jobs too big for any instance: Batch's reason says they block them
+        assert summary["blocked/staging/ml-staging"].value == summary["blocked/production/ml-production"].value == 1
+        assert summary["blocked_queues"].value == 2
+        rows = {r.data["queue"]: r.data for r in summary["blocked"].value.records}
+        assert rows["ml-staging"]["reason"].startswith("MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - ")
+        assert rows["ml-staging"]["source"] == "job status"
+        region = world.settings.environments["staging"].region
+        assert meta["cloudwatch_dashboards"]["dashboard_staging"] == dg.MetadataValue.url(
+            f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}"
+            "#dashboards/dashboard/platform-ops-staging")
         published = meta["cloudwatch_metrics"]["metrics_published"].value
         # per queue 7 states + 6 gauges, minus production's NaN ones (nothing finished: no wait/run p95,
         # no failure rate); per compute environment 8
@@ -176,3 +191,31 @@ def test_the_capacity_step_runs_without_an_asset_and_counts_instances_gone_since
     assert (row["deregistered"], row["active"]) == (2, 1)
     third, _ = metrics.capacity(settings, step, now)  # nothing left since the second read
     assert third.set_index("compute_environment").loc["staging-ondemand", "deregistered"] == 0
+
+
+def test_a_queue_blocked_event_reaches_the_queue_summary(world, settings):
+    """Where events flow, the reaper's watch keeps Batch's "Batch Job Queue Blocked" word, and the
+    summary shows it, with its source, ahead of what the listed job's statusReason says."""
+    from platform_ops.reaper import defs as reaper_defs
+
+    envs = dict(settings.environments)
+    envs["production"] = dataclasses.replace(envs["production"], events_queue="platform-ops-events")
+    settings = dataclasses.replace(settings, environments=envs)
+    [job_id] = world.stuck("production", count=1, minutes=5)  # stays RUNNABLE: the block lasts
+    job = world.describe("production", [job_id])[job_id]
+    reason = "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - Service cannot fulfill the capacity requested"
+    world.resources()["aws_production"].client("events").put_events(Entries=[{
+        "Source": "aws.batch", "DetailType": "Batch Job Queue Blocked", "Resources": [job["jobArn"]],
+        "Detail": json.dumps({"jobId": job_id, "jobName": job["jobName"], "jobQueue": job["jobQueue"],
+                              "status": "RUNNABLE", "statusReason": reason, "createdAt": job["createdAt"]})}])
+    defs = build_defs(settings)
+    assets = [a for a in metrics_defs(settings).assets if a.key.path[0] in ("batch_jobs", "batch_queue_summary")]
+    with dg.instance_for_test() as instance:
+        with dg.build_sensor_context(instance=instance, resources=defs.resources) as ctx:
+            defs.resolve_sensor_def("aws_events_sensor").evaluate_tick(ctx)
+        assert list(reaper_defs.queue_blocks(instance, "production")) == ["ml-production"]
+        summary = materialized(dg.materialize(assets, resources=build_resources(settings), instance=instance))
+    meta = summary["batch_queue_summary"]
+    assert meta["blocked/production/ml-production"].value == 1 and meta["blocked/staging/ml-staging"].value == 0
+    [row] = [r.data for r in meta["blocked"].value.records]
+    assert (row["queue"], row["reason"], row["source"]) == ("ml-production", reason, "queue blocked event")

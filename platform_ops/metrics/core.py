@@ -93,6 +93,32 @@ def queue_summary(jobs: pd.DataFrame, now: datetime, queues: Iterable[tuple[str,
     return summary.reset_index()[SUMMARY_COLUMNS]
 
 
+# Batch's blocking reasons read "CATEGORY:CODE - text" (AWS Batch User Guide, "Jobs stuck in a
+# RUNNABLE status"); a RUNNABLE job's statusReason carries it while it blocks its queue.
+BLOCKING_REASON = r"^[A-Z_]+:[A-Z_]+ - "
+BLOCK_COLUMNS = ["environment", "queue", "blocked", "since", "reason", "source"]
+
+
+def queue_blocks(jobs: pd.DataFrame, reported: Mapping[tuple[str, str], tuple[datetime, str]],
+                 queues: Iterable[tuple[str, str]]) -> pd.DataFrame:
+    """Per watched (environment, queue), whether Batch says it is blocked, since when and why: a
+    "Batch Job Queue Blocked" event the reaper keeps (`reported`, known at once where events
+    flow), else the oldest RUNNABLE job whose statusReason is a blocking reason (each refresh)."""
+    keys = ["environment", "queue"]
+    runnable = jobs[(jobs["status"] == "RUNNABLE")
+                    & jobs["status_reason"].fillna("").astype(str).str.match(BLOCKING_REASON)]
+    oldest = runnable.sort_values("created_at").groupby(keys).first()
+    seen = pd.DataFrame({"since": oldest["created_at"], "reason": oldest["status_reason"], "source": "job status"})
+    events = pd.DataFrame([(e, q, pd.Timestamp(since), reason, "queue blocked event")
+                           for (e, q), (since, reason) in reported.items()],
+                          columns=[*keys, "since", "reason", "source"]).set_index(keys)
+    both = events.combine_first(seen) if not events.empty else seen
+    wanted = pd.MultiIndex.from_tuples(list(queues), names=keys)
+    out = both.reindex(wanted) if len(wanted) else both
+    out["blocked"] = out["reason"].notna()
+    return out.reset_index()[BLOCK_COLUMNS]
+
+
 CAPACITY_COLUMNS = ["environment", "compute_environment", "cluster", "active", "draining", "registered_in_window",
                     "deregistered", "registered_vcpu", "remaining_vcpu", "registered_memory_mib",
                     "remaining_memory_mib"]

@@ -20,6 +20,7 @@ from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError, count_ca
 from platform_ops.adapters.ledger import Ledger
 from platform_ops.metadata import table as metadata_table
 from platform_ops.metrics import charts, core
+from platform_ops.reaper.defs import queue_blocks as reported_blocks
 from platform_ops.resources import aws_for, aws_resource_key
 from platform_ops.settings import EnvironmentSettings, Settings
 from platform_ops.vocabulary import AfterReadError
@@ -148,8 +149,9 @@ def publish_metrics(settings: Settings, step: MetricsStep, queues: pd.DataFrame,
             if plan.batches:
                 published[plan.environment] = plan.datums
     return {
-        "metrics_published": sum(published.values()), "by_environment": dg.MetadataValue.json(published),
-        "put_metric_data_calls": calls.get("CloudWatch.PutMetricData", 0),
+        "metrics_published": dg.MetadataValue.int(sum(published.values())),
+        "by_environment": dg.MetadataValue.json(published),
+        "put_metric_data_calls": dg.MetadataValue.int(calls.get("CloudWatch.PutMetricData", 0)),
         "metric_names": dg.MetadataValue.json(sorted({d.name for d in datums})),
     }
 
@@ -174,6 +176,9 @@ def publish_dashboard(settings: Settings, step: MetricsStep, env: EnvironmentSet
         metadata[f"chart_{env.name}_path"] = dg.MetadataValue.path(str(path.resolve()))
     metadata[f"chart_{env.name}"] = dg.MetadataValue.md(
         f"![{env.name} RUNNABLE](data:image/png;base64,{base64.b64encode(png).decode()})")
+    metadata[f"dashboard_{env.name}"] = dg.MetadataValue.url(
+        f"https://{env.region}.console.aws.amazon.com/cloudwatch/home?region={env.region}"
+        f"#dashboards/dashboard/{core.dashboard_name(env.name)}")
     return changed, metadata
 
 
@@ -185,7 +190,34 @@ def publish_dashboards(settings: Settings, step: MetricsStep, capacity_summary: 
         if changed:
             put.append(core.dashboard_name(env.name))
         metadata.update(charted)
-    return {"dashboards": len(settings.environments), "dashboards_put": dg.MetadataValue.json(put), **metadata}
+    return {"dashboards": dg.MetadataValue.int(len(settings.environments)),
+            "dashboards_put": dg.MetadataValue.json(put), **metadata}
+
+
+def blocks(settings: Settings, instance: dg.DagsterInstance, jobs: pd.DataFrame) -> pd.DataFrame:
+    """Per watched queue, whether Batch says it is blocked (`core.queue_blocks`); event-driven
+    environments add the "Batch Job Queue Blocked" events the reaper's watch keeps."""
+    reported = {(env.name, b.queue): (b.since, b.reason) for env in settings.environments.values()
+                if env.event_driven for b in reported_blocks(instance, env.name).values()}
+    watched = [(e.name, q) for e in settings.environments.values() for q in e.job_queues]
+    return core.queue_blocks(jobs, reported, watched)
+
+
+def summary_metadata(summary: pd.DataFrame, blocked: pd.DataFrame) -> dict[str, Any]:
+    """The summary as the UI shows it: tables, and per queue numbers (RUNNABLE count, oldest age
+    in seconds, blocked 0/1) that the asset's Plots tab draws across materializations."""
+    metadata: dict[str, Any] = {"summary": _table(summary),
+                                "overview": dg.MetadataValue.md(core.overview_markdown(summary))}
+    for r in summary.itertuples():  # one row per watched queue: a handful
+        age = 0.0 if pd.isna(r.oldest_runnable_age_s) else float(r.oldest_runnable_age_s)
+        metadata[f"runnable/{r.environment}/{r.queue}"] = dg.MetadataValue.int(int(r.runnable))
+        metadata[f"oldest_runnable_age_s/{r.environment}/{r.queue}"] = dg.MetadataValue.float(round(age, 1))
+    for r in blocked.itertuples():
+        metadata[f"blocked/{r.environment}/{r.queue}"] = dg.MetadataValue.int(int(r.blocked))
+    now_blocked = blocked[blocked["blocked"]].assign(since=lambda df: df["since"].map(lambda t: t.isoformat()))
+    metadata["blocked_queues"] = dg.MetadataValue.int(len(now_blocked))
+    metadata["blocked"] = _table(now_blocked[["environment", "queue", "since", "reason", "source"]])
+    return metadata
 
 
 def _read_assets(settings: Settings, fresh: dg.FreshnessPolicy) -> list[dg.AssetsDefinition]:
@@ -196,19 +228,19 @@ def _read_assets(settings: Settings, fresh: dg.FreshnessPolicy) -> list[dg.Asset
     def batch_jobs(context: dg.AssetExecutionContext) -> pd.DataFrame:
         df, errors, calls = read_jobs(settings, metrics_step(context), _now())
         context.add_output_metadata({
-            "jobs": len(df), "by_status": dg.MetadataValue.json(df["status"].value_counts().to_dict()),
+            "jobs": dg.MetadataValue.int(len(df)),
+            "by_status": dg.MetadataValue.json(df["status"].value_counts().to_dict()),
             "errors": dg.MetadataValue.json(errors), "aws_calls": dg.MetadataValue.json(calls),
         })
         return df
 
     @dg.asset(group_name=GROUP, io_manager_key="metrics_io_manager", kinds={"pandas"}, freshness_policy=fresh,
               description="Per queue: jobs per status, RUNNABLE count and oldest age, wait/run p50/p95/max, "
-                          "failure rate, jobs reaped.")
+                          "failure rate, jobs reaped; whether Batch says the queue is blocked, and why.")
     def batch_queue_summary(context: dg.AssetExecutionContext, batch_jobs: pd.DataFrame) -> pd.DataFrame:
         watched = [(e.name, q) for e in settings.environments.values() for q in e.job_queues]
         summary = core.queue_summary(batch_jobs, _now(), watched)
-        context.add_output_metadata({"summary": _table(summary),
-                                     "overview": dg.MetadataValue.md(core.overview_markdown(summary))})
+        context.add_output_metadata(summary_metadata(summary, blocks(settings, context.instance, batch_jobs)))
         return summary
 
     @dg.asset(group_name=GROUP, required_resource_keys=aws_keys, io_manager_key="metrics_io_manager",
