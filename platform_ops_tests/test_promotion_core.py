@@ -476,6 +476,11 @@ def test_a_failed_attempt_names_its_step_and_a_rollback_its_versions():
     text = _texts(message)
     assert "*Version*\\n2 → 3 (version 1's definition)" in text and "From staging" not in text
     assert "*Reason*: AUC &lt;dropped&gt; &amp; worse" in text and "*Requested by*\\nbob (launched by ci-bot)" in text
+    denied = _attempt([core.CheckResult("version", True, "restore version 1")], [denied], kind=core.Kind.ROLLBACK,
+                      previous_version_arn=f"{SM}:2", restored_version_arn=f"{SM}:1")
+    message = core.render_announcement(denied, LINKS)
+    assert message.blocks[0]["text"]["text"] == ":x: DemoFlow rollback failed, production unchanged"
+    assert "*Version*\\n2, unchanged" in _texts(message)
 
 
 def test_a_no_op_is_not_announced_but_a_deploy_whose_trigger_failed_is():

@@ -1,16 +1,20 @@
 """Promotion end to end in the sandbox, through boto3: checks (lint of the real code package,
 naming, latest staging run, definition safety), productionize with published versions, rollback,
-immutable audit records in the production account's S3, serialized launches; then pieces of the
-wiring alone (attempt, productionize, the audit log's description), without the sandbox."""
+immutable audit records in the production account's S3, serialized launches, one Slack message
+per attempt (exactly once, never at the audit's expense), launches from a partition as the
+Launchpad makes them; then pieces of the wiring alone (attempt, productionize, the audit log's
+description), without the sandbox."""
 
 import dataclasses
 import json
+import os
 
 import dagster as dg
 import pytest
 import yaml
 
 from platform_ops.adapters.aws import AwsError, count_calls
+from platform_ops.adapters.ledger import Ledger
 from platform_ops.adapters.s3 import RecordExists, put_new_json
 from platform_ops.code_location import build_defs
 from platform_ops.promotion import core
@@ -25,6 +29,7 @@ from platform_ops.promotion.defs import (
     promotion_defs,
 )
 from platform_ops.sandbox import flows
+from platform_ops.settings import SETTINGS_ENV_VAR, load_settings
 from platform_ops_tests.conftest import World
 
 ROOT = flows.HERE.parents[2]
@@ -62,6 +67,34 @@ def launch(world, instance, job, config, tags=None, settings=None):
 def failure(result) -> str:
     return next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE) \
         .step_failure_data.user_failure_data.description
+
+
+def message_text(message) -> str:
+    return json.dumps(message["blocks"], ensure_ascii=False)
+
+
+def announcement(instance, result) -> str:
+    """What the run's audit-log materialization says of its Slack announcement."""
+    [m] = [r.asset_materialization for r in instance.fetch_materializations(dg.AssetKey("promotion_audit_log"),
+                                                                             limit=100).records
+           if r.run_id == result.run_id]
+    return m.metadata["announcement"].value
+
+
+def assert_announces(world, message, record, header, versions):
+    """The message is the attempt's, posted once with metadata naming it, linking the Dagster
+    run, the audit record and the production state machine."""
+    assert message["blocks"][0]["text"]["text"] == header
+    assert f"*Version*\\n{versions}" in message_text(message)
+    key = f"platform_ops/promotion/announcement/{record['promotion_id']}"
+    assert message["metadata"]["event_payload"]["key"] == key
+    buttons = {e["text"]["text"]: e["url"] for b in message["blocks"] if b["type"] == "actions" for e in b["elements"]}
+    p = world.settings.promotion
+    record_key = f"{p.audit_prefix}/{record['flow']}/{record['promotion_id']}.json"
+    assert buttons["Dagster run"] == f"{world.settings.dagster_url}/runs/{record['dagster_run_id']}"
+    assert buttons["Audit record"].endswith(f"/s3/object/{p.audit_bucket}?region=us-east-1&prefix={record_key}")
+    assert buttons["Step Functions"].endswith(f"#/statemachines/view/{arn(world)}")
+    assert f"s3://{p.audit_bucket}/{record_key}" in message_text(message)
 
 
 def sfn(world, env="production"):
@@ -112,9 +145,15 @@ def test_promote_then_rerun_is_a_no_op_then_rollback_restores(staged, instance):
     sha = out["code_package"]["sha"]
     assert s3.head_object(Bucket="mf-production", Key=f"metaflow/DemoFlow/data/{sha[:2]}/{sha}")
     assert calls["SFN.UpdateStateMachine"] == 1 and calls["SFN.CreateStateMachine"] == 0
+    [message] = staged.messages  # one announcement, with what on-call needs and where to click
+    assert_announces(staged, message, out, ":rocket: DemoFlow promoted to production", "1 → 2")
+    assert "*From staging*\\n`mlplatform.test.feature_x.DemoFlow`\\nrun `staging-ok`" in message_text(message)
+    assert "*Requested by*\\nalice" in message_text(message)
+    assert result.output_for_node("promote_flow") and announcement(instance, result).startswith("posted")
 
     rerun, calls = launch(staged, instance, "promote_flow", CONFIG)
     assert rerun.success and rerun.output_for_node("promote_flow")["outcome"] == "no-op"
+    assert len(staged.messages) == 1 and announcement(instance, rerun).startswith("not announced")  # nothing changed
     assert not {k for k in calls if k in WRITES} - {"S3.PutObject"} and calls["S3.PutObject"] == 1  # the record
     assert production_definition(staged) == after and len(versions(staged)) == 2
 
@@ -124,6 +163,9 @@ def test_promote_then_rerun_is_a_no_op_then_rollback_restores(staged, instance):
     assert rollback.output_for_node("rollback_flow")["outcome"] == "rolled-back"
     assert production_definition(staged) == before
     assert len(versions(staged)) == 3  # the rollback is published too: history is never rewritten
+    assert_announces(staged, staged.messages[1], rollback.output_for_node("rollback_flow"),
+                     ":rewind: DemoFlow rolled back in production", "2 → 3 (version 1's definition)")
+    assert len(staged.messages) == 2
 
     trail = records(staged)
     assert [(r["kind"], r["outcome"]) for r in trail] == [("promotion", "promoted"), ("promotion", "no-op"),
@@ -158,6 +200,11 @@ def test_a_failed_check_leaves_production_untouched_and_still_writes_a_record(wo
     assert record["outcome"] == "blocked" and record["steps"] == []
     checks = {c["name"]: c["passed"] for c in record["checks"]}
     assert checks["latest staging run"] is False and checks["lint"] is True  # every check ran and is reported
+    [message] = world.messages
+    assert_announces(world, message, record, ":no_entry: DemoFlow promotion blocked", "unchanged")
+    text = message_text(message)
+    assert f"*Failed checks (1 of {len(checks)})*" in text and "• `latest staging run`: staging-oom FAILED" in text
+    assert "• `lint`" not in text  # the passed ones are not listed
 
 
 def test_a_failed_deploy_changes_nothing_and_is_recorded(staged, instance):
@@ -247,6 +294,36 @@ def test_two_launches_for_one_flow_are_serialized_by_the_instance_config(tmp_pat
         assert not counter.is_blocked(first)
         counter.update_counters_with_launched_item(first)
         assert counter.is_blocked(second) and not counter.is_blocked(other)
+
+
+def test_two_launches_of_one_flow_from_the_launchpad_share_the_concurrency_key(tmp_path, sandbox_settings):
+    """Launched from the partition, with nothing typed into the tags: the second promotion (or a
+    rollback) of the flow waits behind the first, CI's launch with the tag too."""
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+    from dagster._core.test_utils import create_run_for_test
+    from dagster._utils.tags import TagConcurrencyLimitsCounter
+
+    defs = build_defs(sandbox_settings)
+    for path in ("dagster.yaml", "deploy/dagster.yaml"):
+        config = yaml.safe_load((ROOT / path).read_text())
+        home = tmp_path / path.replace("/", "_")
+        home.mkdir()
+        with dg.instance_for_test(temp_dir=str(home), overrides={"concurrency": config["concurrency"]}) as instance:
+            limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+
+            def queued(job, key=PROD, tags=None):
+                tags = launchpad(defs, job, key)[1] if tags is None else tags
+                return create_run_for_test(instance, job_name=job, status=DagsterRunStatus.NOT_STARTED,
+                                           tags={**tags, "dagster/partition": key})
+
+            first, second, rollback = queued("promote_flow"), queued("promote_flow"), queued("rollback_flow")
+            ci = create_run_for_test(instance, job_name="promote_flow", status=DagsterRunStatus.NOT_STARTED,
+                                     tags={PROMOTION_TAG: PROD})
+            other = queued("promote_flow", "mlplatform.prod.OtherFlow")
+            counter = TagConcurrencyLimitsCounter(limits, [])
+            assert not counter.is_blocked(first)
+            counter.update_counters_with_launched_item(first)
+            assert all(counter.is_blocked(r) for r in (second, rollback, ci)) and not counter.is_blocked(other)
 
 
 def test_audit_records_are_never_overwritten(world):
@@ -499,3 +576,110 @@ def test_productionize_a_first_deploy_copies_creates_and_triggers(sandbox_settin
     assert [(s.name, s.passed, s.changed) for s in record.steps] == [
         ("code package", True, False), ("deploy", True, True), ("trigger", True, False)]
     assert record.execution_arn.endswith(":run-1") and record.steps[-1].detail == "run-1"
+
+
+# ---- Slack: one message per attempt, exactly once, never at the audit's expense ----
+
+def promote_job():
+    """promote_flow, reconstructable (execute_job re-executes only such a job): the sandbox's settings."""
+    return build_defs(load_settings(os.environ[SETTINGS_ENV_VAR])).resolve_job_def("promote_flow")
+
+
+def reexecute(instance, parent_run_id):
+    """What the UI's "Re-execute from failure" does (all steps when the parent succeeded): a new run
+    in the same lineage, with the parent's config and tags."""
+    parent = instance.get_run_by_id(parent_run_id)
+    options = (dg.ReexecutionOptions.from_failure(parent_run_id, instance) if parent.is_failure else
+               dg.ReexecutionOptions(parent_run_id, step_selection=["promote_flow"]))
+    tags = {k: v for k, v in parent.tags.items() if not k.startswith("dagster/")}  # the UI keeps the user's tags
+    with dg.execute_job(dg.reconstructable(promote_job), instance, reexecution_options=options, tags=tags,
+                        raise_on_error=False) as result:
+        return result.success, result.run_id, [e for e in result.all_events]
+
+
+def test_slack_down_still_audits_reports_the_failure_and_a_re_execution_sends_it_once(staged, instance):
+    staged.sandbox.sink.go_down()
+    try:
+        result, _ = launch(staged, instance, "promote_flow", CONFIG)
+    finally:
+        staged.sandbox.sink.come_back()
+    assert not result.success
+    [record] = records(staged)  # audited first, whatever Slack did
+    assert record["outcome"] == "promoted" and len(versions(staged)) == 2
+    message = failure(result)
+    assert message.startswith("promotion promoted | audited at s3://") and "Slack announcement failed" in message
+    assert "re-executing this run sends it first" in message
+    assert announcement(instance, result).startswith("failed: chat.postMessage to")
+    assert staged.messages == []
+
+    ok, rerun_id, events = reexecute(instance, result.run_id)
+    assert ok
+    [sent] = staged.messages  # the promoted attempt's, read back from its record; the new attempt is a no-op
+    assert_announces(staged, sent, record, ":rocket: DemoFlow promoted to production", "1 → 2")
+    assert [r["outcome"] for r in records(staged)] == ["promoted", "no-op"]
+
+    ok, _, _ = reexecute(instance, rerun_id)  # and again: nothing more goes out
+    assert ok and len(staged.messages) == 1 and len(versions(staged)) == 2
+
+
+def test_a_retried_step_posts_nothing_more(staged, instance):
+    result, _ = launch(staged, instance, "promote_flow", CONFIG)
+    assert result.success and len(staged.messages) == 1
+    ok, _, _ = reexecute(instance, result.run_id)
+    assert ok and len(staged.messages) == 1
+    record = records(staged)[0]
+    assert Ledger(instance, "promotion").get(f"announcement/{record['promotion_id']}")["state"] == "announced"
+
+
+# ---- launching from the UI: a partition, and only what the Launchpad asks for ----
+
+def launchpad(defs, job, key, **typed):
+    """What the Launchpad holds once the partition `key` is picked (its config and tags, from the
+    same calls the UI's GraphQL makes) and the person launching typed `typed` into the blanks."""
+    partitioned = defs.resolve_job_def(job).partitioned_config
+    config = partitioned.get_run_config_for_partition_key(key)
+    assert set(typed) <= {k for k, v in config["ops"][job]["config"].items() if v == ""}  # only blanks are typed
+    config["ops"][job]["config"].update(typed)
+    return config, dict(partitioned.get_tags_for_partition_key(key, job_name=job))
+
+
+def test_a_promotion_launched_from_a_partition_needs_only_who_why_and_the_branch(staged, instance):
+    defs = build_defs(staged.settings)
+    job = "promote_flow"
+    assert defs.resolve_job_def(job).partitions_def.name == "promoted_state_machines"  # the audit log's partitions
+    run_config, tags = launchpad(defs, "promote_flow", PROD, branch="feature_x", requested_by="alice",
+                                 reason="new model")
+    assert tags[PROMOTION_TAG] == PROD  # the concurrency key, from the partition alone
+    instance.add_dynamic_partitions("promoted_state_machines", [PROD])
+    result = defs.resolve_job_def(job).execute_in_process(run_config=run_config, partition_key=PROD,
+                                                          instance=instance, raise_on_error=False)
+    assert result.success, failure(result)
+    assert result.output_for_node("promote_flow")["outcome"] == "promoted"
+    run = instance.get_run_by_id(result.run_id)
+    assert run.tags[PROMOTION_TAG] == PROD and run.tags["dagster/partition"] == PROD
+    assert len(staged.messages) == 1
+
+    # the blanks left as they are: bad config, refused before any AWS write (a backfill over every
+    # partition promotes nothing)
+    blank, _ = launchpad(defs, "promote_flow", PROD)
+    with count_calls() as calls:
+        untyped = defs.resolve_job_def(job).execute_in_process(run_config=blank, partition_key=PROD,
+                                                               instance=instance, raise_on_error=False)
+    assert not untyped.success and "bad config" in failure(untyped) and sum(calls.values()) == 0
+    # the config edited to another flow than the partition's: the concurrency key would be wrong
+    other, _ = launchpad(defs, "promote_flow", PROD, branch="feature_x", requested_by="alice", reason="x")
+    other["ops"]["promote_flow"]["config"]["flow"] = "OtherFlow"
+    refused = defs.resolve_job_def(job).execute_in_process(run_config=other, partition_key=PROD, instance=instance,
+                                                           raise_on_error=False)
+    assert not refused.success and f"{PROMOTION_TAG}=mlplatform.prod.OtherFlow" in failure(refused)
+    assert len(records(staged)) == 1
+
+
+def test_rollback_and_checks_from_a_partition(sandbox_settings):
+    defs = build_defs(sandbox_settings)
+    config, tags = launchpad(defs, "rollback_flow", PROD, requested_by="bob", reason="AUC dropped")
+    assert tags[PROMOTION_TAG] == PROD
+    dg.validate_run_config(defs.resolve_job_def("rollback_flow"), config)
+    config, tags = launchpad(defs, "promotion_checks", PROD, branch="feature_x")
+    assert PROMOTION_TAG not in tags  # read-only: it waits for nobody
+    dg.validate_run_config(defs.resolve_job_def("promotion_checks"), config)

@@ -765,15 +765,12 @@ def render_announcement(record: Mapping[str, Any], links: AnnouncementLinks) -> 
     who = str(record.get("requested_by") or "unknown")
     launcher = record.get("dagster_user")
     who_text = escape(who) + (f" (launched by {escape(str(launcher))})" if launcher and launcher != who else "")
-    new = target.get("version_arn")
-    if kind == Kind.ROLLBACK:
-        restored = target.get("restored_version_arn")
-        versions = (f"{_version(target.get('previous_version_arn'))} → {_version(new)}"
-                    + (f" (version {_version(restored)}'s definition)" if restored else ""))
-    else:
-        previous = target.get("previous_version_arn")
-        versions = (f"{_version(previous)} → {_version(new)}" if new else
-                    f"{_version(previous)}, unchanged" if previous else "unchanged")
+    new, previous, restored = (target.get(k) for k in ("version_arn", "previous_version_arn", "restored_version_arn"))
+    if new:
+        versions = f"{_version(previous)} → {_version(new)}" + (
+            f" (version {_version(restored)}'s definition)" if restored else "")
+    else:  # nothing published: production stays where it was
+        versions = f"{_version(previous)}, unchanged" if previous else "unchanged"
     fields = [f"*State machine*\n`{escape(machine)}`", f"*Requested by*\n{who_text}",
               f"*Version*\n{versions}", f"*Production changed*\n{'yes' if record.get('production_changed') else 'no'}"]
     if kind == Kind.PROMOTION:
@@ -788,7 +785,8 @@ def render_announcement(record: Mapping[str, Any], links: AnnouncementLinks) -> 
     ]
     reason = str(record.get("reason") or "")
     if reason:
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Reason*: {escape(reason)}"[:MAX_SECTION_CHARS]}})
+        reason_text = f"*Reason*: {escape(reason)}"[:MAX_SECTION_CHARS]
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": reason_text}})
     checks = list(record.get("checks") or [])
     failed_checks = [c for c in checks if not c.get("passed")]
     failed_steps = [s for s in record.get("steps") or [] if not s.get("passed")]
@@ -805,9 +803,10 @@ def render_announcement(record: Mapping[str, Any], links: AnnouncementLinks) -> 
     buttons = [("Dagster run", links.dagster_run), ("Audit record", links.record_console),
                ("Step Functions", links.state_machine_console)]
     blocks.append({"type": "actions", "elements": [
-        {"type": "button", "text": {"type": "plain_text", "text": label}, "url": url[:3000]} for label, url in buttons]})
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text":
-                   f"{escape(kind)} `{escape(str(record['promotion_id']))}` · record `{escape(links.record_url)}`"[:3000]}]})
+        {"type": "button", "text": {"type": "plain_text", "text": label}, "url": url[:3000]}
+        for label, url in buttons]})
+    context = f"{escape(kind)} `{escape(str(record['promotion_id']))}` · record `{escape(links.record_url)}`"
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context[:3000]}]})
     failed = ", ".join(str(r["name"]) for r in failed_checks + failed_steps)
     text = escape(f"{title}: {machine} {versions}, requested by {who}." + (f" Failed: {failed}." if failed else ""))
     return SlackMessage(text=text, blocks=tuple(blocks))

@@ -5,7 +5,12 @@ machine) and the asset `promotion_history` (every record, as a table for auditor
 
 A promotion or rollback runs only with the tag `platform_ops/promotion=<production state
 machine>`: dagster.yaml limits that tag to one run per value, so a second launch for the same
-flow waits in the queue instead of racing the first.
+flow waits in the queue instead of racing the first. The jobs are partitioned by production
+state machine (the audit log's partitions): launching a partition from the Launchpad fills in
+flow and project and sets that tag; CI launches without a partition, with the tag.
+
+Every audited attempt that changed production or tried to (not a no-op) is announced in Slack
+once, after its record is stored (the record is never held back by Slack).
 
 Each function here reads (adapters), asks core for the plan, performs it (adapters) and records
 what core says; the decisions themselves are in promotion/core.py.
@@ -23,19 +28,24 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from platform_ops import exactly_once
 from platform_ops.adapters import s3, stepfunctions
 from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError, count_calls
+from platform_ops.adapters.ledger import Ledger
+from platform_ops.adapters.slack import SlackError, next_step, post_once
 from platform_ops.metadata import table as metadata_table
 from platform_ops.naming import NamingError
 from platform_ops.promotion import core
 from platform_ops.promotion.core import DeployAction, Kind, Step
 from platform_ops.promotion.lint import lint_package, package_sha
 from platform_ops.redaction import redact_data
-from platform_ops.resources import aws_for, aws_resource_key
+from platform_ops.resources import aws_for, aws_resource_key, dagster_run_url
 from platform_ops.settings import EnvironmentSettings, PromotionSettings, Settings
 
 GROUP = "promotion"
 PROMOTION_TAG = "platform_ops/promotion"
+PARTITION_TAG = "dagster/partition"
+LEDGER_NAMESPACE = "promotion"
 PROMOTED = dg.DynamicPartitionsDefinition(name="promoted_state_machines")
 AUDIT_LOG = dg.AssetKey("promotion_audit_log")
 CHECK_COLUMNS = ["name", "passed", "detail"]
@@ -87,6 +97,7 @@ class Wiring:
     target: EnvironmentSettings
     mapping: core.IdentifierMap
     rules: tuple[core.Rule, ...]
+    settings: Settings
 
     @classmethod
     def of(cls, settings: Settings) -> "Wiring | None":
@@ -97,11 +108,16 @@ class Wiring:
         mapping = core.IdentifierMap(accounts={source.account_id: target.account_id}, queues=p.queues,
                                      roles=p.roles, buckets=p.buckets, staging_queues=source.job_queues)
         rules = core.DEFAULT_RULES + tuple(core.forbid_rule(r.name, r.description, r.forbid) for r in p.rules)
-        return cls(p, source, target, mapping, rules)
+        return cls(p, source, target, mapping, rules, settings)
 
     @property
     def resource_keys(self) -> set[str]:
         return {aws_resource_key(self.p.source), aws_resource_key(self.p.target)}
+
+    @property
+    def announcing_keys(self) -> set[str]:
+        """promote_flow and rollback_flow announce their attempts in Slack."""
+        return self.resource_keys | {"slack"}
 
     def source_arn(self, request: core.PromotionRequest) -> str:
         return stepfunctions.state_machine_arn(self.source.account_id, self.source.region, request.source_name)
@@ -152,10 +168,18 @@ def valid(request: core.PromotionRequest, needs_reason: bool) -> None:
 
 
 def serialized(context: Any, target_name: str) -> None:
+    """The concurrency key must name the state machine this run changes (a launch from a
+    partition sets it; CI sets it by hand), and a partition, when there is one, must be that
+    state machine too (the config can be edited after the partition was picked)."""
     tag = context.run.tags.get(PROMOTION_TAG)
     if tag != target_name:
         raise dg.Failure(f"launch with the run tag {PROMOTION_TAG}={target_name} (found {tag!r}): dagster.yaml "
-                         "allows one run per value, so promotions of one flow never overlap")
+                         "allows one run per value, so promotions of one flow never overlap; launching the "
+                         f"partition {target_name} sets it")
+    partition = context.run.tags.get(PARTITION_TAG)
+    if partition is not None and partition != target_name:
+        raise dg.Failure(f"launched for partition {partition!r}, but the config asks for {target_name}: pick the "
+                         "partition of the flow in the config")
 
 
 # ---- reading staging: the checks ----
@@ -272,20 +296,85 @@ def record_metadata(data: dict, url: str, calls: Any) -> dict[str, Any]:
 
 
 def finish(run: Run, record: core.AuditRecord, calls: Any) -> dg.Output:
-    """Decide the outcome, store the record, show it in the UI; a failing attempt fails the run
-    after its record is safe."""
+    """Decide the outcome, store the record, announce it, show it in the UI; a failing attempt
+    fails the run after its record is safe, and so does an announcement Slack refused."""
     core.conclude(record, _now().isoformat())
     data = record.to_dict()
     key = core.record_key(run.w.p.audit_prefix, record.flow, record.promotion_id)
     store(run, data, key)
     metadata = record_metadata(data, f"s3://{run.w.p.audit_bucket}/{key}", calls)
+    announced, slack_error = announce(run, data, key)
+    metadata["announcement"] = announced
     target = core.tail(record.target.get("state_machine_arn", ""))
     run.context.instance.add_dynamic_partitions(PROMOTED.name, [target])
     run.context.log_event(dg.AssetMaterialization(AUDIT_LOG, partition=target, metadata=metadata,
                                                   description=f"{data['kind']} of {target}: {data['outcome']}"))
-    if record.outcome in core.FAILING:
-        raise dg.Failure(core.failure_summary(record), metadata=metadata)
+    if record.outcome in core.FAILING or slack_error:
+        summary = core.failure_summary(record) if record.outcome in core.FAILING else \
+            f"{record.kind} {record.outcome}"
+        if slack_error:
+            summary += (f" | audited at s3://{run.w.p.audit_bucket}/{key}, but its Slack announcement failed: "
+                        f"{slack_error}; re-executing this run sends it first")
+        raise dg.Failure(summary, metadata=metadata)
     return dg.Output(data, metadata=metadata)
+
+
+# ---- what on-call sees: the announcement, exactly once ----
+
+def _ledger(run: Run) -> Ledger:
+    return Ledger(run.context.instance, namespace=LEDGER_NAMESPACE)
+
+
+def _root_run_id(run: Run) -> str:
+    return run.context.dagster_run.root_run_id or run.context.run_id
+
+
+def announce(run: Run, data: dict, key: str) -> tuple[str, str | None]:
+    """Post the attempt's announcement once (post_once, keyed by the promotion id), after its
+    record is stored. Never raises: (what happened, for the metadata; Slack's error or None).
+    The run's lineage remembers the attempt, so a re-execution sends what Slack refused."""
+    run_id = data.get("dagster_run_id") or run.context.run_id  # the attempt's run, also when a re-execution sends it
+    links = core.announcement_links(dagster_run_url(run.w.settings, run_id), run.w.p.audit_bucket, key,
+                                    data["target"].get("state_machine_arn", ""))
+    message = core.render_announcement(data, links)
+    if message is None:
+        return "not announced: a no-op changes nothing", None
+    ledger = _ledger(run)
+    ledger.put(f"lineage/{_root_run_id(run)}", promotion_id=data["promotion_id"], record_key=key)
+    try:
+        delivery = post_once(run.context.resources.slack, ledger, core.announcement_key(data["promotion_id"]),
+                             run.w.settings.slack.channel, message, run_id=run.context.run_id,
+                             root_run_id=_root_run_id(run),
+                             payload={"kind": "promotion", "promotion_id": data["promotion_id"]})
+    except Exception as exc:  # SlackError, or a bug: the record is stored either way and the run says so
+        detail = str(exc) if isinstance(exc, SlackError) else f"{type(exc).__name__}: {exc}"
+        run.context.log.error(f"the announcement of {data['promotion_id']} was not posted: {detail}")
+        return f"failed: {detail}", detail
+    return f"{delivery.how} (ts {delivery.ts})" if delivery.ts else delivery.how, None
+
+
+def send_pending(run: Run) -> None:
+    """A re-execution (or a retried step) first sends the announcement its lineage's earlier
+    attempt could not: read back from its audit record, posted once. Slack still refusing
+    fails the run before a new attempt is made."""
+    ledger = _ledger(run)
+    pending = ledger.get(f"lineage/{_root_run_id(run)}")
+    if not pending:
+        return
+    key = core.announcement_key(pending["promotion_id"])
+    if next_step(ledger, ledger.get(key), _root_run_id(run)) in (exactly_once.Step.DONE, exactly_once.Step.BUSY):
+        return
+    try:
+        data = json.loads(s3.read_url(run.client(run.w.target, "s3"),
+                                      f"s3://{run.w.p.audit_bucket}/{pending['record_key']}"))
+    except (AwsError, ValueError) as exc:
+        raise dg.Failure(f"the earlier attempt {pending['promotion_id']}'s record could not be read back to "
+                         f"announce it: {exc}") from exc
+    announced, error = announce(run, data, pending["record_key"])
+    run.context.log.info(f"earlier attempt {pending['promotion_id']} ({data['outcome']}): {announced}")
+    if error:
+        raise dg.Failure(f"the earlier attempt {pending['promotion_id']} ({data['outcome']}) is still not announced:"
+                         f" {error}; nothing new was attempted")
 
 
 # ---- the three ops' bodies ----
@@ -297,7 +386,10 @@ def check_only(run: Run, config: ChecksConfig) -> dg.Output:
     checks: list[core.CheckResult] = []
     with count_calls() as calls:
         try:
-            gather(run, request, resolve(run, request), checks)
+            resolved = resolve(run, request)
+            # CI checks every pull request: the flow's partition is there before its first promotion
+            run.context.instance.add_dynamic_partitions(PROMOTED.name, [request.target_name])
+            gather(run, request, resolved, checks)
         except AwsError as exc:
             raise dg.Failure(f"{run.step}: {exc}") from exc
     rows = [{"name": str(c.name), "passed": c.passed, "detail": c.detail} for c in checks]
@@ -313,6 +405,7 @@ def promote(run: Run, config: PromotionConfig) -> dg.Output:
     request = config.request(trigger=config.trigger)
     valid(request, needs_reason=True)
     serialized(run.context, request.target_name)
+    send_pending(run)
     record = new_record(run, Kind.PROMOTION, request)
     record.source = {"environment": run.w.source.name, "account_id": run.w.source.account_id,
                      "state_machine_arn": run.w.source_arn(request)}
@@ -363,6 +456,7 @@ def roll_back(run: Run, config: RollbackConfig) -> dg.Output:
     request = config.request()
     valid(request, needs_reason=True)
     serialized(run.context, request.target_name)
+    send_pending(run)
     record = new_record(run, Kind.ROLLBACK, request)
     run.step = Step.READ_PRODUCTION
     with count_calls() as calls:
@@ -417,12 +511,12 @@ def promotion_ops(w: Wiring) -> list[dg.OpDefinition]:
         """The sanity checks alone, read-only: for a pull request or a data scientist to rerun."""
         return check_only(Run(w, context), config)
 
-    @dg.op(required_resource_keys=w.resource_keys, out=dg.Out(dict))
+    @dg.op(required_resource_keys=w.announcing_keys, out=dg.Out(dict))
     def promote_flow(context: dg.OpExecutionContext, config: PromotionConfig):
         """Checks, then (only if all passed) productionize, then the audit record, whatever happened."""
         return promote(Run(w, context), config)
 
-    @dg.op(required_resource_keys=w.resource_keys, out=dg.Out(dict))
+    @dg.op(required_resource_keys=w.announcing_keys, out=dg.Out(dict))
     def rollback_flow(context: dg.OpExecutionContext, config: RollbackConfig):
         """Put production back on an earlier published version (by publishing its definition as
         the newest version), audited like a promotion."""
@@ -431,19 +525,39 @@ def promotion_ops(w: Wiring) -> list[dg.OpDefinition]:
     return [promotion_checks, promote_flow, rollback_flow]
 
 
-def one_op_job(op: dg.OpDefinition, description: str) -> dg.JobDefinition:
-    """A job named like its one op (CI's run config is `ops.<job>.config`), run in process."""
+KINDS = {"promotion_checks": "checks", "promote_flow": Kind.PROMOTION, "rollback_flow": Kind.ROLLBACK}
+
+
+def launch_config(job: str, serializing: bool) -> dg.PartitionedConfig:
+    """What picking a partition in the Launchpad gives: the config with flow and project filled
+    in (blanks for the rest) and, for the jobs that change production, the concurrency tag."""
+    def config_for(key: str) -> dict[str, Any]:
+        return {"ops": {job: {"config": core.launch_fields(KINDS[job], key)}}}
+
+    def tags_for(key: str) -> dict[str, str]:
+        return {PROMOTION_TAG: key} if serializing else {}
+
+    return dg.PartitionedConfig(partitions_def=PROMOTED, run_config_for_partition_key_fn=config_for,
+                                tags_for_partition_key_fn=tags_for)
+
+
+def one_op_job(op: dg.OpDefinition, description: str, serializing: bool) -> dg.JobDefinition:
+    """A job named like its one op (CI's run config is `ops.<job>.config`), run in process,
+    partitioned by production state machine for the Launchpad (a launch without a partition,
+    as CI's, gives its own config and tag)."""
     return dg.JobDefinition(name=op.name, graph_def=dg.GraphDefinition(f"{op.name}_graph", node_defs=[op]),
                             executor_def=dg.in_process_executor, description=description,
-                            tags={"platform_ops/kind": "promotion"})
+                            tags={"platform_ops/kind": "promotion"}, config=launch_config(op.name, serializing))
 
 
 def promotion_jobs(w: Wiring) -> list[dg.JobDefinition]:
     checks, promote_op, rollback_op = promotion_ops(w)
-    serializing = f"Needs the run tag {PROMOTION_TAG}=<project>.prod.<Flow>."
-    return [one_op_job(checks, "The promotion sanity checks alone (read-only)."),
-            one_op_job(promote_op, f"Checks, productionize, audit record. {serializing}"),
-            one_op_job(rollback_op, f"Production back on an earlier version, audited. {serializing}")]
+    serializing = (f"Launch a partition (the production state machine, <project>.prod.<Flow>; Add partition for "
+                   f"a new flow), or from CI with the run tag {PROMOTION_TAG}=<project>.prod.<Flow>.")
+    return [one_op_job(checks, "The promotion sanity checks alone (read-only).", serializing=False),
+            one_op_job(promote_op, f"Checks, productionize, audit record, Slack. {serializing}", serializing=True),
+            one_op_job(rollback_op, f"Production back on an earlier version, audited, Slack. {serializing}",
+                       serializing=True)]
 
 
 def audit_log_spec(w: Wiring) -> dg.AssetSpec:
