@@ -167,9 +167,11 @@ def reap_report(count: int, dry_run: bool = False, max_cancels: int = 50) -> Sla
     after = {job_id: job_from_api({**runnable_job(job_id, 200, ""), "status": "FAILED",
                                    "statusReason": "platform-ops reaper: RUNNABLE for 3h > 2h"})
              for job_id in cancelled[1:]}
-    results = reaper.verify(plan, CancelResult(tuple(cancelled[1:]), errors), after)
-    return reaper.report("production", "ml-production", policy, plan, results,
-                         "https://dagster.example.com/runs/0f1e2d3c")
+    results = [dataclasses.replace(r, owner="alice" if i % 2 else "bob <b>") for i, r in
+               enumerate(reaper.verify(plan, CancelResult(tuple(cancelled[1:]), errors), after))]
+    block = reaper.QueueBlock("ml-production", next(iter(details)), T0 - timedelta(hours=3), RESOURCE)
+    return reaper.report("production", "ml-production", policy, plan, results, ctx=reaper.ReportContext(
+        "us-east-1", {"alice": "U0ALICE"}, block, "https://dagster.example.com/runs/0f1e2d3c"))
 
 
 def streak(failures: int = 3) -> streaks.Streak:
