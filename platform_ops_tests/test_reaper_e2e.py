@@ -201,10 +201,12 @@ def test_dry_run_reports_and_cancels_nothing(world):
     stuck = world.stuck(count=2)
     defs = build_defs(settings_with(world, dry_run=True))
     [request] = tick(defs).run_requests
-    with count_calls() as calls:
-        assert run(defs, request).success
-    assert "Batch.CancelJobs" not in calls
+    with dg.instance_for_test() as instance, count_calls() as calls:
+        result = run(defs, request, instance=instance)
+        tags = instance.get_run_by_id(result.run_id).tags
+    assert result.success and "Batch.CancelJobs" not in calls
     assert {j["status"] for j in world.describe("staging", stuck).values()} == {"RUNNABLE"}
+    assert tags["platform_ops/would_cancel"] == "2" and "platform_ops/cancelled" not in tags  # what it did
     [message] = world.messages
     assert message["text"].startswith("Reaper: Would cancel 2 stuck jobs")
 
@@ -326,3 +328,30 @@ def test_a_tick_runs_without_a_sensor_and_keeps_a_cursor_only_for_event_driven_e
     assert [sorted(requested_ids(r)) for r in requests] == [sorted(stuck)] and (problems, seen) == ([], 3)
     event_driven = [env.name for env in world.settings.environments.values() if env.event_driven]
     assert cursor == {f"reconciled:{name}": int(now.timestamp() * 1000) for name in event_driven}
+
+
+def test_the_posted_report_is_kept_once_for_alerting_to_thread_under(world):
+    """The report's message is recorded once Slack took it; a later attempt of the same run (its
+    post_once finds the report already sent) leaves the record as it was: alerting may have
+    updated that message since."""
+    from platform_ops.messages import SlackMessage
+    from platform_ops.reaper import core
+    from platform_ops.reaper import defs as reaper
+
+    instance = dg.DagsterInstance.ephemeral()
+    from platform_ops.adapters.slack import PlatformSlackResource
+
+    slack = PlatformSlackResource(token=SANDBOX_TOKEN, base_url=world.sandbox.sink.api_url)
+    step = dataclasses.replace(_step(world, instance), slack=slack)
+    first = SlackMessage(text="Reaper: first", blocks=({"type": "section", "text": {"type": "mrkdwn", "text": "a"}},))
+    assert reaper.send_report(world.settings, step, first, needed=True) == (core.SlackReport.SENT, "")
+    [message] = world.messages
+    kept = {"channel": world.settings.slack.channel, "ts": message["ts"], "text": "Reaper: first",
+            "blocks": list(first.blocks)}
+    assert reaper.report_message(instance, "root-run") == kept
+    assert list(instance.run_storage.get_cursor_values({"platform_ops/reaper/report-message/root-run"})) == [
+        "platform_ops/reaper/report-message/root-run"]  # the key alerting reads
+    again = SlackMessage(text="Reaper: second", blocks=())
+    assert reaper.send_report(world.settings, step, again, needed=True) == (core.SlackReport.SENT, "")
+    assert len(world.messages) == 1 and reaper.report_message(instance, "root-run") == kept
+    assert reaper.report_message(instance, "another-run") is None
