@@ -2,8 +2,13 @@
 
 The sensor only lists (cheap, every minute) and never cancels; the run re-describes every
 candidate, decides, cancels, verifies, records and reports. In an event-driven environment the
-events sensor tracks RUNNABLE jobs from "Batch Job State Change" events
-(`requests_from_job_events`) and the listing only reconciles, every reconcile interval.
+events sensor tracks RUNNABLE jobs from "Batch Job State Change" events and each queue's block from
+"Batch Job Queue Blocked" events (`requests_from_job_events`), and the listing only reconciles,
+every reconcile interval.
+
+For alerting: `LEDGER` (the namespace), `report_message_key(root_run_id)` / `report_message(...)`
+(the posted report a reaped job's failure threads under; `vocabulary.reap_run_of` names the run),
+`queue_blocks(instance, environment)` (for metrics too).
 
 Every decision is `reaper.core`'s; the functions here read (adapters), call the plan, perform it
 (adapters) and record, each taking a small step object so it runs without an op or a sensor.
