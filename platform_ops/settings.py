@@ -169,6 +169,7 @@ class AlertSettings:
     silences: Annotated[tuple[Silence, ...], Expect("a list of silences")] = ()
     events_interval_seconds: Int1 = 10
     reconcile_interval_seconds: Int5 = 600
+    repeat_interval_hours: Annotated[float, Strict(), Field(gt=0), Expect("a number of hours > 0")] = 4.0
 
 
 @dataclass(frozen=True, config=CONFIG)

@@ -130,7 +130,7 @@ def test_drill_down_a_foreach_with_mixed_failures():
     assert (steps["start"].submitted, steps["start"].failed) == (1, 0)
     assert (steps["train"].submitted, steps["train"].failed) == (5, 3)
     assert steps["train"].reasons == (("out of memory", 2), ("exit 1", 1))
-    assert core.step_line(steps["train"]) == "• `train`: 3 of 5 failed: out of memory 2, exit 1 1"
+    assert core.step_line(steps["train"]) == "• `train`: 3 of 5 failed: 2 out of memory, 1 exit 1"
     assert (incident.submitted, incident.failed) == (6, 3)
     first = incident.first_failure
     assert first.step == "train" and first.log_stream.endswith(first.job_id) and first.attempts == 3
@@ -143,7 +143,7 @@ def test_tied_reasons_are_listed_in_name_order():
     events = foreach_history([None, oom, None, lambda i: job(i, exit_code=1)])
     incident = core.drill_down(execution(), events, "production")
     assert (incident.failed, incident.submitted) == (2, 5)
-    assert core.step_line({s.name: s for s in incident.steps}["train"]) == "• `train`: 2 of 4 failed: exit 1 1, out of memory 1"
+    assert core.step_line({s.name: s for s in incident.steps}["train"]) == "• `train`: 2 of 4 failed: 1 exit 1, 1 out of memory"
 
 
 def test_events_after_execution_failed_still_count_and_duplicates_do_not():
@@ -227,7 +227,7 @@ def test_the_message_says_what_why_whose_and_where():
     body = json.dumps(message.blocks)
     assert message.blocks[0]["text"]["text"] == ":red_circle: DemoFlow failed in production"
     assert "*Failed tasks*\\n3 of 7" in body and "<@U0ALICE>" in body and "*Duration*\\n7m" in body
-    assert "`train`: 3 of 6 failed: out of memory 3" in body
+    assert "`train`: 3 of 6 failed: 3 out of memory" in body
     assert "MemoryError" in body and "```" in body
     urls = [e["url"] for b in message.blocks if b["type"] == "actions" for e in b["elements"]]
     assert urls[0] == "https://metaflow.example.com/DemoFlow/sfn-e4ecf027"
@@ -275,7 +275,8 @@ def test_announced_outcomes_keep_their_words():
     assert core.announced(in_thread=True, found=False) == "announced in digest thread"
     assert core.announced(in_thread=False, found=True) == "announced (found in Slack)"
     assert core.announced(in_thread=True, found=True) == "announced in digest thread (found in Slack)"
-    assert core.ANNOUNCED == {core.announced(t, f) for t in (False, True) for f in (False, True)}
+    assert core.ANNOUNCED == {core.announced(t, f) for t in (False, True) for f in (False, True)} | {
+        core.Outcome.ANNOUNCED_IN_STREAK, core.Outcome.FOUND_IN_STREAK, core.Outcome.REMINDED}
     assert "already announced" not in core.ANNOUNCED and core.Outcome.RECOVERY_ANNOUNCED not in core.ANNOUNCED
 
 
@@ -447,7 +448,7 @@ def test_a_recovery_answers_in_the_failures_thread_only_if_it_came_after_it():
     post = core.plan_recovery(ref(ok), opened, ok, LINKS)
     assert (post.key, post.kind, post.thread_ts, post.label) == (f"recovery/{ok.arn}", core.Kind.RECOVERY, "1.1",
                                                                  "recovery ok")
-    assert "Recovered: DemoFlow run" in post.message.text
+    assert "Recovered: DemoFlow in production run" in post.message.text
     assert core.plan_recovery(ref(ok), None, ok, LINKS).outcome is core.Outcome.RECOVERY_NOTHING_OPEN
     assert core.plan_recovery(ref(ok), opened, None, LINKS).outcome is core.Outcome.GONE
     same = execution("same", "SUCCEEDED", 7)

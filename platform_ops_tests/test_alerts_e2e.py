@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import dagster as dg
 import pytest
+from slack_sdk import WebClient
 
 from platform_ops.adapters.aws import AwsError, count_calls
 from platform_ops.code_location import build_defs
@@ -91,7 +92,7 @@ def test_one_message_per_failed_execution_with_the_drill_down(world, instance):
     assert submitted[0] == "start" and 2 <= len(submitted) <= 5 and 1 <= sum(failed.values()) <= 2
     assert by_env["production"]["text"].startswith(
         f"DemoFlow failed in production (sfn-prod-oom): {sum(failed.values())} of {len(submitted)} tasks failed")
-    reasons = ", ".join(f"{r} {n}" for r, n in sorted(failed.items(), key=lambda rn: (-rn[1], rn[0])))
+    reasons = ", ".join(f"{n} {r}" for r, n in sorted(failed.items(), key=lambda rn: (-rn[1], rn[0])))
     assert f"`train`: {sum(failed.values())} of {len(submitted) - 1} failed: {reasons}" in prod
     assert "<@U0ALICE>" in prod and "https://metaflow.example.com/DemoFlow/sfn-prod-oom" in prod
     assert "Killed" in prod or "ValueError" in prod  # the failed task's log tail
@@ -170,9 +171,61 @@ def test_recovery_is_announced_in_the_failures_thread(world, instance):
     assert run(defs, request, instance).success
     failure, recovery = world.messages
     assert recovery["thread_ts"] == failure["ts"]
-    assert "Recovered: DemoFlow run" in recovery["text"] and "sfn-fixed" in recovery["text"]
+    assert "Recovered: DemoFlow in production run" in recovery["text"] and "sfn-fixed" in recovery["text"]
     world.run_flow("production", "still-fine", width=2)
     assert tick(defs, instance, cursor=second.cursor).run_requests == []  # nothing open any more
+
+
+def alert_runs(world, defs, instance, names, cursor=None, **flow):
+    """Each name a production run of DemoFlow, then a tick and its alert run (a streak in the making)."""
+    requests = []
+    for name in names:
+        world.run_flow("production", name, **flow)
+        result = tick(defs, instance, cursor)
+        cursor = result.cursor
+        [request] = result.run_requests
+        assert run(defs, request, instance).success
+        requests.append(request)
+    return cursor, requests
+
+
+def test_a_flow_failing_three_runs_in_a_row_is_one_incident_resolved_by_its_recovery(world, instance):
+    """Measured before streaks: 3 top-level messages, the recovery in the third's thread."""
+    defs = build_defs(alert_settings(world))
+    cursor, requests = alert_runs(world, defs, instance, ["streak-1", "streak-2", "streak-3"], faults=[OOM])
+    [top] = [m for m in world.messages if not m["thread_ts"]]
+    replies = [m for m in world.messages if m["thread_ts"]]
+    assert [r["thread_ts"] for r in replies] == [top["ts"], top["ts"]]
+    assert not any(r["reply_broadcast"] for r in replies)  # no channel ping for a further failure
+    assert "sfn-streak-2" in replies[0]["text"] and "sfn-streak-3" in replies[1]["text"]
+    assert top["text"].startswith("Failing since") and "3 failed runs" in top["text"]
+    summary = top["blocks"][0]["text"]["text"]
+    assert "3 failed runs" in summary and "last: `streak-3`" in summary
+    assert "sfn-streak-1" in json.dumps(top["blocks"][1:])  # the first failure's details stay under it
+    assert len(top["edits"]) == 2  # updated in place once per further failure
+
+    assert metadata(run(defs, requests[-1], instance))["results"].value == {"already announced": 1}
+    assert len(world.messages) == 3 and len(top["edits"]) == 2  # a re-run counts nothing twice
+
+    alert_runs(world, defs, instance, ["streak-fixed"], cursor, width=2)
+    recovery = world.messages[-1]
+    assert recovery["thread_ts"] == top["ts"]  # in the first failure's thread
+    assert "after 3 failed runs" in recovery["text"]
+    assert top["text"].startswith("Resolved after 3 failed runs")
+    assert "Resolved* at" in top["blocks"][0]["text"]["text"] and "by `streak-fixed`" in top["blocks"][0]["text"]["text"]
+
+
+def test_a_streak_reminds_the_channel_every_repeat_interval(world, instance):
+    """With a repeat interval shorter than the gap between runs, each further failure's reply is
+    also broadcast to the channel, saying how long it has been failing."""
+    defs = build_defs(alert_settings(world, repeat_interval_hours=1e-9))
+    alert_runs(world, defs, instance, ["remind-1", "remind-2"], faults=[OOM])
+    top, reply = world.messages
+    assert reply["thread_ts"] == top["ts"] and reply["reply_broadcast"]
+    assert reply["text"].startswith(":repeat: Still failing since") and "2 failed runs" in reply["text"]
+    history = WebClient(token=SANDBOX_TOKEN, base_url=world.sandbox.sink.api_url).conversations_history(
+        channel=top["channel_id"])["messages"]
+    assert [m["ts"] for m in history] == [reply["ts"], top["ts"]]  # the reminder shows in the channel
 
 
 def test_exactly_once_through_a_slack_outage(world, instance):
@@ -194,7 +247,8 @@ def test_exactly_once_through_a_slack_outage(world, instance):
     sink.faults.clear()
     again = run(defs, request, instance)  # the operator re-executes the failed run
     assert again.success
-    assert metadata(again)["results"].value == {"already announced": 1, "announced": 2}
+    # one state machine: b and c are further failures of the incident a opened
+    assert metadata(again)["results"].value == {"already announced": 1, "announced in its incident's thread": 2}
     texts = [m["text"] for m in world.messages]
     assert len(texts) == 3 and len(set(texts)) == 3
 

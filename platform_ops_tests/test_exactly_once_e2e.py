@@ -158,7 +158,10 @@ def test_a_storm_killed_mid_way_ends_as_one_digest_with_each_reply_once_under_it
     assert len(replies) == 6 and {r["thread_ts"] for r in replies} == {digest["ts"]}
     assert sorted(n for r in replies for n in names if f"{n})" in r["text"]) == names  # each once
     counts = results(result)
-    assert counts.get("announced in digest thread (found in Slack)", 0) == (1 if kept == 4 else 0)
+    # the storm is one state machine's: its first reply opens the incident, the rest reply in the
+    # same (the digest's) thread as further failures
+    found = sum(v for k, v in counts.items() if k.endswith("(found in Slack)"))
+    assert found == (1 if kept == 4 else 0)
     assert sum(v for k, v in counts.items() if k.startswith("announced")) + counts.get("already announced", 0) == 6
 
 

@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from platform_ops import exactly_once
+from platform_ops.alerts.streaks import Streak, as_reminder
 from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, SlackMessage, escape, pack
 from platform_ops.observations import Execution
 from platform_ops.vocabulary import REASON_PREFIX as REAPER_PREFIX
@@ -262,6 +263,9 @@ class Outcome(StrEnum):
     ANNOUNCED_IN_THREAD = "announced in digest thread"
     FOUND = "announced (found in Slack)"
     FOUND_IN_THREAD = "announced in digest thread (found in Slack)"
+    ANNOUNCED_IN_STREAK = "announced in its incident's thread"
+    FOUND_IN_STREAK = "announced in its incident's thread (found in Slack)"
+    REMINDED = "announced in its incident's thread and the channel (reminder)"
     ALREADY_ANNOUNCED = "already announced"
     ALREADY_MUTED = "already muted"
     NOT_SENT = "not sent"
@@ -275,7 +279,8 @@ class Outcome(StrEnum):
     RECOVERY_ANNOUNCED = "recovery announced"
 
 
-ANNOUNCED = frozenset({Outcome.ANNOUNCED, Outcome.ANNOUNCED_IN_THREAD, Outcome.FOUND, Outcome.FOUND_IN_THREAD})
+ANNOUNCED = frozenset({Outcome.ANNOUNCED, Outcome.ANNOUNCED_IN_THREAD, Outcome.FOUND, Outcome.FOUND_IN_THREAD,
+                       Outcome.ANNOUNCED_IN_STREAK, Outcome.FOUND_IN_STREAK, Outcome.REMINDED})
 
 
 def announced(in_thread: bool, found: bool) -> Outcome:
@@ -520,8 +525,8 @@ MAX_STEP_LINES = 12
 
 
 def step_line(step: StepSummary) -> str:
-    """'train: 47 of 50 failed: out of memory 45, exit 1 2'."""
-    reasons = ", ".join(f"{escape(r)} {n}" for r, n in step.reasons[:4])
+    """'train: 47 of 50 failed: 45 out of memory, 2 exit 1'."""
+    reasons = ", ".join(f"{n} {escape(r)}" for r, n in step.reasons[:4])
     more = len(step.reasons) - 4
     if more > 0:
         reasons += f", {more} other reason{'s' if more > 1 else ''}"
@@ -626,10 +631,18 @@ def render_digest(incidents: list[Incident], links: Links) -> SlackMessage:
     return SlackMessage(text=text, blocks=tuple(blocks))
 
 
-def render_recovery(execution: Execution, flow: str, links: Links) -> SlackMessage:
+def render_recovery(execution: Execution, flow: str, links: Links, environment: str = "",
+                    streak: Streak | None = None) -> SlackMessage:
     run_url = f"{links.metaflow_ui}/{flow}/sfn-{execution.name}"
     when = f" at {execution.stopped_at:%H:%M UTC}" if execution.stopped_at else ""
-    text = f":white_check_mark: Recovered: {escape(flow)} run <{run_url}|sfn-{escape(execution.name)}> succeeded{when}."
+    where = f" in {escape(environment)}" if environment else ""
+    after = ""
+    if streak and execution.stopped_at:
+        runs = f"{streak.failures} failed run{'s' if streak.failures != 1 else ''}"
+        took = format_duration(timedelta(milliseconds=to_epoch_ms(execution.stopped_at) - streak.first_stopped_ms))
+        after = f", after {runs} over {took}"
+    text = (f":white_check_mark: Recovered: {escape(flow)}{where} run <{run_url}|sfn-{escape(execution.name)}>"
+            f" succeeded{when}{after}.")
     return SlackMessage(text=text, blocks=({"type": "section", "text": {"type": "mrkdwn", "text": text}},))
 
 
@@ -739,8 +752,10 @@ class Post:
     thread_ts: str | None = None
     in_digest: bool = False  # goes in the thread of the run's digest, known once the digest is out
     summary: str = ""  # its row's detail while it is not out
-    stopped_ms: int = 0  # of the execution whose failure it opens
+    stopped_ms: int = 0  # of the execution it announces (a failure, or the success that recovers)
     payload: Mapping[str, Any] = field(default_factory=dict)
+    streak: bool = False  # a further failure of a state machine already failing: a reply in its thread
+    broadcast: bool = False  # the reply is also shown in the channel (a reminder)
 
     def opened(self, ts: str | None) -> dict[str, Any]:
         """The ledger's open failure after an execution's post: where its recovery replies."""
@@ -804,6 +819,10 @@ def delivered(post: Post, how: str, ts: str | None) -> Result:
                       "" if recovery else post.summary)
     if recovery:
         return Result(post.ref, Outcome.RECOVERY_ANNOUNCED, post.thread_ts or "")
+    if post.streak:
+        outcome = Outcome.FOUND_IN_STREAK if how == "found" else (
+            Outcome.REMINDED if post.broadcast else Outcome.ANNOUNCED_IN_STREAK)
+        return Result(post.ref, outcome, ts or "")
     return Result(post.ref, announced(in_thread=bool(post.thread_ts), found=how == "found"), ts or "")
 
 
@@ -823,9 +842,41 @@ def plan_recovery(ref: Ref, opened: Mapping[str, Any] | None, execution: Executi
     if not execution.stopped_at or to_epoch_ms(execution.stopped_at) <= opened.get("stopped_ms", 0):
         return Result(ref, Outcome.RECOVERY_OLDER)
     flow = execution.state_machine_name.rsplit(".", 1)[-1]
-    return Post(f"recovery/{ref.execution_arn}", Kind.RECOVERY, render_recovery(execution, flow, links),
+    message = render_recovery(execution, flow, links, ref.environment, Streak.from_record(opened))
+    return Post(f"recovery/{ref.execution_arn}", Kind.RECOVERY, message,
                 f"recovery {execution.name}", ref, thread_ts=opened["thread_ts"],
+                stopped_ms=to_epoch_ms(execution.stopped_at),
                 payload={"kind": Kind.RECOVERY.value, "execution_arn": ref.execution_arn})
+
+
+# ---- failure streaks: one incident per state machine that keeps failing ----
+
+def in_streak(post: Post, streak: Streak | None, now_ms: int, repeat_interval: timedelta) -> Post:
+    """An execution's post when its state machine is already failing: a reply in the incident's
+    thread, not a new top-level message (nor a digest line); broadcast as a reminder when the
+    channel was last told `repeat_interval` ago or more."""
+    if post.kind is not Kind.EXECUTION or streak is None:
+        return post
+    broadcast = streak.reminder_due(now_ms, repeat_interval)
+    message = post.message
+    if broadcast:
+        message = as_reminder(post.message, streak.with_failure(post.label, post.stopped_ms), now_ms)
+    return dataclasses.replace(post, thread_ts=streak.thread_ts, in_digest=False, streak=True,
+                               broadcast=broadcast, message=message)
+
+
+def streak_after(post: Post, ts: str | None, streak: Streak | None, now_ms: int) -> Streak:
+    """The incident once an execution's post is out: opened by the first failure (its message is
+    the one updated later), or one failure longer (and reminded, if the reply was broadcast)."""
+    if streak is None:
+        return Streak.opened(post.thread_ts or ts or "", ts or "", post.label, post.stopped_ms, post.message)
+    longer = streak.with_failure(post.label, post.stopped_ms)
+    return longer.reminded(now_ms) if post.broadcast else longer
+
+
+def streaks_of(records: Mapping[str, Mapping[str, Any]]) -> dict[str, Streak]:
+    """The ledger's open failures, by state machine, as streaks."""
+    return {arn: streak for arn, record in records.items() if (streak := Streak.from_record(record))}
 
 
 @dataclass

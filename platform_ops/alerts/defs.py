@@ -8,6 +8,7 @@ the events sensor hands its Step Functions events in through `candidates_from_ev
 `alert_request`.
 """
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
@@ -19,10 +20,12 @@ from platform_ops.adapters.aws import AwsEnvironmentResource, AwsError, count_ca
 from platform_ops.adapters.ledger import Ledger
 from platform_ops.adapters.slack import Delivery, Pacer, PlatformSlackResource, SlackError, next_step, post_once
 from platform_ops.alerts import core
+from platform_ops.alerts.streaks import Streak, render_resolved, render_update
 from platform_ops.metadata import table as metadata_table
 from platform_ops.resources import aws_for, aws_resource_key, dagster_run_url
 from platform_ops.sensors import end_tick
 from platform_ops.settings import EnvironmentSettings, Settings
+from platform_ops.vocabulary import to_epoch_ms
 
 ALERT_JOB = "alert_failed_executions"
 COLUMNS = ["execution", "state_machine", "environment", "result", "detail"]
@@ -185,20 +188,27 @@ def send(run: AlertRun, post: core.Post, report: core.Report) -> Delivery | None
         with run.pacer:
             return post_once(run.slack, run.ledger, post.key, run.settings.slack.channel, post.message,
                              run_id=run.run_id, root_run_id=run.root_run_id, thread_ts=post.thread_ts,
-                             payload=dict(post.payload))
+                             payload=dict(post.payload), broadcast=post.broadcast)
     except SlackError as exc:
         report.failed(post, str(exc))
         return None
 
 
 def send_all(run: AlertRun, plan: core.Posts, report: core.Report) -> None:
-    """The digest first, if any, then each post; what went out updates the ledger's open failures."""
+    """The digest first, if any, then each post; a state machine already failing gets a reply in
+    its incident's thread instead of a new message. What went out updates the ledger's open
+    failures (the streaks) and the incidents' top-level messages."""
     posts = list(plan.posts)
     if plan.digest:
         digest = send(run, plan.digest, report)
         posts, held = core.after_digest(plan, digest.how if digest else None, digest.ts if digest else None)
         report.record(*held)
+    streaks = core.streaks_of(run.ledger.open_failures({p.ref.state_machine_arn for p in posts if p.ref}))
+    now_ms, repeat = to_epoch_ms(run.now), timedelta(hours=run.settings.alerts.repeat_interval_hours)
     for post in posts:
+        machine = post.ref.state_machine_arn
+        if post.kind is core.Kind.EXECUTION:
+            post = core.in_streak(post, streaks.get(machine), now_ms, repeat)
         delivery = send(run, post, report)
         if delivery is None:
             continue
@@ -206,9 +216,38 @@ def send_all(run: AlertRun, plan: core.Posts, report: core.Report) -> None:
         if delivery.how == "busy":
             continue
         if post.kind is core.Kind.EXECUTION:
-            run.ledger.open_failure(post.ref.state_machine_arn, **post.opened(delivery.ts))
-        elif post.kind is core.Kind.RECOVERY:
-            run.ledger.close_failure(post.ref.state_machine_arn)
+            streaks[machine] = core.streak_after(post, delivery.ts, streaks.get(machine), now_ms)
+            run.ledger.open_failure(machine, **streaks[machine].record())
+            update_incident(run, machine, streaks[machine], report)
+        elif post.kind is core.Kind.RECOVERY and resolve_incident(run, post, streaks.get(machine), report):
+            run.ledger.close_failure(machine)
+
+
+def update_incident(run: AlertRun, machine: str, streak: Streak, report: core.Report) -> None:
+    """The incident's top-level message says the streak as it is now (chat.update); recorded once
+    it does, so a retry repeats only an update that failed."""
+    if not streak.needs_update:
+        return
+    try:
+        run.slack.update(run.settings.slack.channel, streak.message_ts, render_update(streak, to_epoch_ms(run.now)))
+    except SlackError as exc:
+        report.errors.append(f"updating the incident of {streak.first_execution}: {exc}")
+        return
+    run.ledger.open_failure(machine, **dataclasses.replace(streak, updated=streak.failures).record())
+
+
+def resolve_incident(run: AlertRun, post: core.Post, streak: Streak | None, report: core.Report) -> bool:
+    """The incident's top-level message says resolved; False (the incident stays open, the retry
+    updates it) when Slack refused the update."""
+    if streak is None or not streak.message_ts:
+        return True
+    name = post.ref.execution_arn.rsplit(":", 1)[-1]
+    try:
+        run.slack.update(run.settings.slack.channel, streak.message_ts, render_resolved(streak, name, post.stopped_ms))
+    except SlackError as exc:
+        report.errors.append(f"resolving the incident of {streak.first_execution}: {exc}")
+        return False
+    return True
 
 
 def alert_run(run: AlertRun, config: AlertConfig) -> core.Report:

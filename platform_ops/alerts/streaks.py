@@ -38,6 +38,7 @@ class Streak:
     broadcast_ms: int = 0  # when the channel was last told: the opening post, then each reminder
     text: str = ""  # the opening message, kept under the summary when it is updated
     blocks: tuple[dict, ...] = ()
+    updated: int = 1  # the failure count the message says (it is updated until it says `failures`)
 
     @classmethod
     def opened(cls, thread_ts: str, message_ts: str, execution: str, stopped_ms: int,
@@ -72,6 +73,11 @@ class Streak:
         if not self.is_newer(stopped_ms, execution) or execution == self.first_execution:
             return self
         return replace(self, last_execution=execution, last_stopped_ms=stopped_ms, failures=self.failures + 1)
+
+    @property
+    def needs_update(self) -> bool:
+        """The top-level message lags behind the streak (a failure was added, or an update failed)."""
+        return bool(self.message_ts) and self.updated < self.failures
 
     def reminder_due(self, now_ms: int, repeat_interval: timedelta) -> bool:
         return now_ms - self.broadcast_ms >= repeat_interval.total_seconds() * 1000

@@ -189,7 +189,7 @@ class SlackApi:
         self.state = state
 
     def call(self, method: str, args: dict) -> dict:
-        handler = {"auth.test": self.auth_test, "chat.postMessage": self.post_message,
+        handler = {"auth.test": self.auth_test, "chat.postMessage": self.post_message, "chat.update": self.update,
                    "conversations.history": self.history, "conversations.replies": self.replies,
                    "conversations.list": self.list_channels}.get(method)
         if handler is None:
@@ -231,9 +231,32 @@ class SlackApi:
                 return {"ok": False, "error": "channel_not_found"}
             message = {"channel": args["channel"], "channel_id": channel_id, "ts": self.state.next_ts(),
                        "text": args.get("text", ""), "blocks": blocks or [], "thread_ts": args.get("thread_ts"),
-                       "metadata": metadata}
+                       "metadata": metadata,
+                       "reply_broadcast": bool(args.get("thread_ts")) and _flag(args.get("reply_broadcast"))}
             self.state.messages.append(message)
         return {"ok": True, "channel": channel_id, "ts": message["ts"], "message": shape(message, [], True)}
+
+    def update(self, args: dict) -> dict:
+        """chat.update: the message at `ts` in `channel` (an ID, as Slack requires) says the new
+        text and blocks; its edits are kept in order (`edits`) so the sink's page shows them."""
+        blocks = args.get("blocks")
+        if not args.get("text") and not blocks:
+            return {"ok": False, "error": "no_text"}
+        if len(args.get("text") or "") > MAX_TEXT_CHARS:
+            return {"ok": False, "error": "msg_too_long"}
+        if blocks is not None and (problem := blocks_problem(blocks)):
+            return {"ok": False, "error": "invalid_blocks", "detail": problem}
+        with self.state.lock:
+            channel = args.get("channel")
+            if not isinstance(channel, str) or channel not in self.state.channels.values():
+                return {"ok": False, "error": "channel_not_found"}
+            message = next((m for m in self.state.messages if m["channel_id"] == channel and m["ts"] == args.get("ts")),
+                           None)
+            if message is None:
+                return {"ok": False, "error": "message_not_found"}
+            message.setdefault("edits", []).append({"text": message["text"], "blocks": message["blocks"]})
+            message.update(text=args.get("text", ""), blocks=blocks or [])
+        return {"ok": True, "channel": channel, "ts": message["ts"], "text": message["text"]}
 
     def history(self, args: dict) -> dict:
         """Top-level messages (thread replies stay in their threads), newest first."""
@@ -242,7 +265,8 @@ class SlackApi:
             if channel_id is None:
                 return {"ok": False, "error": "channel_not_found"}
             kept = [m for m in self.state.messages if m["channel_id"] == channel_id]
-            top = sorted((m for m in kept if not m.get("thread_ts") and in_window(m["ts"], args)),
+            top = sorted((m for m in kept if (not m.get("thread_ts") or m.get("reply_broadcast"))
+                          and in_window(m["ts"], args)),
                          key=lambda m: float(m["ts"]), reverse=True)
             chunk, cursor = page(top, args, newest_first=True, default=100, maximum=999)
             with_metadata = _flag(args.get("include_all_metadata"))
