@@ -281,6 +281,9 @@ def test_dagster_run_failures_are_reported_through_the_same_slack_resource(world
     [message] = world.messages
     assert message["text"].startswith("platform-ops job reap_stuck_jobs failed")
     assert f"/runs/{failed.run_id}" in json.dumps(message["blocks"])
+    # why, in the step's own words (the run's failure event only says which steps failed)
+    assert "environment 'prod' is not in the settings" in json.dumps(message["blocks"])
+    assert "Steps failed" not in message["text"]
 
 
 # ---- pieces of the wiring alone, with fake clients ----

@@ -21,6 +21,7 @@ from platform_ops.adapters.ledger import Ledger
 from platform_ops.adapters.slack import Delivery, Pacer, PlatformSlackResource, SlackError, next_step, post_once
 from platform_ops.alerts import core
 from platform_ops.alerts.streaks import Streak, render_resolved, render_update
+from platform_ops.dagster_runs import first_step_error
 from platform_ops.metadata import table as metadata_table
 from platform_ops.resources import aws_for, aws_resource_key, dagster_run_url
 from platform_ops.sensors import end_tick
@@ -306,11 +307,12 @@ def alert_op(settings: Settings) -> dg.OpDefinition:
 
 
 def report_run_failure(context: dg.RunFailureSensorContext, settings: Settings, slack: PlatformSlackResource) -> None:
-    """This code location's own failed run, once (a run Dagster will retry is not failed yet)."""
+    """This code location's own failed run, once (a run Dagster will retry is not failed yet),
+    with its failed step's own error: the run's failure event only names the steps."""
     run = context.dagster_run
     if run.tags.get("dagster/will_retry") == "true":
         return
-    error = context.failure_event.message or ""
+    error = first_step_error(context.instance, run.run_id) or context.failure_event.message or ""
     message = core.render_run_failure(run.job_name, run.run_id, error, dagster_run_url(settings, run.run_id))
     post_once(slack, Ledger(context.instance), f"run-failure/{run.run_id}", settings.slack.channel, message,
               run_id=None, root_run_id=None, payload={"kind": "run_failure", "run_id": run.run_id})
