@@ -100,7 +100,10 @@ def test_one_message_per_failed_execution_with_the_drill_down(world, instance):
     # per execution: describe, one history page, one log read; no per-job calls
     assert calls["SFN.GetExecutionHistory"] == 2 and calls["SFN.DescribeExecution"] == 2
     assert calls["CloudWatchLogs.GetLogEvents"] <= 2 and "Batch.DescribeJobs" not in calls
-    assert metadata(run(defs, request, instance))["results"].value == {"already announced": 2}
+    assert request.tags["platform_ops/to_examine"] == "2 failed, 0 recovered"
+    again = run(defs, request, instance)
+    assert metadata(again)["results"].value == {"already announced": 2}
+    assert instance.get_run_by_id(again.run_id).tags["platform_ops/sent"] == "0"  # says what the run did
     assert len(world.messages) == 2
     assert SANDBOX_TOKEN not in json.dumps(world.messages)
 

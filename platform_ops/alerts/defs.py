@@ -64,7 +64,7 @@ def alert_request(instance: dg.DagsterInstance, found: Iterable[core.Candidates]
     config = AlertConfig(failures=[ExecutionRef(**asdict(r)) for r in work.failures],
                          recoveries=[ExecutionRef(**asdict(r)) for r in work.recoveries])
     return dg.RunRequest(run_key=work.run_key, job_name=ALERT_JOB, run_config=dg.RunConfig(ops={"alert": config}),
-                         tags={"platform_ops/failed_executions": str(len(work.failures))})
+                         tags={"platform_ops/to_examine": f"{len(work.failures)} failed, {len(work.recoveries)} recovered"})
 
 
 @dataclass(frozen=True)
@@ -295,9 +295,11 @@ def alert_op(settings: Settings) -> dg.OpDefinition:
     )
     def alert(context: dg.OpExecutionContext, config: AlertConfig):
         """Drill down, then announce each execution once: claimed in the ledger before the post,
-        confirmed after it; what went out (or another live run is sending) is skipped."""
+        confirmed after it; what went out (or another live run is sending) is skipped. The run is
+        tagged with what it asked (`to_examine`) and what it sent (`sent`), as the runs page shows."""
         with count_calls() as calls:
             report = alert_run(AlertRun.of(context, settings), config)
+        context.instance.add_run_tags(context.run.run_id, {"platform_ops/sent": str(report.announced)})
         yield alert_output(report, calls)
         if report.errors:
             raise dg.Failure(f"{len(report.errors)} Slack post(s) failed; what went out is recorded and will not "
