@@ -643,36 +643,81 @@ def launchpad(defs, job, key, **typed):
     return config, dict(partitioned.get_tags_for_partition_key(key, job_name=job))
 
 
-def test_a_promotion_launched_from_a_partition_needs_only_who_why_and_the_branch(staged, instance):
-    defs = build_defs(staged.settings)
-    job = "promote_flow"
-    assert defs.resolve_job_def(job).partitions_def.name == "promoted_state_machines"  # the audit log's partitions
-    run_config, tags = launchpad(defs, "promote_flow", PROD, branch="feature_x", requested_by="alice",
-                                 reason="new model")
-    assert tags[PROMOTION_TAG] == PROD  # the concurrency key, from the partition alone
-    instance.add_dynamic_partitions("promoted_state_machines", [PROD])
-    result = defs.resolve_job_def(job).execute_in_process(run_config=run_config, partition_key=PROD,
-                                                          instance=instance, raise_on_error=False)
-    assert result.success, failure(result)
-    assert result.output_for_node("promote_flow")["outcome"] == "promoted"
-    run = instance.get_run_by_id(result.run_id)
-    assert run.tags[PROMOTION_TAG] == PROD and run.tags["dagster/partition"] == PROD
-    assert len(staged.messages) == 1
+PARTITION_QUERY = """query($repo: RepositorySelector!, $set: String!, $key: String!) {
+  partitionSetOrError(repositorySelector: $repo, partitionSetName: $set) {
+    ... on PartitionSet { partition(partitionName: $key) {
+      runConfigOrError { ... on PartitionRunConfig { yaml } ... on PythonError { message } }
+      tagsOrError { ... on PartitionTags { results { key value } } ... on PythonError { message } } } }
+    ... on PythonError { message } } }"""
+LAUNCH = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
+  ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
+  ... on RunConfigValidationInvalid { errors { message } } } }"""
 
-    # the blanks left as they are: bad config, refused before any AWS write (a backfill over every
-    # partition promotes nothing)
+
+def test_the_launchpad_promotes_with_a_partition_and_three_typed_fields(staged, tmp_path):
+    """Through the GraphQL the UI speaks, against the code location served as `dagster dev` does:
+    picking the partition gives the config (flow, project, blanks) and the concurrency tag; the
+    person types branch, requested_by and reason and launches. The run promotes and announces;
+    CI's launch of the same flow (whole config, the tag, no partition) gets the same key."""
+    from dagster._core.test_utils import poll_for_finished_run
+    from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
+
+    # the queue's own counter is test_two_launches_of_one_flow_from_the_launchpad_share_the_concurrency_key's;
+    # here each launch starts at once, as the daemon would dequeue it
+    with dg.instance_for_test(temp_dir=str(tmp_path), synchronous_run_coordinator=True) as instance:
+        instance.add_dynamic_partitions("promoted_state_machines", [PROD])  # "Add partition", or a checks run
+        with define_out_of_process_context(str(ROOT / "platform_ops" / "definitions.py"), "defs", instance) as ctx:
+            repo = {"repositoryLocationName": ctx.code_location_names[0], "repositoryName": "__repository__"}
+            picked = execute_dagster_graphql(ctx, PARTITION_QUERY, {"repo": repo, "set": "promote_flow_partition_set",
+                                                                      "key": PROD}).data
+            partition = picked["partitionSetOrError"]["partition"]
+            run_config = yaml.safe_load(partition["runConfigOrError"]["yaml"])
+            tags = partition["tagsOrError"]["results"]
+            assert {"key": PROMOTION_TAG, "value": PROD} in tags  # nothing to type in "Edit tags"
+            assert run_config == {"ops": {"promote_flow": {"config": {
+                "flow": "DemoFlow", "project": "mlplatform", "branch": "", "requested_by": "", "reason": ""}}}}
+            run_config["ops"]["promote_flow"]["config"].update(branch="feature_x", requested_by="alice",
+                                                               reason="new model")
+
+            def launch_run(config, run_tags):
+                launched = execute_dagster_graphql(ctx, LAUNCH, {"p": {
+                    "selector": {**repo, "jobName": "promote_flow"}, "runConfigData": config,
+                    "executionMetadata": {"tags": run_tags}}}).data["launchRun"]
+                assert launched["__typename"] == "LaunchRunSuccess", launched
+                return poll_for_finished_run(instance, launched["run"]["runId"], timeout=180)
+
+            run = launch_run(run_config, tags)
+            assert run.is_success, [e.message for e in instance.all_logs(run.run_id) if e.is_error]
+            assert run.tags[PROMOTION_TAG] == PROD and run.tags["dagster/partition"] == PROD
+            [record] = records(staged)
+            assert record["outcome"] == "promoted" and record["dagster_run_id"] == run.run_id
+            [message] = staged.messages
+            assert_announces(staged, message, record, ":rocket: DemoFlow promoted to production", "1 → 2")
+
+            ci = launch_run({"ops": {"promote_flow": {"config": CONFIG}}}, [{"key": PROMOTION_TAG, "value": PROD}])
+            assert ci.is_success and ci.tags[PROMOTION_TAG] == run.tags[PROMOTION_TAG]
+            assert "dagster/partition" not in ci.tags
+            assert [r["outcome"] for r in records(staged)] == ["promoted", "no-op"] and len(staged.messages) == 1
+
+
+def test_a_partition_launch_left_blank_or_edited_to_another_flow_is_refused_before_aws(world, instance):
+    defs = build_defs(world.settings)
+    job = defs.resolve_job_def("promote_flow")
+    assert job.partitions_def.name == "promoted_state_machines"  # the audit log's partitions
+    instance.add_dynamic_partitions("promoted_state_machines", [PROD])
+    # the blanks left as they are: bad config (a backfill over every partition promotes nothing)
     blank, _ = launchpad(defs, "promote_flow", PROD)
     with count_calls() as calls:
-        untyped = defs.resolve_job_def(job).execute_in_process(run_config=blank, partition_key=PROD,
-                                                               instance=instance, raise_on_error=False)
-    assert not untyped.success and "bad config" in failure(untyped) and sum(calls.values()) == 0
+        untyped = job.execute_in_process(run_config=blank, partition_key=PROD, instance=instance, raise_on_error=False)
+    assert not untyped.success and "bad config: branch" in failure(untyped), failure(untyped)
     # the config edited to another flow than the partition's: the concurrency key would be wrong
     other, _ = launchpad(defs, "promote_flow", PROD, branch="feature_x", requested_by="alice", reason="x")
     other["ops"]["promote_flow"]["config"]["flow"] = "OtherFlow"
-    refused = defs.resolve_job_def(job).execute_in_process(run_config=other, partition_key=PROD, instance=instance,
-                                                           raise_on_error=False)
+    with count_calls() as more:
+        refused = job.execute_in_process(run_config=other, partition_key=PROD, instance=instance,
+                                         raise_on_error=False)
     assert not refused.success and f"{PROMOTION_TAG}=mlplatform.prod.OtherFlow" in failure(refused)
-    assert len(records(staged)) == 1
+    assert sum(calls.values()) == sum(more.values()) == 0 and records(world) == [] and world.messages == []
 
 
 def test_rollback_and_checks_from_a_partition(sandbox_settings):
