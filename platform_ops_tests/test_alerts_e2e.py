@@ -3,6 +3,7 @@ one message per execution, digest, silence, recovery, exactly once."""
 
 import dataclasses
 import json
+import urllib.request
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
@@ -80,7 +81,8 @@ def test_one_message_per_failed_execution_with_the_drill_down(world, instance):
     result = tick(defs, instance)
     [request] = result.run_requests
     with count_calls() as calls:
-        assert run(defs, request, instance).success
+        first = run(defs, request, instance)
+        assert first.success
     assert len(world.messages) == 2
     by_env = {("production" if "production" in m["text"] else "staging"): m for m in world.messages}
     prod = json.dumps(by_env["production"]["blocks"])
@@ -101,6 +103,10 @@ def test_one_message_per_failed_execution_with_the_drill_down(world, instance):
     assert calls["SFN.GetExecutionHistory"] == 2 and calls["SFN.DescribeExecution"] == 2
     assert calls["CloudWatchLogs.GetLogEvents"] <= 2 and "Batch.DescribeJobs" not in calls
     assert request.tags["platform_ops/to_examine"] == "2 failed, 0 recovered"
+    links = {k: v.value for k, v in metadata(first).items() if k.startswith("slack: ")}
+    assert sorted(links) == ["slack: prod-oom", "slack: staging-spot"]
+    with urllib.request.urlopen(links["slack: prod-oom"]) as page:  # a permalink opens the message
+        assert page.status == 200 and "sfn-prod-oom" in page.read().decode()
     again = run(defs, request, instance)
     assert metadata(again)["results"].value == {"already announced": 2}
     assert instance.get_run_by_id(again.run_id).tags["platform_ops/sent"] == "0"  # says what the run did

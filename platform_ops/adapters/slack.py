@@ -107,6 +107,20 @@ class PlatformSlackResource(SlackResource):
                     return None
                 raise
 
+    def permalinks(self, channel: str, stamps: list[str]) -> dict[str, str]:
+        """chat.getPermalink for each ts (the channel resolved once): links an operator clicks from
+        the Dagster UI. Best effort: a ts Slack does not answer for is left out."""
+        client = self.get_client()
+        links: dict[str, str] = {}
+        with _slack_errors("permalinks in", channel):
+            channel_id = self.channel_id(client, channel)
+            for ts in stamps if channel_id else ():
+                try:
+                    links[ts] = client.chat_getPermalink(channel=channel_id, message_ts=ts)["permalink"]
+                except SlackApiError:
+                    continue
+        return links
+
     @staticmethod
     def channel_id(client: WebClient, channel: str) -> str | None:
         """conversations.history wants the channel's ID: a name is resolved with conversations.list

@@ -886,6 +886,7 @@ class Report:
 
     results: dict[str, Result] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    posted: dict[str, str] = field(default_factory=dict)  # label -> ts of each message out (to link)
 
     def record(self, *results: Result) -> None:
         for result in results:

@@ -216,6 +216,7 @@ def send_all(run: AlertRun, plan: core.Posts, report: core.Report) -> None:
         report.record(core.delivered(post, delivery.how, delivery.ts))
         if delivery.how == "busy":
             continue
+        report.posted[post.label] = delivery.ts
         if post.kind is core.Kind.EXECUTION:
             streaks[machine] = core.streak_after(post, delivery.ts, streaks.get(machine), now_ms)
             run.ledger.open_failure(machine, **streaks[machine].record())
@@ -273,9 +274,22 @@ def alert_run(run: AlertRun, config: AlertConfig) -> core.Report:
     return report
 
 
-def alert_output(report: core.Report, calls: dict[str, int]) -> dg.Output:
+MAX_LINKS = 10  # Slack permalinks on a run's page; the table has every execution
+
+
+def message_links(run: AlertRun, report: core.Report) -> dict[str, dg.MetadataValue]:
+    """A link per message the run sent (the first MAX_LINKS), shown on the run's page."""
+    stamps = dict(list(report.posted.items())[:MAX_LINKS])
+    try:
+        links = run.slack.permalinks(run.settings.slack.channel, list(stamps.values()))
+    except SlackError:
+        return {}
+    return {f"slack: {label}": dg.MetadataValue.url(links[ts]) for label, ts in stamps.items() if ts in links}
+
+
+def alert_output(report: core.Report, calls: dict[str, int], links: dict | None = None) -> dg.Output:
     counts = report.counts
-    metadata = {
+    metadata = {**(links or {}),
         "announced": report.announced,
         "muted": counts.get(core.Outcome.MUTED.value, 0),
         "results": dg.MetadataValue.json(counts),
@@ -298,9 +312,10 @@ def alert_op(settings: Settings) -> dg.OpDefinition:
         confirmed after it; what went out (or another live run is sending) is skipped. The run is
         tagged with what it asked (`to_examine`) and what it sent (`sent`), as the runs page shows."""
         with count_calls() as calls:
-            report = alert_run(AlertRun.of(context, settings), config)
+            run = AlertRun.of(context, settings)
+            report = alert_run(run, config)
         context.instance.add_run_tags(context.run.run_id, {"platform_ops/sent": str(report.announced)})
-        yield alert_output(report, calls)
+        yield alert_output(report, calls, message_links(run, report))
         if report.errors:
             raise dg.Failure(f"{len(report.errors)} Slack post(s) failed; what went out is recorded and will not "
                              f"be sent again on retry: " + "; ".join(report.errors)[:2000])

@@ -45,6 +45,7 @@ class SinkState:
     faults: list[dict] = field(default_factory=list)  # the first that matches a request is consumed
     lock: threading.Lock = field(default_factory=threading.Lock)
     last_ts: float = 0.0
+    page_url: str = ""  # where the sink's page is served (permalinks point into it)
 
     def reset(self) -> None:
         with self.lock:
@@ -190,6 +191,7 @@ class SlackApi:
 
     def call(self, method: str, args: dict) -> dict:
         handler = {"auth.test": self.auth_test, "chat.postMessage": self.post_message, "chat.update": self.update,
+                   "chat.getPermalink": self.permalink,
                    "conversations.history": self.history, "conversations.replies": self.replies,
                    "conversations.list": self.list_channels}.get(method)
         if handler is None:
@@ -257,6 +259,17 @@ class SlackApi:
             message.setdefault("edits", []).append({"text": message["text"], "blocks": message["blocks"]})
             message.update(text=args.get("text", ""), blocks=blocks or [])
         return {"ok": True, "channel": channel, "ts": message["ts"], "text": message["text"]}
+
+    def permalink(self, args: dict) -> dict:
+        """chat.getPermalink: where the sink's page shows the message (its anchor)."""
+        with self.state.lock:
+            found = any(m["channel_id"] == args.get("channel") and m["ts"] == args.get("message_ts")
+                        for m in self.state.messages)
+            base = self.state.page_url
+        if not found:
+            return {"ok": False, "error": "message_not_found"}
+        return {"ok": True, "channel": args["channel"],
+                "permalink": f"{base}/archives/{args['channel']}/p{args['message_ts'].replace('.', '')}"}
 
     def history(self, args: dict) -> dict:
         """Top-level messages (thread replies stay in their threads), newest first."""
@@ -347,6 +360,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, render_page(self.state.messages), "text/html; charset=utf-8")
         elif url.path.startswith("/api/"):
             self._api(url.path, {k: v[0] for k, v in parse_qs(url.query).items()})
+        elif url.path.startswith("/archives/"):  # a permalink: the page, at the message
+            self.send_response(302)
+            self.send_header("Location", "/#p" + url.path.rsplit("/p", 1)[-1])
+            self.end_headers()
         else:
             self._send(404, {"ok": False, "error": "unknown_method"})
 
@@ -472,6 +489,7 @@ class SlackSink:
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="slack-sink")
+        self.state.page_url = self.url
 
     @property
     def url(self) -> str:
