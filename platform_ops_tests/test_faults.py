@@ -21,9 +21,13 @@ def test_smoke_prints_one_json_line_with_the_fault_figures(suite):
     # the smoke pass before the suite. smoke scenario: 3 stuck in staging (+1 protected) + 1 stuck
     # Metaflow task, 2 stuck in production; one report per queue
     assert summary["stuck_jobs_cancelled"] == 6  # + the stuck train task of a Metaflow run
-    # alerts: the production run's out-of-memory task, and the staging run failed by the reaper
-    assert summary["failed_executions_alerted"] == 2
-    assert summary["slack_messages"] == 2 + 2
+    # alerts: the production runs' out-of-memory tasks (two runs in a row of one flow: one incident,
+    # the second a reply in its thread and an update of its message), and the staging run failed
+    # by the reaper
+    assert summary["failed_executions_alerted"] == 3
+    assert (summary["incidents_opened"], summary["streak_updates"]) == (2, 1)
+    assert summary["slack_messages"] == 3 + 2 + 1  # the alerts, the two reaper reports, the promotion
+    assert summary["health_alerts"] == 0
     # metrics: 2 queues x (7 states + 6 gauges, all finite: both queues have finished jobs) + 2 compute
     # environments x 8; one dashboard per environment
     assert summary["metrics_published"] == 2 * 13 + 2 * 8

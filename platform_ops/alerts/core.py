@@ -862,7 +862,8 @@ def in_streak(post: Post, streak: Streak | None, now_ms: int, repeat_interval: t
     if broadcast:
         message = as_reminder(post.message, streak.with_failure(post.label, post.stopped_ms), now_ms)
     return dataclasses.replace(post, thread_ts=streak.thread_ts, in_digest=False, streak=True,
-                               broadcast=broadcast, message=message)
+                               broadcast=broadcast, message=message,
+                               payload={**post.payload, "further_failure": True})
 
 
 def streak_after(post: Post, ts: str | None, streak: Streak | None, now_ms: int) -> Streak:

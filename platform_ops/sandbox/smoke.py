@@ -39,6 +39,18 @@ def promote(sandbox: Any, settings: Any, defs: Any, instance: Any) -> bool:
     return outcome == "promoted"
 
 
+def incident_figures(messages: list[dict]) -> dict[str, int]:
+    """From the sink: incidents opened (an execution's message that is not a further failure's
+    reply), the in-place updates of their messages, and the health sensor's posts."""
+    def payload(m: dict) -> dict:
+        return (m.get("metadata") or {}).get("event_payload") or {}
+
+    executions = [m for m in messages if payload(m).get("kind") == "execution"]
+    return {"incidents_opened": sum(1 for m in executions if not payload(m).get("further_failure")),
+            "streak_updates": sum(len(m.get("edits", [])) for m in executions),
+            "health_alerts": sum(1 for m in messages if "/health/" in payload(m).get("key", ""))}
+
+
 def main(scenario_name: str = "smoke", postgres_url: str | None = None, faults: bool = False,
          faults_report: str | None = None) -> int:
     """`postgres_url`: run on a Postgres-backed Dagster instance (production's storage) instead of
@@ -101,7 +113,7 @@ def main(scenario_name: str = "smoke", postgres_url: str | None = None, faults: 
             totals["promotions"] = int(promoted)
             totals = {k: getattr(v, "value", v) or 0 for k, v in totals.items()}
         messages = sandbox.sink.state.messages
-        line = {**totals, "slack_messages": len(messages), **summary}
+        line = {**totals, "slack_messages": len(messages), **incident_figures(messages), **summary}
         ok = summary["runs_failed"] == 0 and summary["sensor_ticks_failed"] == 0
         if faults:
             from platform_ops.sandbox.faults import run_suite, table
