@@ -23,6 +23,7 @@ from platform_ops.promotion.defs import (
     PROMOTION_TAG,
     Run,
     Wiring,
+    announce,
     attempt,
     audit_log_spec,
     productionize,
@@ -489,6 +490,18 @@ def test_a_step_that_raises_is_recorded_against_the_step_in_progress(sandbox_set
     assert record.steps[-1] == core.StepResult("deploy", False, "AccessDeniedException: no") and len(log.errors) == 1
     core.conclude(record, "t1")
     assert record.outcome is core.Outcome.FAILED
+
+
+def test_an_announcement_that_raises_is_reported_and_never_raised(sandbox_settings, monkeypatch):
+    """The record is stored before the announcement: whatever goes wrong there (a bug too) comes
+    back as the failure the run reports, after the audit log's materialization."""
+    run, log = _run(sandbox_settings)
+    monkeypatch.setattr(core, "render_announcement", lambda record, links: 1 / 0)
+    record = _record()
+    core.conclude(record, "t1")
+    assert announce(run, record.to_dict(), "promotions/DemoFlow/p1.json") == (
+        "failed: ZeroDivisionError: division by zero", "ZeroDivisionError: division by zero")
+    assert "announcing raised" in log.errors[0] and "was not posted" in log.errors[1]
 
 
 def test_bad_config_is_not_an_attempt(sandbox_settings):

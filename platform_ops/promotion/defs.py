@@ -334,20 +334,22 @@ def announce(run: Run, data: dict, key: str) -> tuple[str, str | None]:
     record is stored. Never raises: (what happened, for the metadata; Slack's error or None).
     The run's lineage remembers the attempt, so a re-execution sends what Slack refused."""
     run_id = data.get("dagster_run_id") or run.context.run_id  # the attempt's run, also when a re-execution sends it
-    links = core.announcement_links(dagster_run_url(run.w.settings, run_id), run.w.p.audit_bucket, key,
-                                    data["target"].get("state_machine_arn", ""))
-    message = core.render_announcement(data, links)
-    if message is None:
-        return "not announced: a no-op changes nothing", None
-    ledger = _ledger(run)
-    ledger.put(f"lineage/{_root_run_id(run)}", promotion_id=data["promotion_id"], record_key=key)
     try:
+        links = core.announcement_links(dagster_run_url(run.w.settings, run_id), run.w.p.audit_bucket, key,
+                                        data["target"].get("state_machine_arn", ""))
+        message = core.render_announcement(data, links)
+        if message is None:
+            return "not announced: a no-op changes nothing", None
+        ledger = _ledger(run)
+        ledger.put(f"lineage/{_root_run_id(run)}", promotion_id=data["promotion_id"], record_key=key)
         delivery = post_once(run.context.resources.slack, ledger, core.announcement_key(data["promotion_id"]),
                              run.w.settings.slack.channel, message, run_id=run.context.run_id,
                              root_run_id=_root_run_id(run),
                              payload={"kind": "promotion", "promotion_id": data["promotion_id"]})
     except Exception as exc:  # SlackError, or a bug: the record is stored either way and the run says so
         detail = str(exc) if isinstance(exc, SlackError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, SlackError):
+            run.context.log.error("announcing raised:\n" + traceback.format_exc())
         run.context.log.error(f"the announcement of {data['promotion_id']} was not posted: {detail}")
         return f"failed: {detail}", detail
     return f"{delivery.how} (ts {delivery.ts})" if delivery.ts else delivery.how, None
