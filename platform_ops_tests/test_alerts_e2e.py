@@ -332,3 +332,36 @@ def test_a_poll_reads_each_state_machine_and_carries_what_it_could_not():
     assert [r.execution_arn for r in found.failures] == [failed["executionArn"]]
     assert cursor.next == {ok_sm: core.to_epoch_ms(failed["stopDate"]), broken_sm: 1_000}
     assert problems == ["production/mlplatform.prod.B: ThrottlingException: slow down"]
+
+
+def test_a_failure_the_reaper_caused_replies_in_the_reap_reports_thread(world, instance):
+    """Inhibition: the run failed because the reaper cancelled its stuck task, so its alert is a
+    reply under the reap's report (which then lists it), not a top-level alert of its own."""
+    from platform_ops.sandbox import flows
+    from platform_ops.sandbox.scenario import wait_until_quiet
+
+    staging = world.settings.environments["staging"]
+    world.fault(run_id="reaped", fault="stuck", step="train", index=1, created_minutes_ago=150)
+    flows.trigger(world.sandbox.endpoint, staging, width=2, name="reaped")
+    wait_until_quiet(world.sandbox)
+    defs = build_defs(alert_settings(world))
+    with dg.build_sensor_context(instance=instance, resources=defs.resources, sensor_name="stuck_jobs_sensor") as ctx:
+        reaps = defs.resolve_sensor_def("stuck_jobs_sensor").evaluate_tick(ctx).run_requests
+    assert [r.tags["platform_ops/queue"] for r in reaps] == ["ml-staging"]
+    assert defs.resolve_job_def("reap_stuck_jobs").execute_in_process(
+        run_config=reaps[0].run_config, tags=reaps[0].tags, instance=instance).success
+    wait_until_quiet(world.sandbox)  # the execution fails once its cancelled task's failure arrives
+    [request] = tick(defs, instance).run_requests
+    assert metadata(run(defs, request, instance))["results"].value == {
+        "announced in the thread of the reap that caused it": 1}
+
+    [report] = [m for m in world.messages if not m["thread_ts"]]
+    [reply] = [m for m in world.messages if m["thread_ts"]]
+    assert report["text"].startswith("Reaper") and reply["thread_ts"] == report["ts"]
+    assert "sfn-reaped" in reply["text"] and "cancelled by platform-ops" in json.dumps(reply["blocks"])
+    note = report["blocks"][-1]["elements"][0]["text"]
+    assert note.startswith("*Runs failed by these cancels*") and "`sfn-reaped`" in note
+    assert len(report["edits"]) == 1
+
+    assert metadata(run(defs, request, instance))["results"].value == {"already announced": 1}
+    assert len(world.messages) == 2 and len(report["edits"]) == 1  # a re-run notes nothing twice

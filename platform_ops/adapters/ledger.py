@@ -19,6 +19,11 @@ class Ledger:
         self._storage = instance.run_storage
         self._prefix = f"platform_ops/{namespace}/"
 
+    @property
+    def instance(self) -> Any:
+        """The Dagster instance it keeps its records in (another capability's ledger reads it too)."""
+        return self._instance
+
     def _get(self, keys: Iterable[str]) -> dict[str, dict]:
         keys = {self._prefix + k for k in keys}
         if not keys:

@@ -22,7 +22,7 @@ from platform_ops.alerts.streaks import Streak, as_reminder
 from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, SlackMessage, escape, pack
 from platform_ops.observations import Execution
 from platform_ops.vocabulary import REASON_PREFIX as REAPER_PREFIX
-from platform_ops.vocabulary import format_duration, from_epoch_ms, ids_digest, to_epoch_ms
+from platform_ops.vocabulary import format_duration, from_epoch_ms, ids_digest, reap_run_of, to_epoch_ms
 
 FAILED_STATUSES = ("FAILED", "TIMED_OUT", "ABORTED")
 SUCCEEDED = "SUCCEEDED"
@@ -265,6 +265,7 @@ class Outcome(StrEnum):
     FOUND_IN_THREAD = "announced in digest thread (found in Slack)"
     ANNOUNCED_IN_STREAK = "announced in its incident's thread"
     FOUND_IN_STREAK = "announced in its incident's thread (found in Slack)"
+    IN_REAP_REPORT = "announced in the thread of the reap that caused it"
     REMINDED = "announced in its incident's thread and the channel (reminder)"
     ALREADY_ANNOUNCED = "already announced"
     ALREADY_MUTED = "already muted"
@@ -280,7 +281,8 @@ class Outcome(StrEnum):
 
 
 ANNOUNCED = frozenset({Outcome.ANNOUNCED, Outcome.ANNOUNCED_IN_THREAD, Outcome.FOUND, Outcome.FOUND_IN_THREAD,
-                       Outcome.ANNOUNCED_IN_STREAK, Outcome.FOUND_IN_STREAK, Outcome.REMINDED})
+                       Outcome.ANNOUNCED_IN_STREAK, Outcome.FOUND_IN_STREAK, Outcome.REMINDED,
+                       Outcome.IN_REAP_REPORT})
 
 
 def announced(in_thread: bool, found: bool) -> Outcome:
@@ -334,6 +336,13 @@ class Incident:
     @property
     def failed(self) -> int:
         return sum(s.failed for s in self.steps)
+
+    @property
+    def reaped_by(self) -> str | None:
+        """The reap run (its root run id) that cancelled every failed task, or None. Such a failure
+        is the reaper's doing: it is answered in that reap's report thread (inhibition)."""
+        runs = {reap_run_of(f.status_reason) for f in self.failures}
+        return next(iter(runs)) if len(runs) == 1 and None not in runs else None
 
     @property
     def first_failure(self) -> TaskFailure | None:
@@ -755,6 +764,8 @@ class Post:
     stopped_ms: int = 0  # of the execution it announces (a failure, or the success that recovers)
     payload: Mapping[str, Any] = field(default_factory=dict)
     streak: bool = False  # a further failure of a state machine already failing: a reply in its thread
+    reaped_by: str = ""  # caused by this reap run's cancels: a reply in its report's thread
+    affected: str = ""  # how the report names the run it failed
     broadcast: bool = False  # the reply is also shown in the channel (a reminder)
 
     def opened(self, ts: str | None) -> dict[str, Any]:
@@ -777,11 +788,20 @@ def digest_key(failures: Iterable[Ref]) -> str:
 
 
 def plan_posts(findings: list[Finding], asked: list[Ref], links: Links, threshold: int,
-               digest_record: Mapping[str, Any] | None) -> Posts:
+               digest_record: Mapping[str, Any] | None, reports: Mapping[str, str] | None = None) -> Posts:
     """One message per execution to announce; in a storm (more than `threshold`, or a digest
-    already claimed for this set) a digest first, with the details in its thread."""
+    already claimed for this set) a digest first, with the details in its thread. A failure the
+    reaper caused (every failed task cancelled by one reap whose report is in `reports`, root run
+    id -> the report's ts) is a reply in that report's thread instead, outside any storm."""
+    reports = reports or {}
+    caused = tuple(_caused_by_reap(f, links, reports[f.incident.reaped_by]) for f in findings
+                   if f.incident.reaped_by in reports)
+    findings = [f for f in findings if f.incident.reaped_by not in reports]
     if not findings:
-        return Posts(None, ())
+        return Posts(None, caused)
+    if caused:
+        planned = plan_posts(findings, asked, links, threshold, digest_record)
+        return Posts(planned.digest, planned.posts + caused)
     storm = exactly_once.is_storm(len(findings), threshold, digest_record)
     posts = tuple(_execution_post(f, links, in_digest=storm) for f in findings)
     if not storm:
@@ -789,6 +809,25 @@ def plan_posts(findings: list[Finding], asked: list[Ref], links: Links, threshol
     digest = Post(digest_key(asked), Kind.DIGEST, render_digest([f.incident for f in findings], links), "digest",
                   payload={"kind": Kind.DIGEST.value, "executions": len(asked)})
     return Posts(digest, posts)
+
+
+def _caused_by_reap(finding: Finding, links: Links, report_ts: str) -> Post:
+    post = _execution_post(finding, links, in_digest=False)
+    return dataclasses.replace(post, thread_ts=report_ts, reaped_by=finding.incident.reaped_by,
+                               affected=affected_line(finding.incident),
+                               payload={**post.payload, "reaped_by": finding.incident.reaped_by})
+
+
+def render_report_with_affected(report: Mapping[str, Any], affected: Iterable[str]) -> SlackMessage:
+    """The reaper's report as it was posted, plus the runs its cancels failed (chat.update)."""
+    line = "*Runs failed by these cancels* (details in the thread): " + ", ".join(affected)
+    blocks = [*report.get("blocks", [])][:MAX_BLOCKS - 1]
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": line[:MAX_SECTION_CHARS]}]})
+    return SlackMessage(text=report.get("text", ""), blocks=tuple(blocks))
+
+
+def affected_line(incident: Incident) -> str:
+    return f"{escape(incident.flow)} in {escape(incident.environment)} (`{escape(incident.run_id)}`)"
 
 
 def _execution_post(finding: Finding, links: Links, in_digest: bool) -> Post:
@@ -819,6 +858,8 @@ def delivered(post: Post, how: str, ts: str | None) -> Result:
                       "" if recovery else post.summary)
     if recovery:
         return Result(post.ref, Outcome.RECOVERY_ANNOUNCED, post.thread_ts or "")
+    if post.reaped_by:
+        return Result(post.ref, Outcome.IN_REAP_REPORT, ts or "")
     if post.streak:
         outcome = Outcome.FOUND_IN_STREAK if how == "found" else (
             Outcome.REMINDED if post.broadcast else Outcome.ANNOUNCED_IN_STREAK)

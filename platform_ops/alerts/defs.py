@@ -23,6 +23,7 @@ from platform_ops.alerts import core
 from platform_ops.alerts.streaks import Streak, render_resolved, render_update
 from platform_ops.dagster_runs import first_step_error
 from platform_ops.metadata import table as metadata_table
+from platform_ops.reaper.defs import report_message as reaper_report_message
 from platform_ops.resources import aws_for, aws_resource_key, dagster_run_url
 from platform_ops.sensors import end_tick
 from platform_ops.settings import EnvironmentSettings, Settings
@@ -208,7 +209,7 @@ def send_all(run: AlertRun, plan: core.Posts, report: core.Report) -> None:
     now_ms, repeat = to_epoch_ms(run.now), timedelta(hours=run.settings.alerts.repeat_interval_hours)
     for post in posts:
         machine = post.ref.state_machine_arn
-        if post.kind is core.Kind.EXECUTION:
+        if post.kind is core.Kind.EXECUTION and not post.reaped_by:
             post = core.in_streak(post, streaks.get(machine), now_ms, repeat)
         delivery = send(run, post, report)
         if delivery is None:
@@ -217,12 +218,38 @@ def send_all(run: AlertRun, plan: core.Posts, report: core.Report) -> None:
         if delivery.how == "busy":
             continue
         report.posted[post.label] = delivery.ts
-        if post.kind is core.Kind.EXECUTION:
+        if post.reaped_by:
+            note_on_reap_report(run, post, report)
+        elif post.kind is core.Kind.EXECUTION:
             streaks[machine] = core.streak_after(post, delivery.ts, streaks.get(machine), now_ms)
             run.ledger.open_failure(machine, **streaks[machine].record())
             update_incident(run, machine, streaks[machine], report)
         elif post.kind is core.Kind.RECOVERY and resolve_incident(run, post, streaks.get(machine), report):
             run.ledger.close_failure(machine)
+
+
+def reap_reports(run: AlertRun, findings: list[core.Finding]) -> dict[str, str]:
+    """The posted reports (root run id -> ts) of the reaps whose cancels failed these executions."""
+    roots = {f.incident.reaped_by for f in findings} - {None}
+    found = {root: reaper_report_message(run.ledger.instance, root) for root in roots}
+    return {root: record["ts"] for root, record in found.items() if record and record.get("ts")}
+
+
+def note_on_reap_report(run: AlertRun, post: core.Post, report: core.Report) -> None:
+    """The reap's report lists the runs its cancels failed (chat.update); the list is kept in the
+    ledger (`reaped/<root run id>`), so a retry adds nothing twice."""
+    key = f"reaped/{post.reaped_by}"
+    affected = list((run.ledger.get(key) or {}).get("runs", []))
+    if post.affected not in affected:
+        affected.append(post.affected)
+    posted = reaper_report_message(run.ledger.instance, post.reaped_by) or {}
+    try:
+        run.slack.update(posted.get("channel", run.settings.slack.channel), posted["ts"],
+                         core.render_report_with_affected(posted, affected))
+    except SlackError as exc:
+        report.errors.append(f"noting {post.label} on the reap report: {exc}")
+        return
+    run.ledger.put(key, runs=affected)
 
 
 def update_incident(run: AlertRun, machine: str, streak: Streak, report: core.Report) -> None:
@@ -265,7 +292,7 @@ def alert_run(run: AlertRun, config: AlertConfig) -> core.Report:
             findings.append(examined)
     digest_record = run.ledger.get(core.digest_key(failures)) if findings else None
     send_all(run, core.plan_posts(findings, failures, run.links, run.settings.alerts.digest_threshold,
-                                  digest_record), report)
+                                  digest_record, reap_reports(run, findings)), report)
     recoveries = [core.Ref(**r.model_dump()) for r in config.recoveries]
     opened = run.ledger.open_failures(r.state_machine_arn for r in recoveries)
     planned = [examine_recovery(run, ref, opened.get(ref.state_machine_arn)) for ref in recoveries]

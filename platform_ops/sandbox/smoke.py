@@ -40,13 +40,15 @@ def promote(sandbox: Any, settings: Any, defs: Any, instance: Any) -> bool:
 
 
 def incident_figures(messages: list[dict]) -> dict[str, int]:
-    """From the sink: incidents opened (an execution's message that is not a further failure's
-    reply), the in-place updates of their messages, and the health sensor's posts."""
+    """From the sink: incidents opened (an execution's message that is neither a further failure's
+    reply nor a reply under the reap that caused it), the in-place updates of their messages, and
+    the health sensor's posts."""
     def payload(m: dict) -> dict:
         return (m.get("metadata") or {}).get("event_payload") or {}
 
     executions = [m for m in messages if payload(m).get("kind") == "execution"]
-    return {"incidents_opened": sum(1 for m in executions if not payload(m).get("further_failure")),
+    return {"incidents_opened": sum(1 for m in executions
+                                    if not payload(m).get("further_failure") and not payload(m).get("reaped_by")),
             "streak_updates": sum(len(m.get("edits", [])) for m in executions),
             "health_alerts": sum(1 for m in messages if "/health/" in payload(m).get("key", ""))}
 
