@@ -276,7 +276,7 @@ def test_announced_outcomes_keep_their_words():
     assert core.announced(in_thread=False, found=True) == "announced (found in Slack)"
     assert core.announced(in_thread=True, found=True) == "announced in digest thread (found in Slack)"
     assert core.ANNOUNCED == {core.announced(t, f) for t in (False, True) for f in (False, True)} | {
-        core.Outcome.ANNOUNCED_IN_STREAK, core.Outcome.FOUND_IN_STREAK, core.Outcome.REMINDED}
+        core.Outcome.ANNOUNCED_IN_STREAK, core.Outcome.FOUND_IN_STREAK, core.Outcome.REMINDED, core.Outcome.IN_REAP_REPORT}
     assert "already announced" not in core.ANNOUNCED and core.Outcome.RECOVERY_ANNOUNCED not in core.ANNOUNCED
 
 
