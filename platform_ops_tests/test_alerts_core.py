@@ -480,3 +480,39 @@ def test_the_wiring_stays_thin(wiring):
     sizes = {n.name: n.end_lineno - n.lineno + 1 for n in ast.walk(tree)
              if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
     assert sizes and max(sizes.values()) <= 60, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+
+
+REAP_RUN = "1c0ffee5-0000-4000-8000-000000000001"
+
+
+def _reaped_finding(name, reasons):
+    """An execution whose failed train tasks carry these statusReasons (the reaper's, or others)."""
+    ex = execution(name)
+    outcomes = [lambda i, r=r: job(i, status_reason=r, attempts=1) for r in reasons] + [None]
+    return core.Finding(ref(ex), core.drill_down(ex, foreach_history(outcomes), "staging"), None)
+
+
+def test_a_failure_every_task_of_which_one_reap_cancelled_replies_under_that_reaps_report():
+    from platform_ops.vocabulary import REASON_PREFIX, reap_reason_suffix
+
+    reaped = f"{REASON_PREFIX} RUNNABLE for 2h30m > 2h (capacity){reap_reason_suffix(REAP_RUN)}"
+    caused = _reaped_finding("reaped", [reaped, reaped])
+    mixed = _reaped_finding("mixed", [reaped, "Essential container in task exited"])
+    forged = _reaped_finding("forged", [f"my own text{reap_reason_suffix(REAP_RUN)}"])  # staging wrote it
+    assert caused.incident.reaped_by == REAP_RUN
+    assert mixed.incident.reaped_by is None and forged.incident.reaped_by is None
+    others = [_finding(f"s{i}") for i in range(3)]
+    findings = [caused, mixed, forged, *others]
+    plan = core.plan_posts(findings, [f.ref for f in findings], LINKS, threshold=4, digest_record=None,
+                           reports={REAP_RUN: "1700000000.000100"})
+    under_report = [p for p in plan.posts if p.reaped_by]
+    assert [(p.label, p.thread_ts, p.in_digest) for p in under_report] == [("reaped", "1700000000.000100", False)]
+    assert "`sfn-reaped`" in under_report[0].affected and "in staging" in under_report[0].affected
+    assert plan.digest is not None and sum(p.in_digest for p in plan.posts) == 5  # the storm is the other five
+    unknown = core.plan_posts([caused], [caused.ref], LINKS, 4, None, reports={})  # report never posted
+    assert [p.thread_ts for p in unknown.posts] == [None]  # then it is an alert of its own
+    update = core.render_report_with_affected({"text": "Reaper: 1 cancelled", "blocks": [{"type": "section",
+                                               "text": {"type": "mrkdwn", "text": "report"}}]},
+                                              [under_report[0].affected])
+    assert update.text == "Reaper: 1 cancelled" and len(update.blocks) == 2
+    assert update.blocks[-1]["elements"][0]["text"].startswith("*Runs failed by these cancels*")
