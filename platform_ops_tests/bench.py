@@ -307,6 +307,31 @@ def bench_alerts(settings_path: Path) -> None:
              thread_replies=sum(v for k, v in threads.items() if k is not None),
              max_messages_in_any_second=burst, target_max_per_second=1, seconds=timing["seconds"],
              calls=calls, baseline={"variant": "one message per execution, unpaced", "slack_messages": 20})
+        # (c) a streak: one flow failing 10 runs in a row, each alerted on its own tick
+        sandbox.control("reset", {})
+        _sink(sandbox, "/_sink/reset", {})
+        forget_sessions()
+        slack = WebClient(token=sandbox.env["SLACK_BOT_TOKEN"], base_url=sandbox.env["SLACK_API_URL"])
+        baseline_posts = 0
+        with tempfile.TemporaryDirectory() as home, dg.instance_for_test(temp_dir=home) as instance:
+            for i in range(10):
+                name = f"streak-{i:02}"
+                sandbox.control("faults", {"fault": "oom", "account": prod.account_id, "run_id": name, "step": "train"})
+                sandbox.control("start-flow", {"environment": "production", "name": name, "width": 2})
+                _wait_done(sfn, [f"{machine}:{name}"])
+                _alert_pass(settings, instance)
+            ours = _sink(sandbox, "/_sink/messages")["messages"]
+            _sink(sandbox, "/_sink/reset", {})
+            for i in range(10):  # the behaviour before streaks: a top-level message per failed execution
+                slack.chat_postMessage(channel="#ml-platform-alerts", text=f"DemoFlow failed (sfn-streak-{i:02})")
+                baseline_posts += 1
+        threads = Counter(m["thread_ts"] for m in ours)
+        emit(bench="alerts_streak", failed_runs_in_a_row=10, slack_messages=len(ours),
+             top_level_messages=threads[None], thread_replies=len(ours) - threads[None],
+             channel_pings=threads[None] + sum(1 for m in ours if m.get("reply_broadcast")),
+             message_updates=sum(len(m.get("edits", [])) for m in ours),
+             baseline={"variant": "a top-level message per failed execution (before streaks)",
+                       "slack_messages": baseline_posts, "top_level_messages": baseline_posts})
     finally:
         sandbox.stop()
 
