@@ -418,7 +418,12 @@ class _Handler(BaseHTTPRequestHandler):
             os.kill(pid, signal.SIGKILL)
 
 
-EMOJI = {":red_circle:": "🔴", ":white_check_mark:": "✅", ":rotating_light:": "🚨", ":warning:": "⚠️"}
+EMOJI = {":red_circle:": "🔴", ":white_check_mark:": "✅", ":rotating_light:": "🚨", ":warning:": "⚠️",
+         ":no_entry:": "⛔", ":x:": "❌", ":rocket:": "🚀", ":rewind:": "⏪", ":repeat:": "🔁",
+         ":hourglass:": "⌛", ":alarm_clock:": "⏰"}
+SAFE_URL = re.compile(r"^(https?://|mailto:)", re.I)
+SLACK_ENTITIES = {"&amp;": "&", "&lt;": "<", "&gt;": ">"}
+HOLD = "\x00"  # marks a rendered piece kept aside while the rest is escaped and formatted
 
 
 def _emoji(text: str) -> str:
@@ -427,57 +432,184 @@ def _emoji(text: str) -> str:
     return text
 
 
+def _decoded(text: str) -> str:
+    """Slack's three entities (&amp; &lt; &gt;: what the product escapes) back to characters."""
+    for entity, char in SLACK_ENTITIES.items():
+        text = text.replace(entity, char)
+    return text
+
+
+def _plain(text: str) -> str:
+    """Slack's text as HTML text: nothing in it is markup."""
+    return html.escape(_emoji(_decoded(text)))
+
+
+def _href(url: str) -> str:
+    """A link target for the page: http(s) and mailto only (never `javascript:`), attribute-escaped."""
+    url = _decoded(url)
+    return html.escape(url) if SAFE_URL.match(url) else "#"
+
+
+def _angle(inner: str) -> str:
+    """One of Slack's `<...>` controls: a link, a user or channel mention, @here/@channel."""
+    target, _, label = inner.partition("|")
+    if target.startswith("@"):
+        return f'<span class="mention">@{_plain(label or target[1:])}</span>'
+    if target.startswith("#"):
+        return f'<span class="mention">#{_plain(label or target[1:])}</span>'
+    if target.startswith("!"):
+        return f'<span class="mention">@{_plain(label or target[1:].split("^")[0])}</span>'
+    if SAFE_URL.match(target):
+        return f'<a href="{_href(target)}">{_plain(label or target)}</a>'
+    return _plain(f"<{inner}>")
+
+
 def _mrkdwn(text: str) -> str:
-    """Enough of Slack's mrkdwn for an operator to read the message as Slack would show it."""
-    out = html.escape(_emoji(html.unescape(text)), quote=False)
-    out = re.sub(r"&lt;(https?://[^|&]+)\|([^&]+)&gt;", r'<a href="\1">\2</a>', out)
-    out = re.sub(r"&lt;@(\w+)&gt;", r'<span class="mention">@\1</span>', out)
-    out = re.sub(r"```(.+?)```", r"<pre>\1</pre>", out, flags=re.S)
-    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
-    out = re.sub(r"\*([^*\n]+)\*", r"<b>\1</b>", out)
+    """Slack's mrkdwn as HTML: `<...>` controls first (a literal `<` is `&lt;` in Slack's text),
+    then everything else escaped, then code, bold, italic and strike on the escaped text, so no
+    message text can become markup on the page."""
+    held: list[str] = []
+
+    def hold(piece: str) -> str:
+        held.append(piece)
+        return f"{HOLD}{len(held) - 1}{HOLD}"
+
+    text = re.sub(r"<([^<>\n]*)>", lambda m: hold(_angle(m[1])), text.replace(HOLD, ""))
+    out = _plain(text)
+    out = re.sub(r"```\n?(.+?)```", lambda m: hold(f"<pre>{m[1]}</pre>"), out, flags=re.S)
+    out = re.sub(r"`([^`\n]+)`", lambda m: hold(f"<code>{m[1]}</code>"), out)
+    out = re.sub(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])", r"<b>\1</b>", out)
     out = re.sub(r"(?<![\w/])_([^_\n]+)_(?!\w)", r"<i>\1</i>", out)
-    return out.replace("\n", "<br>")
+    out = re.sub(r"(?<![\w~])~([^~\n]+)~(?![\w~])", r"<s>\1</s>", out)
+    out = out.replace("\n", "<br>")
+    while HOLD in out:  # held pieces may hold others (a link inside code)
+        out = re.sub(f"{HOLD}(\\d+){HOLD}", lambda m: held[int(m[1])], out)
+    return out
+
+
+def _text_object(obj: dict | None) -> str:
+    """A Block Kit text object: mrkdwn rendered, plain_text shown as it is."""
+    obj = obj or {}
+    return _mrkdwn(obj.get("text", "")) if obj.get("type", "mrkdwn") == "mrkdwn" else _plain(obj.get("text", ""))
+
+
+def _button(element: dict) -> str:
+    label = _plain((element.get("text") or {}).get("text", ""))
+    return f"<a class='button' href='{_href(element.get('url') or '')}'>{label}</a>"
 
 
 def _render_block(block: dict) -> str:
     kind = block.get("type")
-    text = (block.get("text") or {}).get("text", "")
     if kind == "header":
-        return f"<h3>{html.escape(_emoji(text))}</h3>"
+        return f"<h3>{_plain((block.get('text') or {}).get('text', ''))}</h3>"
     if kind == "section":
-        fields = "".join(f"<div class='field'>{_mrkdwn(f.get('text', ''))}</div>"
-                         for f in block.get("fields") or [])
-        return f"<div class='section'>{_mrkdwn(text)}<div class='fields'>{fields}</div></div>"
+        text = _text_object(block.get("text")) if block.get("text") else ""
+        fields = "".join(f"<div class='field'>{_text_object(f)}</div>" for f in block.get("fields") or [])
+        accessory = block.get("accessory") or {}
+        extra = _button(accessory) if accessory.get("type") == "button" else ""
+        return f"<div class='section'>{text}<div class='fields'>{fields}</div>{extra}</div>"
     if kind == "context":
-        elements = " · ".join(_mrkdwn(e.get("text", "")) for e in block.get("elements", []))
+        elements = " · ".join(_plain(e.get("alt_text", "")) if e.get("type") == "image" else _text_object(e)
+                              for e in block.get("elements", []))
         return f"<div class='context'>{elements}</div>"
     if kind == "actions":
-        buttons = "".join(f"<a class='button' href='{html.escape(e.get('url', '#'))}'>"
-                          f"{html.escape((e.get('text') or {}).get('text', ''))}</a>"
-                          for e in block.get("elements", []))
+        buttons = "".join(_button(e) for e in block.get("elements", []) if e.get("type", "button") == "button")
         return f"<div class='actions'>{buttons}</div>"
     if kind == "divider":
         return "<hr>"
+    if kind == "image":
+        return f"<img src='{_href(block.get('image_url') or '')}' alt='{_plain(block.get('alt_text', ''))}'>"
     return f"<pre>{html.escape(json.dumps(block))}</pre>"
 
 
-def render_page(messages: list[dict]) -> str:
+def anchor(ts: str) -> str:
+    """A message's HTML id: Slack's permalink form, p + the ts without its dot (see GET /archives/)."""
+    return "p" + ts.replace(".", "")
+
+
+def _body(message: dict) -> str:
+    return "".join(_render_block(b) for b in message.get("blocks") or []) or _mrkdwn(message.get("text", ""))
+
+
+def _render_message(message: dict, note: str = "", with_id: bool = True) -> str:
+    """One message as Slack shows it: the bot, the time, its current content, "(edited)" when
+    chat.update changed it (the earlier versions folded under it)."""
+    when = time.strftime("%H:%M:%S", time.localtime(float(message["ts"])))
+    edits = message.get("edits") or []
+    edited = (f" <span class='edited' title='edited {len(edits)} time{'s' if len(edits) != 1 else ''}'>"
+              "(edited)</span>") if edits else ""
+    earlier = ""
+    if edits:
+        versions = "".join(f"<div class='version'>{_body(e)}</div>" for e in reversed(edits))
+        earlier = (f"<details class='edits'><summary>{len(edits)} earlier version{'s' if len(edits) != 1 else ''}"
+                   f"</summary>{versions}</details>")
+    attr = f" id='{anchor(message['ts'])}'" if with_id else ""
+    return (f"<div class='msg'{attr}><div class='meta'><b>platform-ops</b> <span class='app'>APP</span> "
+            f"<a class='time' href='#{anchor(message['ts'])}'>{when}</a>{edited}{note}</div>"
+            f"{_body(message)}{earlier}</div>")
+
+
+def _channel_name(messages: list[dict]) -> str:
+    names = [m["channel"] for m in messages if not CHANNEL_ID.match(str(m.get("channel", "")).lstrip("#"))]
+    return "#" + (names[0] if names else messages[0]["channel_id"]).lstrip("#")
+
+
+def _render_channel(messages: list[dict]) -> str:
+    """A channel as Slack lays it out: top-level messages oldest first (the newest at the bottom),
+    each thread folded under its parent ("N replies"), a reply sent to the channel too
+    (reply_broadcast) also in the channel, marked "replied to a thread"."""
+    ordered = sorted(messages, key=lambda m: float(m["ts"]))
+    parents = {m["ts"] for m in ordered if not m.get("thread_ts")}
+    threads: dict[str, list[dict]] = {}
+    for m in ordered:
+        if m.get("thread_ts") and m["thread_ts"] in parents:
+            threads.setdefault(m["thread_ts"], []).append(m)
     items = []
-    for m in reversed(messages):
-        body = "".join(_render_block(b) for b in m["blocks"]) or _mrkdwn(m["text"])
-        when = time.strftime("%H:%M:%S", time.localtime(float(m["ts"])))
-        items.append(f"<div class='msg'><div class='meta'>{html.escape(m['channel'])} · {when}</div>{body}</div>")
+    for m in ordered:
+        parent = m.get("thread_ts")
+        if not parent:
+            items.append(_render_message(m) + _render_thread(threads.get(m["ts"], [])))
+        elif m.get("reply_broadcast") or parent not in parents:  # in the channel too, or its parent is gone
+            note = f" <a class='replied' href='#{anchor(parent)}'>replied to a thread</a>"
+            items.append(_render_message(m, note))
+    return (f"<section class='channel'><h2>{_plain(_channel_name(ordered))}</h2>{''.join(items)}</section>")
+
+
+def _render_thread(replies: list[dict]) -> str:
+    if not replies:
+        return ""
+    last = time.strftime("%H:%M:%S", time.localtime(float(replies[-1]["ts"])))
+    body = "".join(_render_message(r, " <span class='also'>also sent to the channel</span>", with_id=False)
+                   if r.get("reply_broadcast") else _render_message(r) for r in replies)
+    return (f"<details class='thread'><summary>{len(replies)} repl{'ies' if len(replies) != 1 else 'y'}"
+            f" <span class='last'>last reply {last}</span></summary>{body}</details>")
+
+
+def render_page(messages: list[dict]) -> str:
+    """The sink's page: each channel as Slack shows it, threads under their parents; refreshed
+    every 10 s, and a permalink (/#p<ts>) lands on its message."""
+    channels: dict[str, list[dict]] = {}
+    for m in messages:
+        channels.setdefault(m["channel_id"], []).append(m)
+    body = "".join(_render_channel(kept) for kept in channels.values())
     return f"""<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
 <title>platform-ops sandbox Slack</title><style>
 body{{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto;color:#1d1c1d}}
 .msg{{border:1px solid #ddd;border-radius:8px;padding:12px 16px;margin:12px 0}}
-.meta{{color:#616061;font-size:12px}} .context{{color:#616061;font-size:13px;margin-top:6px}}
+.msg:target{{background:#fff8e1;border-color:#e8a400}}
+.meta{{color:#616061;font-size:12px}} .meta b{{color:#1d1c1d}} .time{{color:#616061}}
+.app{{background:#eee;border-radius:2px;font-size:10px;padding:0 3px}} .edited,.also{{color:#868686}}
+.context{{color:#616061;font-size:13px;margin-top:6px}}
 .section{{margin:6px 0}} .fields{{display:grid;grid-template-columns:1fr 1fr;gap:4px}}
 code{{background:#f4f4f4;padding:0 3px;border-radius:3px}} pre{{background:#f8f8f8;padding:8px;overflow:auto}}
 .mention{{background:#e8f5fa;color:#1264a3}}
 .button{{border:1px solid #bbb;border-radius:4px;padding:3px 10px;margin-right:6px;text-decoration:none}}
+details.thread{{margin:-6px 0 12px 24px}} details.thread>summary{{color:#1264a3;cursor:pointer;font-weight:600}}
+details.thread .msg{{border-left:3px solid #ddd}} .last{{color:#868686;font-weight:normal}}
+details.edits{{color:#868686;font-size:12px}} .version{{opacity:.7;border-top:1px dashed #ddd}}
 </style></head><body><h2>Sandbox Slack: {len(messages)} message{'s' if len(messages) != 1 else ''}</h2>
-{''.join(items) or '<p>No messages yet.</p>'}</body></html>"""
+<p><a href="#newest">newest at the bottom</a></p>
+{body or '<p>No messages yet.</p>'}<div id="newest"></div></body></html>"""
 
 
 class SlackSink:

@@ -169,3 +169,107 @@ def test_the_poster_is_killed_with_its_request_in_flight(sink, kind, kept):
     out, _ = proc.communicate("go\n", timeout=120)
     assert proc.returncode == -signal.SIGKILL and "answer" not in out
     assert len(sink.state.messages) == kept
+
+
+# -- the sink's page: a channel as Slack lays it out ---------------------------------------------
+
+def _page_of(sink) -> str:
+    return render_page(list(sink.state.messages))
+
+
+def _between(page: str, start: str, end: str) -> str:
+    return page[page.index(start):page.index(end, page.index(start))]
+
+
+def test_the_page_nests_each_thread_under_its_parent_newest_at_the_bottom(sink):
+    import re
+
+    client = _client(sink)
+    first = client.chat_postMessage(channel="#alerts", text="first incident")
+    second = client.chat_postMessage(channel="#alerts", text="second incident")
+    replies = [client.chat_postMessage(channel="#alerts", text=f"answer-{i}", thread_ts=first["ts"])
+               for i in range(3)]
+    page = _page_of(sink)
+    # Slack's channel order: the newest top-level message at the bottom; replies stay in the thread
+    assert page.index("first incident") < page.index("second incident")
+    thread = _between(page, "<details class='thread'>", "</details>")
+    assert "3 replies" in thread and re.findall(r"answer-\d", thread) == ["answer-0", "answer-1", "answer-2"]
+    assert "second incident" not in thread and page.index(thread) < page.index("second incident")
+    # every message has Slack's permalink anchor, once
+    for ts in (first["ts"], second["ts"], *(r["ts"] for r in replies)):
+        assert page.count(f"id='p{ts.replace('.', '')}'") == 1
+    assert page.count("<details class='thread'>") == 1  # no thread under the message without replies
+
+
+def test_a_broadcast_reply_is_in_its_thread_and_in_the_channel(sink):
+    client = _client(sink)
+    parent = client.chat_postMessage(channel="#alerts", text="DemoFlow failed")
+    client.chat_postMessage(channel="#alerts", text="quiet reply", thread_ts=parent["ts"])
+    loud = client.chat_postMessage(channel="#alerts", text="still failing", thread_ts=parent["ts"],
+                                   reply_broadcast=True)
+    page = _page_of(sink)
+    thread = _between(page, "<details class='thread'>", "</details>")
+    assert "2 replies" in thread and "still failing" in thread and "also sent to the channel" in thread
+    after_thread = page[page.index(thread) + len(thread):]
+    assert "still failing" in after_thread and "quiet reply" not in after_thread
+    assert f"href='#p{parent['ts'].replace('.', '')}'>replied to a thread" in after_thread
+    assert page.count(f"id='p{loud['ts'].replace('.', '')}'") == 1  # the anchor on the channel's copy
+
+
+def test_an_updated_message_shows_its_current_content_marked_edited(sink):
+    client = _client(sink)
+    posted = client.chat_postMessage(channel="#alerts", text="DemoFlow failed",
+                                     blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": "1 failed run"}}])
+    client.chat_postMessage(channel="#alerts", text="untouched")
+    for n in (2, 3):
+        client.chat_update(channel=posted["channel"], ts=posted["ts"], text="DemoFlow failing",
+                           blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": f"{n} failed runs"}}])
+    page = _page_of(sink)
+    updated = _between(page, f"id='p{posted['ts'].replace('.', '')}'", "untouched")
+    current = updated[:updated.index("<details class='edits'>")]
+    assert "3 failed runs" in current and "(edited)" in current and "1 failed run" not in current
+    assert "2 earlier versions" in updated and updated.index("2 failed runs") < updated.index("1 failed run")
+    assert page.count("(edited)") == 1  # the other message was never updated
+
+
+def test_message_text_never_becomes_markup_on_the_page():
+    hostile = [
+        {"channel": "#alerts", "channel_id": "CALERTS0001", "ts": "1700000000.000001", "thread_ts": None,
+         "text": "x", "blocks": [
+             {"type": "header", "text": {"type": "plain_text", "text": "<script>alert(1)</script>"}},
+             {"type": "section", "text": {"type": "mrkdwn",
+                                          "text": '*bold <img src=x onerror=alert(2)>* `<b>code</b>` '
+                                                  '<https://ok.example/?a=1&amp;b="q|a "label">'},
+              "fields": [{"type": "mrkdwn", "text": "<javascript:alert(3)|click>"}]},
+             {"type": "actions", "elements": [{"type": "button", "text": {"type": "plain_text", "text": "<i>go</i>"},
+                                               "url": "javascript:alert(4)"}]},
+             {"type": "context", "elements": [{"type": "mrkdwn", "text": "&lt;not a link&gt; <@U0ALICE>"}]},
+         ]},
+        {"channel": "#alerts", "channel_id": "CALERTS0001", "ts": "1700000001.000001", "thread_ts": None,
+         "text": "</div><script>alert(5)</script>", "blocks": []},
+    ]
+    page = render_page(hostile)
+    body = page[page.index("<body>"):]
+    assert "<script" not in body and "<img" not in body  # tags in text are text
+    assert "href='javascript" not in body and 'href="javascript' not in body and "<i>go</i>" not in body
+    assert '<a href="https://ok.example/?a=1&amp;b=&quot;q">a &quot;label&quot;</a>' in body  # the URL kept, quoted
+    assert "<b>bold" in body and "<code>&lt;b&gt;code&lt;/b&gt;</code>" in body
+    assert "&lt;not a link&gt;" in body and '<span class="mention">@U0ALICE</span>' in body
+    assert "&lt;/div&gt;&lt;script&gt;" in body
+
+
+def test_block_kit_renders_header_fields_context_and_buttons_as_links():
+    message = {"channel": "#alerts", "channel_id": "CALERTS0001", "ts": "1700000000.000001", "thread_ts": None,
+               "text": "fallback", "blocks": [
+                   {"type": "header", "text": {"type": "plain_text", "text": ":rotating_light: DemoFlow failed"}},
+                   {"type": "section", "fields": [{"type": "mrkdwn", "text": "*Owner*\n<@U0ALICE>"},
+                                                  {"type": "mrkdwn", "text": "*Run*\n<https://m.example/r|sfn-1>"}]},
+                   {"type": "context", "elements": [{"type": "mrkdwn", "text": "_production_"}]},
+                   {"type": "actions", "elements": [{"type": "button", "text": {"type": "plain_text", "text": "Logs"},
+                                                     "url": "https://logs.example/x?a=1&b=2"}]}]}
+    page = render_page([message])
+    assert "<h3>🚨 DemoFlow failed</h3>" in page
+    assert "<div class='field'><b>Owner</b><br><span class=\"mention\">@U0ALICE</span></div>" in page
+    assert '<a href="https://m.example/r">sfn-1</a>' in page and "<i>production</i>" in page
+    assert "<a class='button' href='https://logs.example/x?a=1&amp;b=2'>Logs</a>" in page
+    assert "#alerts" in page and "fallback" not in page  # the blocks are what Slack shows
