@@ -112,7 +112,9 @@ class Event(_Part):
     faults: tuple[Fault, ...] = ()
     flow: Flow | None = None
     instances: Instances | None = None
+    aws_fault: dict[str, Any] | None = None  # armed as POST /_sandbox/aws-faults would (aws_faults.py)
     every: Annotated[int, Strict(), Field(ge=1)] = 1
+    after: Annotated[int, Strict(), Field(ge=0)] = 0  # rounds before the first time it is due
     once: Annotated[bool, Strict()] = False
 
     @model_validator(mode="after")
@@ -122,7 +124,10 @@ class Event(_Part):
         return self
 
     def due(self, round_no: int) -> bool:
-        return round_no == 0 if self.once else round_no % self.every == 0
+        if round_no < self.after:
+            return False
+        since = round_no - self.after
+        return since == 0 if self.once else since % self.every == 0
 
 
 class Scenario(_Part):
@@ -186,6 +191,9 @@ def play_round(sandbox: Any, scenario: Scenario, round_no: int) -> dict[str, int
         if not event.due(round_no):
             continue
         account, _ = sandbox.account_of(event.environment)
+        if event.aws_fault is not None:
+            sandbox.aws_faults.arm(dict(event.aws_fault))
+            done[event.name] = f"AWS fault {event.aws_fault.get('kind')}"
         for fault in event.faults:
             moto_internals.STATE.add_rule(moto_internals.FaultRule(account=account, queue=event.queue or None,
                                                                    **fault.given()))

@@ -59,3 +59,21 @@ def test_a_round_plays_due_events_only(world):
     assert play_round(world.sandbox, scenario, 1) == {"every round": 2}
     failed = world.batch("production").list_jobs(jobQueue="ml-production", jobStatus="FAILED")["jobSummaryList"]
     assert [j["container"]["exitCode"] for j in failed] == [137]
+
+
+def test_an_event_can_wait_rounds_and_arm_an_aws_fault(world):
+    """`after` delays an event's first round (a streak, then a recovery); `aws_fault` arms what
+    POST /_sandbox/aws-faults arms (here: Batch refusing ListJobs twice)."""
+    scenario = parse_scenario({"events": [
+        {"name": "later", "environment": "staging", "queue": "ml-staging", "after": 2, "every": 3,
+         "jobs": {"count": 1}},
+        {"name": "denied", "environment": "staging", "after": 1, "once": True,
+         "aws_fault": {"kind": "fail-operation", "service": "batch", "operation": "ListJobs", "times": 2}},
+    ]})
+    assert [sorted(play_round(world.sandbox, scenario, n)) for n in range(6)] == [
+        [], ["denied"], ["later"], [], [], ["later"]]
+    batch = world.batch("staging")
+    for _ in range(2):
+        with pytest.raises(Exception, match="AccessDenied"):
+            batch.list_jobs(jobQueue="ml-staging", jobStatus="RUNNABLE")
+    assert "jobSummaryList" in batch.list_jobs(jobQueue="ml-staging", jobStatus="RUNNABLE")  # then it answers
