@@ -2,7 +2,7 @@
 
 import dataclasses
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,7 @@ from platform_ops.alerts import core
 from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, MAX_TEXT_CHARS
 from platform_ops.observations import Execution
 
-T0 = datetime(2026, 11, 28, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 SM = "arn:aws:states:us-east-1:222222222222:stateMachine:mlplatform.prod.DemoFlow"
 FLOWS = Path(__file__).resolve().parents[1] / "platform_ops" / "sandbox" / "metaflow"
 

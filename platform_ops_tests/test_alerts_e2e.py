@@ -4,7 +4,7 @@ one message per execution, digest, silence, recovery, exactly once."""
 import dataclasses
 import json
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import dagster as dg
@@ -159,7 +159,7 @@ def test_a_storm_is_one_digest_with_details_in_its_thread(world, instance):
 def test_silenced_executions_are_recorded_not_alerted(world, instance):
     world.run_flow("staging", "muted", faults=[OOM])
     world.run_flow("production", "loud", faults=[OOM])
-    silence = Silence("mlplatform.test.*", datetime(2099, 1, 1, tzinfo=timezone.utc), "branch deployments")
+    silence = Silence("mlplatform.test.*", datetime(2099, 1, 1, tzinfo=UTC), "branch deployments")
     defs = build_defs(alert_settings(world, silences=(silence,)))
     [request] = tick(defs, instance).run_requests
     meta = metadata(run(defs, request, instance))
@@ -317,7 +317,7 @@ def test_a_poll_reads_each_state_machine_and_carries_what_it_could_not():
     from platform_ops.alerts import core
     from platform_ops.alerts.defs import Poll, poll_environment
 
-    now = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
     ok_sm, broken_sm = (f"arn:aws:states:us-east-1:222222222222:stateMachine:mlplatform.prod.{n}" for n in "AB")
     failed = {"executionArn": ok_sm.replace("stateMachine", "execution") + ":e1", "name": "e1",
               "stateMachineArn": ok_sm, "status": "FAILED", "startDate": now - timedelta(minutes=9),

@@ -93,7 +93,7 @@ def test_a_summary_older_than_the_window_fails_its_freshness_policy(sandbox_sett
             node = graph.get(dg.AssetKey(name))
             evaluator = FRESHNESS_EVALUATORS_BY_POLICY_TYPE[type(node.freshness_policy)]()
 
-            def state():
+            def state(evaluator=evaluator, node=node):
                 return asyncio.run(evaluator.evaluate_freshness(LoadingContextForTest(instance), node))
 
             assert state() == FreshnessState.UNKNOWN  # never materialized

@@ -8,7 +8,6 @@ Counted from the sink's own messages, through the real slack_sdk client.
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -1,11 +1,11 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from platform_ops import vocabulary
 from platform_ops.reaper import core as reaper_core
 
 
 def test_epoch_ms_round_trip():
-    at = datetime(2026, 11, 28, 10, 0, 0, 123000, tzinfo=timezone.utc)
+    at = datetime(2026, 11, 28, 10, 0, 0, 123000, tzinfo=UTC)
     assert vocabulary.to_epoch_ms(at) == 1795860000123
     assert vocabulary.from_epoch_ms(1795860000123) == at
     assert vocabulary.from_epoch_ms("1795860000123") == at  # as an event's JSON may carry it

@@ -48,5 +48,5 @@ def metric_series(client: Any, namespace: str, queries: list[tuple[str, str, dic
         for page in pages(client.get_metric_data, "NextToken", StartTime=start, EndTime=end,
                           MetricDataQueries=metric_queries[start_i:start_i + 500]):
             for result in page.get("MetricDataResults", []):
-                series.setdefault(result["Label"], []).extend(zip(result["Timestamps"], result["Values"]))
+                series.setdefault(result["Label"], []).extend(zip(result["Timestamps"], result["Values"], strict=True))
     return {k: sorted(v) for k, v in series.items()}

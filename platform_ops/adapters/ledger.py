@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+
 class Ledger:
     def __init__(self, instance: Any, namespace: str = "alerts"):
         self._instance = instance

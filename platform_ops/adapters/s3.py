@@ -57,9 +57,9 @@ def copy_content_addressed(blob: bytes, client: Any, url: str) -> bool:
 
 def read_json_under(client: Any, bucket: str, prefix: str) -> list[dict]:
     """Every JSON object under `prefix`, in key order."""
-    keys = [o["Key"] for page in pages(client.list_objects_v2, token_key="ContinuationToken", next_key="NextContinuationToken",
-                                       Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
-            for o in page.get("Contents", []) if o["Key"].endswith(".json")]
+    listing = pages(client.list_objects_v2, token_key="ContinuationToken", next_key="NextContinuationToken",
+                    Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
+    keys = [o["Key"] for page in listing for o in page.get("Contents", []) if o["Key"].endswith(".json")]
     records = []
     for key in sorted(keys):
         with aws_errors():

@@ -232,7 +232,7 @@ class Pacer:
     def __init__(self, interval: float):
         self.interval, self._last = interval, None
 
-    def __enter__(self) -> "Pacer":
+    def __enter__(self) -> Pacer:
         if self._last is not None:
             delay = self.interval - (time.monotonic() - self._last)
             if delay > 0:

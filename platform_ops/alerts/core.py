@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -72,7 +72,7 @@ def executions_from_events(bodies: Iterable[str]) -> tuple[list[Execution], int]
 
 # ---- what the sensors ask an alert run to do ----
 
-EPOCH = datetime.min.replace(tzinfo=timezone.utc)
+EPOCH = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -587,7 +587,8 @@ def render_incident(incident: Incident, links: Links, log_lines: list[str] | Non
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
     first = incident.first_failure
     if first and first.job_id:
-        detail = (f"*First failure*: `{escape(first.step)}` task <{links.task(incident, first)}|{escape(first.job_id[:8])}>"
+        task = f"<{links.task(incident, first)}|{escape(first.job_id[:8])}>"
+        detail = (f"*First failure*: `{escape(first.step)}` task {task}"
                   f"{f' after {first.attempts} attempts' if first.attempts > 1 else ''}: {escape(first.reason)}")
         if first.status_reason and first.status_reason not in first.reason:
             detail += f"\n_{escape(first.status_reason[:500])}_"
@@ -598,7 +599,8 @@ def render_incident(incident: Incident, links: Links, log_lines: list[str] | Non
         text = f"*Execution error*: `{escape(what[:200])}`" + (f"\n{escape(cause[:1500])}" if cause else "")
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text[:MAX_SECTION_CHARS]}})
     if log_lines:
-        header = f"*Last {len(log_lines)} log lines* of `{escape(first.job_name or first.job_id)}`" if first else "*Logs*"
+        header = (f"*Last {len(log_lines)} log lines* of `{escape(first.job_name or first.job_id)}`" if first
+                  else "*Logs*")
         code = _code_block(log_lines, MAX_SECTION_CHARS - len(header) - 1)
         if code:
             blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"{header}\n{code}"}})
@@ -609,7 +611,8 @@ def render_incident(incident: Incident, links: Links, log_lines: list[str] | Non
     if links.dagster_run:
         buttons.append(("Dagster run", links.dagster_run))
     blocks.append({"type": "actions", "elements": [
-        {"type": "button", "text": {"type": "plain_text", "text": label}, "url": url[:3000]} for label, url in buttons]})
+        {"type": "button", "text": {"type": "plain_text", "text": label}, "url": url[:3000]}
+        for label, url in buttons]})
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text":
                    f"execution `{escape(ex.name)}` · {ex.region} · stopped {ex.stopped_at:%Y-%m-%d %H:%M UTC}"
                    if ex.stopped_at else f"execution `{escape(ex.name)}`"}]})

@@ -11,7 +11,7 @@ the events sensor hands its Step Functions events in through `candidates_from_ev
 import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -65,7 +65,8 @@ def alert_request(instance: dg.DagsterInstance, found: Iterable[core.Candidates]
     config = AlertConfig(failures=[ExecutionRef(**asdict(r)) for r in work.failures],
                          recoveries=[ExecutionRef(**asdict(r)) for r in work.recoveries])
     return dg.RunRequest(run_key=work.run_key, job_name=ALERT_JOB, run_config=dg.RunConfig(ops={"alert": config}),
-                         tags={"platform_ops/to_examine": f"{len(work.failures)} failed, {len(work.recoveries)} recovered"})
+                         tags={"platform_ops/to_examine":
+                               f"{len(work.failures)} failed, {len(work.recoveries)} recovered"})
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def poll_environment(poll: Poll, env: EnvironmentSettings, cursor: core.Cursor, 
 
 def poll_tick(context: dg.SensorEvaluationContext, settings: Settings) -> dg.SensorResult:
     """The polling sensor's tick: every environment read, one alert run requested for what is new."""
-    poll = Poll(settings, lambda name: aws_for(context, name), datetime.now(timezone.utc))
+    poll = Poll(settings, lambda name: aws_for(context, name), datetime.now(UTC))
     cursor, problems = core.Cursor.loads(context.cursor), []
     found = [poll_environment(poll, env, cursor, problems) for env in settings.environments.values()]
     request = alert_request(context.instance, found)
@@ -141,7 +142,7 @@ class AlertRun:
                    context.run_id, context.dagster_run.root_run_id or context.run_id,
                    core.Links(settings.metaflow_ui_url, dagster_run_url(settings, context.run_id),
                               settings.slack.owners),
-                   Pacer(settings.alerts.post_interval_seconds), datetime.now(timezone.utc))
+                   Pacer(settings.alerts.post_interval_seconds), datetime.now(UTC))
 
     def environment(self, name: str) -> tuple[EnvironmentSettings, AwsEnvironmentResource]:
         env = self.settings.environments.get(name)
