@@ -14,6 +14,7 @@ from pathlib import Path
 
 from platform_ops.sandbox.accounts import JOB_DEFINITION, account_client
 from platform_ops.sandbox.flows import datastore_bucket, deploy
+from platform_ops.sandbox.metaflow_config import DEPLOYER_ROLE, METAFLOW_ROLES, home
 from platform_ops.settings import EnvironmentSettings, Settings
 
 INSTANCE_TYPES = ["m5.large", "m5.xlarge", "m5.2xlarge"]
@@ -59,6 +60,20 @@ def create_environment(endpoint: str, env: EnvironmentSettings) -> None:
     )
 
 
+def create_metaflow_roles(endpoint: str, env: EnvironmentSettings, settings: Settings) -> None:
+    """The roles sandbox/metaflow_config.py names in Metaflow's profile (its tasks', its state
+    machines', EventBridge's for @schedule) and the one a deployer assumes to reach this account
+    from the base keys: `step-functions create` passes ARNs of roles that exist, as on AWS."""
+    iam = account_client(endpoint, "iam", env.account_id, env.region)
+    services = {"batch": "ecs-tasks.amazonaws.com", "sfn": "states.amazonaws.com", "events": "events.amazonaws.com"}
+    for key, role in METAFLOW_ROLES.items():
+        iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": services[key]}, "Action": "sts:AssumeRole"}]}))
+    iam.create_role(RoleName=DEPLOYER_ROLE, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": SANDBOX_PRINCIPAL.format(account=home(settings).account_id)},
+         "Action": "sts:AssumeRole"}]}))
+
+
 def stack_parameters(env: EnvironmentSettings, settings: Settings) -> dict[str, str]:
     """deploy/cloudformation's parameters for one account, from the settings."""
     home = next(e for e in settings.environments.values() if not e.role_arn)
@@ -102,6 +117,7 @@ def deploy_stack(endpoint: str, env: EnvironmentSettings, settings: Settings) ->
 def create_world(endpoint: str, settings: Settings) -> None:
     for env in settings.environments.values():
         create_environment(endpoint, env)
+        create_metaflow_roles(endpoint, env, settings)
         account_client(endpoint, "s3", env.account_id, env.region).create_bucket(Bucket=datastore_bucket(env))
         deploy_stack(endpoint, env, settings)
         deploy(endpoint, env)
