@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 REASON_PREFIX = "platform-ops reaper:"  # how every statusReason the reaper writes begins
+ANNOUNCED_TAG = "platform_ops/announced"  # a run whose outcome it posted itself (a promotion attempt)
 
 
 def format_duration(delta: timedelta) -> str:

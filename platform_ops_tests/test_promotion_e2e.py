@@ -254,6 +254,17 @@ def test_a_staging_queue_left_in_the_definition_blocks(staged, instance):
     assert "start: JobQueue ml-staging" in failure(result) and "queue=ml-staging" in failure(result)
     assert production_definition(staged) == before
     assert records(staged)[0]["outcome"] == "blocked"
+    # announced by the attempt itself: the run-failure sensor does not say it a second time
+    [announcement] = staged.messages
+    run = instance.get_run_by_id(result.run_id)
+    failure_event = next(e for e in instance.all_logs(result.run_id) if e.dagster_event and
+                         e.dagster_event.event_type_value == "PIPELINE_FAILURE").dagster_event
+    defs = build_defs(settings)
+    sensor = defs.resolve_sensor_def("platform_ops_run_failure_sensor")
+    sensor(dg.build_run_status_sensor_context(sensor_name=sensor.name, dagster_event=failure_event,
+                                              dagster_instance=instance, dagster_run=run,
+                                              resources=defs.resources).for_run_failure())
+    assert staged.messages == [announcement] and "blocked" in announcement["text"]
 
 
 def test_bad_config_fails_before_any_aws_write(world, instance):

@@ -27,7 +27,7 @@ from platform_ops.reaper.defs import report_message as reaper_report_message
 from platform_ops.resources import aws_for, aws_resource_key, dagster_run_url
 from platform_ops.sensors import end_tick
 from platform_ops.settings import EnvironmentSettings, Settings
-from platform_ops.vocabulary import to_epoch_ms
+from platform_ops.vocabulary import ANNOUNCED_TAG, to_epoch_ms
 
 ALERT_JOB = "alert_failed_executions"
 COLUMNS = ["execution", "state_machine", "environment", "result", "detail"]
@@ -357,6 +357,8 @@ def report_run_failure(context: dg.RunFailureSensorContext, settings: Settings, 
     run = context.dagster_run
     if run.tags.get("dagster/will_retry") == "true":
         return
+    if context.instance.get_run_by_id(run.run_id).tags.get(ANNOUNCED_TAG) == "true":
+        return  # the run announced its own outcome (a blocked or failed promotion): once is enough
     error = first_step_error(context.instance, run.run_id) or context.failure_event.message or ""
     message = core.render_run_failure(run.job_name, run.run_id, error, dagster_run_url(settings, run.run_id))
     post_once(slack, Ledger(context.instance), f"run-failure/{run.run_id}", settings.slack.channel, message,

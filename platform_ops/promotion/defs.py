@@ -21,7 +21,7 @@ import json
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -41,6 +41,7 @@ from platform_ops.promotion.lint import lint_package, package_sha
 from platform_ops.redaction import redact_data
 from platform_ops.resources import aws_for, aws_resource_key, dagster_run_url
 from platform_ops.settings import EnvironmentSettings, PromotionSettings, Settings
+from platform_ops.vocabulary import ANNOUNCED_TAG
 
 GROUP = "promotion"
 PROMOTION_TAG = "platform_ops/promotion"
@@ -152,7 +153,7 @@ class Resolved:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _bad_config(exc: Exception | str) -> dg.Failure:
@@ -305,6 +306,8 @@ def finish(run: Run, record: core.AuditRecord, calls: Any) -> dg.Output:
     metadata = record_metadata(data, f"s3://{run.w.p.audit_bucket}/{key}", calls)
     announced, slack_error = announce(run, data, key)
     metadata["announcement"] = announced
+    if slack_error is None:  # said in Slack: the run-failure sensor need not say it again
+        run.context.instance.add_run_tags(run.context.run_id, {ANNOUNCED_TAG: "true"})
     target = core.tail(record.target.get("state_machine_arn", ""))
     run.context.instance.add_dynamic_partitions(PROMOTED.name, [target])
     run.context.log_event(dg.AssetMaterialization(AUDIT_LOG, partition=target, metadata=metadata,
