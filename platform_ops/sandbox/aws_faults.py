@@ -20,6 +20,9 @@ exactly as it would against AWS:
    "code": "AccessDeniedException", "times": 1}
       calls of one operation (whose body or path contains `match`, if given) answer `code`, `times`
       times (default: until reset); a code botocore does not retry fails the caller's step at once
+  {"kind": "quotas", "scale": 1.0}
+      every account gets AWS's per-API token buckets, an empty bucket answers the service's
+      throttling error (quotas.py; counters at GET /_sandbox/quota-counters)
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class AwsFaults:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.failures = OperationFailures()
+        from platform_ops.sandbox.quotas import QuotaLayer  # here: quotas.py builds on this module
+
+        self.quotas = QuotaLayer()
         self.reset()
 
     def reset(self) -> None:
@@ -62,6 +68,7 @@ class AwsFaults:
             self.denied_accounts: set[str] = set()
             self.mangled: dict[str, str] = {}  # execution name -> how
             self.failures.reset()
+            self.quotas.reset()
 
     def arm(self, fault: dict) -> None:
         kind = fault.get("kind")
@@ -86,6 +93,8 @@ class AwsFaults:
                 self.mangled[fault["execution"]] = fault["how"]
             elif kind == "fail-operation":
                 self.failures.arm(fault)
+            elif kind == "quotas":
+                self.quotas.arm(fault)
             else:
                 raise ValueError(f"unknown AWS fault kind {kind!r}")
 
@@ -104,6 +113,9 @@ class AwsFaults:
             match = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
             service = match.group(1) if match else ""
             internal = _INTERNAL in environ.get("HTTP_AUTHORIZATION", "")
+            refused = self.quotas.answer(service, environ, start_response)
+            if refused is not None:
+                return refused
             if service in self.throttled and not internal and self._throttle_now(
                     service, environ.get("HTTP_AMZ_SDK_REQUEST", "")):
                 return _error(start_response, service, *THROTTLE_SHAPES[service])

@@ -12,6 +12,7 @@ world the way real incidents shape it:
   POST /_sandbox/deploy-flow  {"environment", "name", "max_workers"}: another DemoFlow deployment
   POST /_sandbox/start-flow   {"environment", "name", "width", "state_machine"}: a Metaflow run
   POST /_sandbox/aws-faults   AWS misbehaving: throttling, a broken role, a mangled history (aws_faults.py)
+  GET  /_sandbox/quota-counters  what each account's APIs took and were refused under `quotas` (quotas.py)
 """
 
 from __future__ import annotations
@@ -167,6 +168,8 @@ class _ControlApp:
             elif action == "aws-faults":
                 self.sandbox.aws_faults.arm(body)
                 result = {"ok": True}
+            elif action == "quota-counters":
+                result = self.sandbox.aws_faults.quotas.counters()
             elif action == "faults":
                 moto_internals.STATE.add_rule(moto_internals.FaultRule(**body))
                 result = {"ok": True}
