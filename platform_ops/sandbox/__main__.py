@@ -34,6 +34,7 @@ def missing_from_checkout(command: str) -> list[Path]:
 
 
 def _start(args: argparse.Namespace):
+    from platform_ops.sandbox.metaflow_config import announce
     from platform_ops.sandbox.scenario import Driver, load_scenario
     from platform_ops.sandbox.server import Sandbox
     from platform_ops.settings import SETTINGS_ENV_VAR, load_settings
@@ -50,6 +51,7 @@ def _start(args: argparse.Namespace):
     print("[sandbox] point any AWS/Slack client at it with:", flush=True)
     for key, value in env.items():
         print(f"  export {key}={value}", flush=True)
+    announce(settings, sandbox.endpoint, ROOT / ".sandbox" / "metaflow")  # Metaflow profiles + exports
     return sandbox, driver, env
 
 

@@ -130,3 +130,12 @@ def instructions(settings: Settings, endpoint: str, directory: Path) -> list[str
                      + f"; then python flow.py{' --production' if env.name == 'production' else ''} "
                        "step-functions create")
     return lines
+
+
+def announce(settings: Settings, endpoint: str, directory: Path) -> None:
+    """`serve`/`demo`'s part: write the profiles, then print what to paste to deploy a flow."""
+    write_profiles(settings, endpoint, directory)
+    print(f"[sandbox] deploy your own Metaflow flow (profiles in {directory}): paste, then "
+          "`python flow.py step-functions create`", flush=True)
+    for line in instructions(settings, endpoint, directory):
+        print(f"  {line}", flush=True)
