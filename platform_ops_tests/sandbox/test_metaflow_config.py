@@ -60,7 +60,8 @@ def printed(world, tmp_path):
 
 
 def metaflow(tmp_path, env, flow_file, *args):
-    """`python flow.py --no-pylint ARGS` with only that environment, PATH, HOME and USER."""
+    """`python flow.py --no-pylint ARGS` with only that environment, PATH, HOME (an empty one: no
+    ~/.metaflowconfig or ~/.aws of the machine's) and USER (Metaflow refuses an unknown user)."""
     base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "USER": "alice"}
     child = {**base, **{k: v for k, v in env.items() if v is not None}}
     proc = subprocess.run([sys.executable, str(flow_file), "--no-pylint", *args], cwd=tmp_path, env=child,
