@@ -4,6 +4,7 @@ Metaflow's naming, `trigger` starts an execution, and a @schedule'd flow gets it
 (Tasks do not run yet: the sandbox's Batch does not execute Metaflow's task commands.)"""
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -151,3 +152,56 @@ def test_a_scheduled_flow_gets_its_eventbridge_rule(world, printed, tmp_path):
     assert target["Arn"] == state_machines(world, "staging")["HourlyFlow"]
     assert target["RoleArn"] == metaflow_config.metaflow_profile(world.settings, world.sandbox.endpoint)[
         "METAFLOW_EVENTS_SFN_ACCESS_IAM_ROLE"]
+
+
+FOREACH = """
+from metaflow import FlowSpec, step
+
+
+class FanFlow(FlowSpec):
+    @step
+    def start(self):
+        self.items = [1, 2, 3]
+        self.next(self.train, foreach="items")
+
+    @step
+    def train(self):
+        self.next(self.join)
+
+    @step
+    def join(self, inputs):
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    FanFlow()
+"""
+
+
+def test_a_foreach_deploys_with_the_profiles_dynamodb_table(world, printed, tmp_path):
+    """Metaflow refuses a foreach without METAFLOW_SFN_DYNAMO_DB_TABLE; the definition names the
+    profile's table, which the sandbox has."""
+    flow = tmp_path / "fanflow.py"
+    flow.write_text(FOREACH)
+    metaflow(tmp_path, printed["staging"], flow, "step-functions", "create")
+    env = world.settings.environments["staging"]
+    sfn = account_client(world.sandbox.endpoint, "stepfunctions", env.account_id, env.region)
+    definition = sfn.describe_state_machine(stateMachineArn=state_machines(world, "staging")["FanFlow"])["definition"]
+    assert '"Map"' in definition  # the foreach
+    table = metaflow_config.metaflow_profile(world.settings, world.sandbox.endpoint)["METAFLOW_SFN_DYNAMO_DB_TABLE"]
+    assert table in definition
+
+
+@pytest.mark.skipif(not shutil.which("micromamba"), reason=(
+    "@pypi/@conda: `step-functions create` resolves the environment at deploy time with micromamba, "
+    "which Metaflow downloads from micro.mamba.pm into $METAFLOW_HOME/micromamba unless one is on PATH, "
+    "then fetches the packages from PyPI/conda-forge: the sandbox stands in for AWS, not for those "
+    "(measured: without network the download fails, 'bzip2: Compressed file ends unexpectedly')"))
+def test_a_pypi_flow_deploys_when_micromamba_and_pypi_are_reachable(world, printed, tmp_path):
+    flow = write_flow(tmp_path, "PyFlow", '@pypi_base(packages={"six": "1.16.0"})', ", pypi_base")
+    metaflow(tmp_path, printed["staging"], flow, "--environment=pypi", "step-functions", "create")
+    assert "PyFlow" in state_machines(world, "staging")
