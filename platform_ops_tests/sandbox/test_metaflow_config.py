@@ -92,7 +92,9 @@ def executions(world, environment, arn):
 def test_the_profile_names_resources_the_sandbox_has(world):
     for name, env in world.settings.environments.items():
         profile = metaflow_config.metaflow_profile(world.settings, world.sandbox.endpoint, name)
-        client = lambda service: account_client(world.sandbox.endpoint, service, env.account_id, env.region)  # noqa: E731
+        def client(service, env=env):
+            return account_client(world.sandbox.endpoint, service, env.account_id, env.region)
+
         bucket = profile["METAFLOW_DATASTORE_SYSROOT_S3"].removeprefix("s3://").split("/")[0]
         client("s3").head_bucket(Bucket=bucket)
         [queue] = client("batch").describe_job_queues(jobQueues=[profile["METAFLOW_BATCH_JOB_QUEUE"]])["jobQueues"]
