@@ -24,15 +24,12 @@ from pathlib import Path
 
 from platform_ops.sandbox.accounts import SANDBOX_CREDENTIALS
 from platform_ops.sandbox.flows import DYNAMO_TABLE, datastore_bucket
+from platform_ops.sandbox.world import DEPLOYER_ROLE, METAFLOW_ROLES  # the roles world.py creates
 from platform_ops.settings import EnvironmentSettings, Settings
 
 PROFILE = "sandbox"  # METAFLOW_PROFILE of the home (staging) account; others are sandbox_<environment>
 AWS_CONFIG = "aws_config"  # beside the profiles: boto3's profiles for the accounts reached by a role
 SOURCE_PROFILE = "sandbox"  # the AWS profile holding the base keys the role is assumed with
-# Metaflow's roles, created by world.py in every account: its Batch tasks', its state machines', and
-# the one EventBridge uses to start a @schedule'd state machine; and the role a deployer assumes
-METAFLOW_ROLES = {"batch": "mf-batch", "sfn": "mf-sfn", "events": "mf-events"}
-DEPLOYER_ROLE = "metaflow-deployer"
 
 
 def home(settings: Settings) -> EnvironmentSettings:

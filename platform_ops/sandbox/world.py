@@ -14,13 +14,16 @@ from pathlib import Path
 
 from platform_ops.sandbox.accounts import JOB_DEFINITION, account_client
 from platform_ops.sandbox.flows import datastore_bucket, deploy
-from platform_ops.sandbox.metaflow_config import DEPLOYER_ROLE, METAFLOW_ROLES, home
 from platform_ops.settings import EnvironmentSettings, Settings
 
 INSTANCE_TYPES = ["m5.large", "m5.xlarge", "m5.2xlarge"]
 STACK_TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "cloudformation" / "platform-ops-account.yaml"
 STACK_NAME = "platform-ops"
 SANDBOX_PRINCIPAL = "arn:aws:iam::{account}:user/sandbox"  # who the base (staging) credentials are
+# Metaflow's roles in every account (metaflow_config.py names them in Metaflow's profile): its Batch
+# tasks', its state machines', EventBridge's to start a @schedule'd one; and the one a deployer assumes
+METAFLOW_ROLES = {"batch": "mf-batch", "sfn": "mf-sfn", "events": "mf-events"}
+DEPLOYER_ROLE = "metaflow-deployer"
 
 
 def compute_environment_name(env: EnvironmentSettings) -> str:
@@ -61,16 +64,16 @@ def create_environment(endpoint: str, env: EnvironmentSettings) -> None:
 
 
 def create_metaflow_roles(endpoint: str, env: EnvironmentSettings, settings: Settings) -> None:
-    """The roles sandbox/metaflow_config.py names in Metaflow's profile (its tasks', its state
-    machines', EventBridge's for @schedule) and the one a deployer assumes to reach this account
-    from the base keys: `step-functions create` passes ARNs of roles that exist, as on AWS."""
+    """METAFLOW_ROLES, and DEPLOYER_ROLE, which the base keys assume to reach this account:
+    `step-functions create` passes ARNs of roles that exist, as on AWS."""
+    home = next(e for e in settings.environments.values() if not e.role_arn)
     iam = account_client(endpoint, "iam", env.account_id, env.region)
     services = {"batch": "ecs-tasks.amazonaws.com", "sfn": "states.amazonaws.com", "events": "events.amazonaws.com"}
     for key, role in METAFLOW_ROLES.items():
         iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow", "Principal": {"Service": services[key]}, "Action": "sts:AssumeRole"}]}))
     iam.create_role(RoleName=DEPLOYER_ROLE, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Principal": {"AWS": SANDBOX_PRINCIPAL.format(account=home(settings).account_id)},
+        {"Effect": "Allow", "Principal": {"AWS": SANDBOX_PRINCIPAL.format(account=home.account_id)},
          "Action": "sts:AssumeRole"}]}))
 
 
