@@ -15,6 +15,10 @@ account, which the sandbox sets to the home (staging) account. So staging is the
 (`sandbox`), and another account is boto3 assuming a role there from an AWS config profile
 (`role_arn` + `source_profile`), as production is reached in real life. boto3 takes keys in the
 environment before any profile, so targeting that account means unsetting AWS_ACCESS_KEY_ID.
+(moto 5.2.5: core/responses.py get_current_account, sts/models.py _create_access_key; boto3 1.44
+sends the AssumeRole to AWS_ENDPOINT_URL like every other call: measured by test_metaflow_config.)
+A sandbox reset forgets the temporary keys: a process that outlives one must assume the role again;
+each `python flow.py ...` does.
 """
 
 from __future__ import annotations
