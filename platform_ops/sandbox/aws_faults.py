@@ -51,12 +51,11 @@ _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 
 
 class AwsFaults:
-    def __init__(self) -> None:
+    def __init__(self, quotas: Any) -> None:
+        """`quotas`: the QuotaLayer (quotas.py builds on this module, so the server hands it in)."""
         self._lock = threading.Lock()
         self.failures = OperationFailures()
-        from platform_ops.sandbox.quotas import QuotaLayer  # here: quotas.py builds on this module
-
-        self.quotas = QuotaLayer()
+        self.quotas = quotas
         self.reset()
 
     def reset(self) -> None:

@@ -9,6 +9,9 @@ world the way real incidents shape it:
   POST /_sandbox/jobs         {"environment", "queue", "count", "vcpus", "created_minutes_ago", ...}: bulk submit
   POST /_sandbox/job-status   {"environment", "job_id", "status"}: let the scheduler place a job (STARTING)
   POST /_sandbox/time-up      {"job_ids": [...]} (or {} for all): jobs running out an after_seconds end now
+  POST /_sandbox/execution-times {"environment", "name" | "execution_arn", "started_minutes_ago", "ran_minutes"}:
+                               an execution that started (and ran) that long ago; jobs take started_minutes_ago
+                               and ran_minutes too
   POST /_sandbox/deploy-flow  {"environment", "name", "max_workers"}: another DemoFlow deployment
   POST /_sandbox/start-flow   {"environment", "name", "width", "state_machine"}: a Metaflow run
   POST /_sandbox/aws-faults   AWS misbehaving: throttling, a broken role, a mangled history (aws_faults.py)
@@ -30,6 +33,7 @@ from werkzeug.wrappers import Request, Response
 from platform_ops.sandbox import flows, moto_internals
 from platform_ops.sandbox.accounts import JOB_DEFINITION, SANDBOX_CREDENTIALS
 from platform_ops.sandbox.aws_faults import AwsFaults
+from platform_ops.sandbox.quotas import QuotaLayer
 from platform_ops.sandbox.slack_sink import SlackSink
 from platform_ops.sandbox.world import create_world
 from platform_ops.settings import Settings
@@ -49,7 +53,7 @@ class Sandbox:
         self.host = host
         self.aws_port = aws_port or free_port()
         self.sink = SlackSink(host, slack_port)
-        self.aws_faults = AwsFaults()
+        self.aws_faults = AwsFaults(QuotaLayer())
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -133,7 +137,18 @@ class Sandbox:
             ids.append(job_id)
         if body.get("created_minutes_ago"):
             moto_internals.backdate_jobs(account, region, ids, float(body["created_minutes_ago"]))
+        if body.get("started_minutes_ago") is not None:
+            moto_internals.set_job_times(account, region, ids, float(body["started_minutes_ago"]),
+                                         None if body.get("ran_minutes") is None else float(body["ran_minutes"]))
         return ids
+
+    def set_execution_times(self, body: dict) -> None:
+        """`name` (of the environment's DemoFlow execution) or `execution_arn`; see moto_internals."""
+        account, region = self.account_of(body.get("environment"))
+        arn = body.get("execution_arn") or (f"arn:aws:states:{region}:{account}:execution:"
+                                            f"{flows.DEPLOYMENTS[body['environment']].name}:{body['name']}")
+        moto_internals.set_execution_times(account, region, arn, float(body["started_minutes_ago"]),
+                                           None if body.get("ran_minutes") is None else float(body["ran_minutes"]))
 
 
 def _quiet_known_moto_thread_errors() -> None:
@@ -179,6 +194,9 @@ class _ControlApp:
                 account, region = self.sandbox.account_of(body.get("environment"))
                 moto_internals.set_job_status(account, region, body["job_id"], body["status"],
                                               body.get("attempt_stopped_minutes_ago"))
+                result = {"ok": True}
+            elif action == "execution-times":
+                self.sandbox.set_execution_times(body)
                 result = {"ok": True}
             elif action == "time-up":
                 result = {"ended": moto_internals.time_up(body.get("job_ids"))}
