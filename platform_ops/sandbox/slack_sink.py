@@ -460,7 +460,7 @@ def _angle(inner: str) -> str:
     if target.startswith("!"):
         return f'<span class="mention">@{_plain(label or target[1:].split("^")[0])}</span>'
     if SAFE_URL.match(target):
-        return f'<a href="{_href(target)}">{_plain(label or target)}</a>'
+        return f'<a href="{_href(target)}">{_inline(_plain(label or target))}</a>'
     return _plain(f"<{inner}>")
 
 
@@ -477,14 +477,25 @@ def _mrkdwn(text: str) -> str:
     text = re.sub(r"<([^<>\n]*)>", lambda m: hold(_angle(m[1])), text.replace(HOLD, ""))
     out = _plain(text)
     out = re.sub(r"```\n?(.+?)```", lambda m: hold(f"<pre>{m[1]}</pre>"), out, flags=re.S)
-    out = re.sub(r"`([^`\n]+)`", lambda m: hold(f"<code>{m[1]}</code>"), out)
-    out = re.sub(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])", r"<b>\1</b>", out)
-    out = re.sub(r"(?<![\w/])_([^_\n]+)_(?!\w)", r"<i>\1</i>", out)
-    out = re.sub(r"(?<![\w~])~([^~\n]+)~(?![\w~])", r"<s>\1</s>", out)
-    out = out.replace("\n", "<br>")
+    out = _inline(out).replace("\n", "<br>")
     while HOLD in out:  # held pieces may hold others (a link inside code)
         out = re.sub(f"{HOLD}(\\d+){HOLD}", lambda m: held[int(m[1])], out)
     return out
+
+
+def _inline(out: str) -> str:
+    """Code, bold, italic and strike on already escaped text (a link's label too, as Slack shows it)."""
+    codes: list[str] = []
+
+    def code(m: re.Match) -> str:
+        codes.append(f"<code>{m[1]}</code>")
+        return f"\x01{len(codes) - 1}\x01"
+
+    out = re.sub(r"`([^`\n]+)`", code, out.replace("\x01", ""))
+    out = re.sub(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])", r"<b>\1</b>", out)
+    out = re.sub(r"(?<![\w/])_([^_\n]+)_(?!\w)", r"<i>\1</i>", out)
+    out = re.sub(r"(?<![\w~])~([^~\n]+)~(?![\w~])", r"<s>\1</s>", out)
+    return re.sub("\x01(\\d+)\x01", lambda m: codes[int(m[1])], out)
 
 
 def _text_object(obj: dict | None) -> str:

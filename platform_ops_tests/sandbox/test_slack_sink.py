@@ -264,6 +264,7 @@ def test_block_kit_renders_header_fields_context_and_buttons_as_links():
                    {"type": "header", "text": {"type": "plain_text", "text": ":rotating_light: DemoFlow failed"}},
                    {"type": "section", "fields": [{"type": "mrkdwn", "text": "*Owner*\n<@U0ALICE>"},
                                                   {"type": "mrkdwn", "text": "*Run*\n<https://m.example/r|sfn-1>"}]},
+                   {"type": "section", "text": {"type": "mrkdwn", "text": "• <https://c.example/j|`job-1`> `ab12`"}},
                    {"type": "context", "elements": [{"type": "mrkdwn", "text": "_production_"}]},
                    {"type": "actions", "elements": [{"type": "button", "text": {"type": "plain_text", "text": "Logs"},
                                                      "url": "https://logs.example/x?a=1&b=2"}]}]}
@@ -271,5 +272,6 @@ def test_block_kit_renders_header_fields_context_and_buttons_as_links():
     assert "<h3>🚨 DemoFlow failed</h3>" in page
     assert "<div class='field'><b>Owner</b><br><span class=\"mention\">@U0ALICE</span></div>" in page
     assert '<a href="https://m.example/r">sfn-1</a>' in page and "<i>production</i>" in page
+    assert '• <a href="https://c.example/j"><code>job-1</code></a> <code>ab12</code>' in page  # code in a link label
     assert "<a class='button' href='https://logs.example/x?a=1&amp;b=2'>Logs</a>" in page
     assert "#alerts" in page and "fallback" not in page  # the blocks are what Slack shows
