@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "platform_ops"
-CAPABILITIES = ("alerts", "reaper", "metrics", "promotion", "events")
+CAPABILITIES = ("alerts", "reaper", "metrics", "promotion", "events", "runtime")
 FORBIDDEN_IN_CORE = ("boto3", "botocore", "dagster")
 
 

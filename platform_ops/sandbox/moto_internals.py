@@ -264,8 +264,6 @@ def _finish(self: Any, include_start_attempt: bool, job: Any) -> None:
             job.job_started_at = datetime.now()
             job.log_stream_name = job._stream_name
         job_state_change(job)
-        if outcome.status == RUNNABLE and outcome.status_reason:  # the scheduler cannot place it
-            job_queue_blocked(job)
         return
     job.job_started_at = datetime.now()
     job.log_stream_name = job._stream_name
@@ -770,19 +768,6 @@ def job_state_change(job: Any, at: datetime | None = None) -> None:
     }, [job.arn], at)
 
 
-def job_queue_blocked(job: Any, at: datetime | None = None) -> None:
-    """Gap 8, Batch: "Batch Job Queue Blocked" when a RUNNABLE job blocks its queue, with the
-    reason the scheduler infers. Its detail "resembles the JobDetail object" of DescribeJobs (AWS
-    Batch User Guide, "Job queue blocked events"); these are the fields of that example the
-    product reads, the reason being the job's statusReason."""
-    _, _, _, region, account, _ = job.arn.split(":", 5)
-    put_service_event(account, region, "aws.batch", "Batch Job Queue Blocked", {
-        "jobArn": job.arn, "jobName": job.job_name, "jobId": job.job_id, "jobQueue": job.job_queue.arn,
-        "status": job.status, "statusReason": job.job_stopped_reason or "",
-        "createdAt": _ms(job.job_created_at),
-    }, [job.arn, job.job_queue.arn], at)
-
-
 def _job_events(original: Callable[..., None]) -> Callable[..., None]:
     """Gap 8, Batch: a state change event when a job stops (SUCCEEDED or FAILED, cancels too)."""
 
@@ -875,6 +860,42 @@ def backdate_jobs(account: str, region: str, job_ids: list[str], minutes: float)
             if job.status == RUNNABLE:  # as if it had been submitted then: RUNNABLE since then
                 job_state_change(job, job.job_created_at)
     return moved
+
+
+def set_job_times(account: str, region: str, job_ids: list[str], started_minutes_ago: float,
+                  ran_minutes: float | None = None) -> int:
+    """Move jobs' startedAt back, as if they had been placed then, and a finished job's stoppedAt
+    to `ran_minutes` after it (createdAt stays before the start): a test or scenario shapes how
+    long a job ran, or has been running, instead of waiting for it. Returns how many it moved."""
+    jobs = batch_backend(account, region).backend._jobs
+    started = datetime.now() - timedelta(minutes=started_minutes_ago)
+    moved = 0
+    for job_id in job_ids:
+        job = jobs.get(job_id)
+        if job is None:
+            continue
+        job.job_started_at = started
+        job.job_created_at = min(job.job_created_at, started - timedelta(minutes=1))
+        if job.job_stopped and ran_minutes is not None:
+            job.job_stopped_at = started + timedelta(minutes=ran_minutes)
+        for attempt in job.attempts[-1:]:  # the attempt that ran agrees with the job
+            attempt["startedAt"] = int(started.timestamp() * 1000)
+            if "stoppedAt" in attempt and ran_minutes is not None:
+                attempt["stoppedAt"] = int(job.job_stopped_at.timestamp() * 1000)
+        moved += 1
+    return moved
+
+
+def set_execution_times(account: str, region: str, execution_arn: str, started_minutes_ago: float,
+                        ran_minutes: float | None = None) -> None:
+    """Move an execution's startDate back, and a stopped one's stopDate to `ran_minutes` after it
+    (ListExecutions and DescribeExecution report both): a run that took or has taken that long."""
+    from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+    execution = stepfunctions_parser_backends[account][region].describe_execution(execution_arn)
+    execution.start_date = datetime.now(UTC) - timedelta(minutes=started_minutes_ago)
+    if ran_minutes is not None and execution.stop_date is not None:
+        execution.stop_date = execution.start_date + timedelta(minutes=ran_minutes)
 
 
 def set_job_status(account: str, region: str, job_id: str, status: str,

@@ -84,6 +84,8 @@ class Jobs(_Part):
     vcpus: Annotated[int, Strict(), Field(ge=1)] | None = None
     memory: Annotated[int, Strict(), Field(ge=1)] | None = None
     created_minutes_ago: Number | None = None
+    started_minutes_ago: Number | None = None  # placed that long ago (a long run, or a run's history)
+    ran_minutes: Number | None = None  # and, once finished, ran this long
     tags: dict[Text, Text] | None = None
     parameters: dict[Text, Text] | None = None
     job_definition: Text | None = None

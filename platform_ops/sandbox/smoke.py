@@ -115,6 +115,8 @@ def main(scenario_name: str = "smoke", postgres_url: str | None = None, faults: 
             totals["promotions"] = int(promoted)
             totals = {k: getattr(v, "value", v) or 0 for k, v in totals.items()}
         messages = sandbox.sink.state.messages
+        totals["long_runs"] = sum(1 for m in messages  # long_runs_sensor's warnings, by their metadata
+                                  if (m.get("metadata") or {}).get("event_payload", {}).get("kind") == "long_run")
         line = {**totals, "slack_messages": len(messages), **incident_figures(messages), **summary}
         ok = summary["runs_failed"] == 0 and summary["sensor_ticks_failed"] == 0
         if faults:
