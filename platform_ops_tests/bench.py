@@ -307,31 +307,6 @@ def bench_alerts(settings_path: Path) -> None:
              thread_replies=sum(v for k, v in threads.items() if k is not None),
              max_messages_in_any_second=burst, target_max_per_second=1, seconds=timing["seconds"],
              calls=calls, baseline={"variant": "one message per execution, unpaced", "slack_messages": 20})
-        # (c) a streak: one flow failing 10 runs in a row, each alerted on its own tick
-        sandbox.control("reset", {})
-        _sink(sandbox, "/_sink/reset", {})
-        forget_sessions()
-        slack = WebClient(token=sandbox.env["SLACK_BOT_TOKEN"], base_url=sandbox.env["SLACK_API_URL"])
-        baseline_posts = 0
-        with tempfile.TemporaryDirectory() as home, dg.instance_for_test(temp_dir=home) as instance:
-            for i in range(10):
-                name = f"streak-{i:02}"
-                sandbox.control("faults", {"fault": "oom", "account": prod.account_id, "run_id": name, "step": "train"})
-                sandbox.control("start-flow", {"environment": "production", "name": name, "width": 2})
-                _wait_done(sfn, [f"{machine}:{name}"])
-                _alert_pass(settings, instance)
-            ours = _sink(sandbox, "/_sink/messages")["messages"]
-            _sink(sandbox, "/_sink/reset", {})
-            for i in range(10):  # the behaviour before streaks: a top-level message per failed execution
-                slack.chat_postMessage(channel="#ml-platform-alerts", text=f"DemoFlow failed (sfn-streak-{i:02})")
-                baseline_posts += 1
-        threads = Counter(m["thread_ts"] for m in ours)
-        emit(bench="alerts_streak", failed_runs_in_a_row=10, slack_messages=len(ours),
-             top_level_messages=threads[None], thread_replies=len(ours) - threads[None],
-             channel_pings=threads[None] + sum(1 for m in ours if m.get("reply_broadcast")),
-             message_updates=sum(len(m.get("edits", [])) for m in ours),
-             baseline={"variant": "a top-level message per failed execution (before streaks)",
-                       "slack_messages": baseline_posts, "top_level_messages": baseline_posts})
     finally:
         sandbox.stop()
 
@@ -525,7 +500,7 @@ def main() -> None:
         bench_alerts(settings)
         bench_promotion(settings)
         bench_sensor_calls(settings)
-        bench_schedule_check(settings)
+        bench_long_runs(settings)
         bench_alert_latency(Path(tmp))
     bench_metrics()
     bench_lint_isolation()
@@ -594,71 +569,67 @@ def bench_sensor_calls(settings_path: Path, machines: int = 200) -> None:
         sandbox.stop()
 
 
-def bench_schedule_check(settings_path: Path, machines: int = 200) -> None:
-    """missed_schedules_sensor at `machines` state machines, each with a Metaflow schedule rule
-    (hourly, enabled, no start due yet): AWS calls and time of the first check (no cursor: every
-    rule's targets and every last start read) and of a steady one (cursor kept), beside a naive
-    check that asks ListRuleNamesByTarget and ListExecutions for every state machine each time."""
-    import dataclasses
-
+def bench_long_runs(settings_path: Path, queues: int = 50, machines: int = 200, per_queue: int = 40) -> None:
+    """long_runs_sensor at `queues` queues and `machines` state machines (one environment): AWS
+    calls and time of a steady tick (p95s kept in the instance) and of a tick that lists the
+    history again (once per runtime.history_refresh_minutes), beside a naive sensor that lists the
+    full history every tick (the same tick with the stored history dropped before it)."""
     import dagster as dg
 
     from platform_ops.adapters.aws import forget_sessions
-    from platform_ops.resources import build_resources
+    from platform_ops.adapters.ledger import Ledger
+    from platform_ops.code_location import build_defs
+    from platform_ops.runtime.defs import LEDGER_NAMESPACE, SENSOR
     from platform_ops.sandbox.world import account_client
-    from platform_ops.schedules.defs import schedules_tick
-    from platform_ops.settings import ScheduleSettings, load_settings
+    from platform_ops.settings import load_settings
 
-    sandboxed = load_settings(settings_path)
-    prod = sandboxed.environments["production"]
-    settings = dataclasses.replace(sandboxed, environments={"production": prod}, promotion=None,
-                                   schedules=ScheduleSettings())  # every 5 minutes, 30 minutes' grace
-    sandbox = SandboxProcess(settings_path)
+    data = yaml.safe_load(settings_path.read_text())
+    names = [f"ml-long-{i}" for i in range(queues)]
+    # one environment, the home account (the sandbox builds its stack there)
+    data["environments"] = {"staging": {**data["environments"]["staging"], "job_queues": names}}
+    data.pop("promotion", None)
+    data.pop("runtime", None)  # the defaults: every 10 minutes, the history listed hourly
+    path = settings_path.with_name("bench-long-runs.yaml")
+    path.write_text(yaml.safe_dump(data))
+    settings = load_settings(path)
+    env = settings.environments["staging"]
+    sandbox = SandboxProcess(path)
     try:
         os.environ.update(sandbox.env)
         sandbox.control("reset", {})
         forget_sessions()
-        endpoint = sandbox.env["AWS_ENDPOINT_URL"]
-        sfn = account_client(endpoint, "stepfunctions", prod.account_id, prod.region)
-        events = account_client(endpoint, "events", prod.account_id, prod.region)
+        sfn = account_client(sandbox.env["AWS_ENDPOINT_URL"], "stepfunctions", env.account_id, env.region)
         definition = json.dumps({"StartAt": "A", "States": {"A": {"Type": "Pass", "End": True}}})
-        arns = [m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]]
-        for i in range(machines - len(arns)):
-            arns.append(sfn.create_state_machine(name=f"mlplatform.prod.Flow{i}Flow", definition=definition,
-                                                 roleArn=f"arn:aws:iam::{prod.account_id}:role/mf-sfn")["stateMachineArn"])
-        for arn in arns:  # what Metaflow's @schedule makes on `step-functions create`
-            name = arn.rsplit(":", 1)[-1]
-            events.put_rule(Name=name, ScheduleExpression="cron(0 * * * ? *)", State="ENABLED")
-            events.put_targets(Rule=name, Targets=[{"Id": name, "Arn": arn}])
-        resources = build_resources(settings)
+        for i in range(machines - 1):  # + DemoFlow, already deployed
+            sfn.create_state_machine(name=f"mlplatform.test.b.Flow{i}Flow", definition=definition,
+                                     roleArn=f"arn:aws:iam::{env.account_id}:role/mf-sfn")
+        for queue in names:  # 40 usual runs of 20 minutes, one task running 2h10m
+            common = {"environment": "staging", "queue": queue, "name": "SFN-BenchFlow--train--"}
+            sandbox.control("jobs", {**common, "count": per_queue, "started_minutes_ago": 300, "ran_minutes": 20})
+            sandbox.control("faults", {"fault": "running", "queue": queue, "name_prefix": "SFN-BenchFlow--train--long",
+                                       "remaining": 1})
+            sandbox.control("jobs", {**common, "name": "SFN-BenchFlow--train--long", "started_minutes_ago": 130})
+        defs = build_defs(settings)
         with tempfile.TemporaryDirectory() as home, dg.instance_for_test(temp_dir=home) as instance:
-            def check(cursor=None):
-                with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as ctx:
-                    return schedules_tick(ctx, settings).cursor
+            def tick(cursor=None):
+                with dg.build_sensor_context(instance=instance, resources=defs.resources, cursor=cursor) as ctx:
+                    return defs.resolve_sensor_def(SENSOR).evaluate_tick(ctx).cursor
 
-            cursor, first_seconds, first_calls = timed(check)
-            _, steady_seconds, steady_calls = timed(lambda: check(cursor))
-            product = resources[f"aws_{prod.name}"]
-            naive_sfn, naive_events = product.client("stepfunctions"), product.client("events")
-
-            def naive():
-                for machine in naive_sfn.list_state_machines(maxResults=1000)["stateMachines"]:
-                    naive_events.list_rule_names_by_target(TargetArn=machine["stateMachineArn"])
-                    naive_sfn.list_executions(stateMachineArn=machine["stateMachineArn"], maxResults=1)
-
-            _, naive_seconds, naive_calls = timed(naive)
-        first_calls.pop("STS.AssumeRole", None)  # the role, once per session
-        checks = 60 // settings.schedules.interval_minutes
-        # an hourly schedule comes due once an hour: that check asks ListExecutions of each
-        per_hour = sum(steady_calls.values()) * checks + machines
-        emit(bench="schedule_check", scheduled_state_machines=machines,
-             interval_minutes=settings.schedules.interval_minutes,
-             first_check={"calls": first_calls, "seconds": round(first_seconds, 2)},
-             steady_check={"calls": steady_calls, "seconds": round(steady_seconds, 2)},
-             calls_per_hour_hourly_schedules=per_hour, checks_per_hour=checks,
-             baseline={"variant": "naive: ListRuleNamesByTarget + ListExecutions per state machine, every check",
-                       "calls_per_check": naive_calls, "seconds": round(naive_seconds, 2),
-                       "calls_per_hour": sum(naive_calls.values()) * checks})
+            cursor, first_seconds, first_calls = timed(tick)  # history listed, 50 warnings
+            _, steady_seconds, steady_calls = timed(lambda: tick(cursor))
+            Ledger(instance, namespace=LEDGER_NAMESPACE).put(f"history/{env.name}")  # dropped: due again
+            _, naive_seconds, naive_calls = timed(lambda: tick(cursor))
+        warned = len(json.loads(cursor)["warned"]["staging"])
+        r = settings.runtime
+        ticks, refreshes = 60 // r.interval_minutes, max(1, 60 // r.history_refresh_minutes)
+        per_hour = sum(steady_calls.values()) * (ticks - refreshes) + sum(naive_calls.values()) * refreshes
+        emit(bench="long_runs", queues=queues, state_machines=machines, finished_jobs=queues * per_queue,
+             warned=warned, first_tick={"calls": first_calls, "seconds": round(first_seconds, 2)},
+             steady_tick={"calls": steady_calls, "seconds": round(steady_seconds, 2)},
+             refresh_tick={"calls": sum(naive_calls.values()), "seconds": round(naive_seconds, 2)},
+             calls_per_hour=per_hour, ticks_per_hour=ticks,
+             baseline={"variant": "naive: the full history listed every tick", "calls_per_tick": naive_calls,
+                       "seconds": round(naive_seconds, 2), "calls_per_hour": sum(naive_calls.values()) * ticks})
     finally:
         sandbox.stop()
 
