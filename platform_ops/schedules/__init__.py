@@ -1,1 +1,1 @@
-"""Missed schedules (issue 14, item 3): state machines an EventBridge rule should have started."""
+"""Missed schedules: state machines an EventBridge rule should have started, and did not."""
