@@ -307,6 +307,31 @@ def bench_alerts(settings_path: Path) -> None:
              thread_replies=sum(v for k, v in threads.items() if k is not None),
              max_messages_in_any_second=burst, target_max_per_second=1, seconds=timing["seconds"],
              calls=calls, baseline={"variant": "one message per execution, unpaced", "slack_messages": 20})
+        # (c) a streak: one flow failing 10 runs in a row, each alerted on its own tick
+        sandbox.control("reset", {})
+        _sink(sandbox, "/_sink/reset", {})
+        forget_sessions()
+        slack = WebClient(token=sandbox.env["SLACK_BOT_TOKEN"], base_url=sandbox.env["SLACK_API_URL"])
+        baseline_posts = 0
+        with tempfile.TemporaryDirectory() as home, dg.instance_for_test(temp_dir=home) as instance:
+            for i in range(10):
+                name = f"streak-{i:02}"
+                sandbox.control("faults", {"fault": "oom", "account": prod.account_id, "run_id": name, "step": "train"})
+                sandbox.control("start-flow", {"environment": "production", "name": name, "width": 2})
+                _wait_done(sfn, [f"{machine}:{name}"])
+                _alert_pass(settings, instance)
+            ours = _sink(sandbox, "/_sink/messages")["messages"]
+            _sink(sandbox, "/_sink/reset", {})
+            for i in range(10):  # the behaviour before streaks: a top-level message per failed execution
+                slack.chat_postMessage(channel="#ml-platform-alerts", text=f"DemoFlow failed (sfn-streak-{i:02})")
+                baseline_posts += 1
+        threads = Counter(m["thread_ts"] for m in ours)
+        emit(bench="alerts_streak", failed_runs_in_a_row=10, slack_messages=len(ours),
+             top_level_messages=threads[None], thread_replies=len(ours) - threads[None],
+             channel_pings=threads[None] + sum(1 for m in ours if m.get("reply_broadcast")),
+             message_updates=sum(len(m.get("edits", [])) for m in ours),
+             baseline={"variant": "a top-level message per failed execution (before streaks)",
+                       "slack_messages": baseline_posts, "top_level_messages": baseline_posts})
     finally:
         sandbox.stop()
 
@@ -501,6 +526,7 @@ def main() -> None:
         bench_promotion(settings)
         bench_sensor_calls(settings)
         bench_long_runs(settings)
+        bench_schedule_check(settings)
         bench_alert_latency(Path(tmp))
     bench_metrics()
     bench_lint_isolation()
@@ -630,6 +656,75 @@ def bench_long_runs(settings_path: Path, queues: int = 50, machines: int = 200, 
              calls_per_hour=per_hour, ticks_per_hour=ticks,
              baseline={"variant": "naive: the full history listed every tick", "calls_per_tick": naive_calls,
                        "seconds": round(naive_seconds, 2), "calls_per_hour": sum(naive_calls.values()) * ticks})
+    finally:
+        sandbox.stop()
+
+
+def bench_schedule_check(settings_path: Path, machines: int = 200) -> None:
+    """missed_schedules_sensor at `machines` state machines, each with a Metaflow schedule rule
+    (hourly, enabled, no start due yet): AWS calls and time of the first check (no cursor: every
+    rule's targets and every last start read) and of a steady one (cursor kept), beside a naive
+    check that asks ListRuleNamesByTarget and ListExecutions for every state machine each time."""
+    import dataclasses
+
+    import dagster as dg
+
+    from platform_ops.adapters.aws import forget_sessions
+    from platform_ops.resources import build_resources
+    from platform_ops.sandbox.world import account_client
+    from platform_ops.schedules.defs import schedules_tick
+    from platform_ops.settings import ScheduleSettings, load_settings
+
+    sandboxed = load_settings(settings_path)
+    prod = sandboxed.environments["production"]
+    settings = dataclasses.replace(sandboxed, environments={"production": prod}, promotion=None,
+                                   schedules=ScheduleSettings())  # every 5 minutes, 30 minutes' grace
+    sandbox = SandboxProcess(settings_path)
+    try:
+        os.environ.update(sandbox.env)
+        sandbox.control("reset", {})
+        forget_sessions()
+        endpoint = sandbox.env["AWS_ENDPOINT_URL"]
+        sfn = account_client(endpoint, "stepfunctions", prod.account_id, prod.region)
+        events = account_client(endpoint, "events", prod.account_id, prod.region)
+        definition = json.dumps({"StartAt": "A", "States": {"A": {"Type": "Pass", "End": True}}})
+        arns = [m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]]
+        for i in range(machines - len(arns)):
+            arns.append(sfn.create_state_machine(name=f"mlplatform.prod.Flow{i}Flow", definition=definition,
+                                                 roleArn=f"arn:aws:iam::{prod.account_id}:role/mf-sfn")["stateMachineArn"])
+        for arn in arns:  # what Metaflow's @schedule makes on `step-functions create`
+            name = arn.rsplit(":", 1)[-1]
+            events.put_rule(Name=name, ScheduleExpression="cron(0 * * * ? *)", State="ENABLED")
+            events.put_targets(Rule=name, Targets=[{"Id": name, "Arn": arn}])
+        resources = build_resources(settings)
+        with tempfile.TemporaryDirectory() as home, dg.instance_for_test(temp_dir=home) as instance:
+            def check(cursor=None):
+                with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as ctx:
+                    return schedules_tick(ctx, settings).cursor
+
+            cursor, first_seconds, first_calls = timed(check)
+            _, steady_seconds, steady_calls = timed(lambda: check(cursor))
+            product = resources[f"aws_{prod.name}"]
+            naive_sfn, naive_events = product.client("stepfunctions"), product.client("events")
+
+            def naive():
+                for machine in naive_sfn.list_state_machines(maxResults=1000)["stateMachines"]:
+                    naive_events.list_rule_names_by_target(TargetArn=machine["stateMachineArn"])
+                    naive_sfn.list_executions(stateMachineArn=machine["stateMachineArn"], maxResults=1)
+
+            _, naive_seconds, naive_calls = timed(naive)
+        first_calls.pop("STS.AssumeRole", None)  # the role, once per session
+        checks = 60 // settings.schedules.interval_minutes
+        # an hourly schedule comes due once an hour: that check asks ListExecutions of each
+        per_hour = sum(steady_calls.values()) * checks + machines
+        emit(bench="schedule_check", scheduled_state_machines=machines,
+             interval_minutes=settings.schedules.interval_minutes,
+             first_check={"calls": first_calls, "seconds": round(first_seconds, 2)},
+             steady_check={"calls": steady_calls, "seconds": round(steady_seconds, 2)},
+             calls_per_hour_hourly_schedules=per_hour, checks_per_hour=checks,
+             baseline={"variant": "naive: ListRuleNamesByTarget + ListExecutions per state machine, every check",
+                       "calls_per_check": naive_calls, "seconds": round(naive_seconds, 2),
+                       "calls_per_hour": sum(naive_calls.values()) * checks})
     finally:
         sandbox.stop()
 

@@ -264,6 +264,8 @@ def _finish(self: Any, include_start_attempt: bool, job: Any) -> None:
             job.job_started_at = datetime.now()
             job.log_stream_name = job._stream_name
         job_state_change(job)
+        if outcome.status == RUNNABLE and outcome.status_reason:  # the scheduler cannot place it
+            job_queue_blocked(job)
         return
     job.job_started_at = datetime.now()
     job.log_stream_name = job._stream_name
@@ -766,6 +768,19 @@ def job_state_change(job: Any, at: datetime | None = None) -> None:
         "status": job.status, "statusReason": job.job_stopped_reason or "",
         "createdAt": _ms(job.job_created_at),
     }, [job.arn], at)
+
+
+def job_queue_blocked(job: Any, at: datetime | None = None) -> None:
+    """Gap 8, Batch: "Batch Job Queue Blocked" when a RUNNABLE job blocks its queue, with the
+    reason the scheduler infers. Its detail "resembles the JobDetail object" of DescribeJobs (AWS
+    Batch User Guide, "Job queue blocked events"); these are the fields of that example the
+    product reads, the reason being the job's statusReason."""
+    _, _, _, region, account, _ = job.arn.split(":", 5)
+    put_service_event(account, region, "aws.batch", "Batch Job Queue Blocked", {
+        "jobArn": job.arn, "jobName": job.job_name, "jobId": job.job_id, "jobQueue": job.job_queue.arn,
+        "status": job.status, "statusReason": job.job_stopped_reason or "",
+        "createdAt": _ms(job.job_created_at),
+    }, [job.arn, job.job_queue.arn], at)
 
 
 def _job_events(original: Callable[..., None]) -> Callable[..., None]:

@@ -33,6 +33,7 @@ from werkzeug.wrappers import Request, Response
 from platform_ops.sandbox import flows, moto_internals
 from platform_ops.sandbox.accounts import JOB_DEFINITION, SANDBOX_CREDENTIALS
 from platform_ops.sandbox.aws_faults import AwsFaults
+from platform_ops.sandbox.quotas import QuotaLayer
 from platform_ops.sandbox.slack_sink import SlackSink
 from platform_ops.sandbox.world import create_world
 from platform_ops.settings import Settings
@@ -52,7 +53,7 @@ class Sandbox:
         self.host = host
         self.aws_port = aws_port or free_port()
         self.sink = SlackSink(host, slack_port)
-        self.aws_faults = AwsFaults()
+        self.aws_faults = AwsFaults(QuotaLayer())
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
