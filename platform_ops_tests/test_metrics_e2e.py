@@ -194,20 +194,17 @@ def test_the_capacity_step_runs_without_an_asset_and_counts_instances_gone_since
 
 
 def test_a_queue_blocked_event_reaches_the_queue_summary(world, settings):
-    """Where events flow, the reaper's watch keeps Batch's "Batch Job Queue Blocked" word, and the
-    summary shows it, with its source, ahead of what the listed job's statusReason says."""
+    """Where events flow, the reaper's watch keeps Batch's "Batch Job Queue Blocked" word (the
+    sandbox's Batch publishes it for a job no instance type fits), and the summary shows it from
+    there, ahead of the listed job's statusReason."""
     from platform_ops.reaper import defs as reaper_defs
 
     envs = dict(settings.environments)
     envs["production"] = dataclasses.replace(envs["production"], events_queue="platform-ops-events")
     settings = dataclasses.replace(settings, environments=envs)
-    [job_id] = world.stuck("production", count=1, minutes=5)  # stays RUNNABLE: the block lasts
-    job = world.describe("production", [job_id])[job_id]
-    reason = "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - Service cannot fulfill the capacity requested"
-    world.resources()["aws_production"].client("events").put_events(Entries=[{
-        "Source": "aws.batch", "DetailType": "Batch Job Queue Blocked", "Resources": [job["jobArn"]],
-        "Detail": json.dumps({"jobId": job_id, "jobName": job["jobName"], "jobQueue": job["jobQueue"],
-                              "status": "RUNNABLE", "statusReason": reason, "createdAt": job["createdAt"]})}])
+    world.stuck("production", count=1, minutes=5)  # the sandbox's Batch says it blocks the queue
+    reason = ("MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job resource requirement (vCPU/memory/GPU) is "
+              "higher than that can be met by the CE(s) attached to the job queue.")
     defs = build_defs(settings)
     assets = [a for a in metrics_defs(settings).assets if a.key.path[0] in ("batch_jobs", "batch_queue_summary")]
     with dg.instance_for_test() as instance:
