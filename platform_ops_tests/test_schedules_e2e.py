@@ -213,3 +213,20 @@ class Lines(logging.Handler):
 
     def emit(self, record):
         self.lines.append(record.getMessage())
+
+
+def test_the_sandboxs_scheduled_deployment_is_missed_within_the_demos_first_ten_minutes(world, instance):
+    """The demo's promise: sandbox/flows.py's SCHEDULED deployment, which nothing starts, is
+    announced once its first fire time plus the sandbox's grace has passed (about 8 minutes after the
+    world is made, under 10), by the sandbox's own settings, and not before."""
+    env_name, scheduled = next(iter(flows.SCHEDULED.items()))
+    name = scheduled.deployment.name
+    deployed = created(world, env_name, name)
+    tick = Ticks(world.settings, instance)
+    due = deployed.replace(second=0, microsecond=0) + timedelta(minutes=5 + world.settings.schedules.grace_minutes)
+    tick(due - timedelta(seconds=1))
+    assert schedule_messages(world) == []
+    tick(due)
+    [message] = schedule_messages(world)
+    assert name in message["text"] and "every 5 minutes" in message["text"] and "last start: never" in message["text"]
+    assert due + timedelta(minutes=world.settings.schedules.interval_minutes) - deployed < timedelta(minutes=10)

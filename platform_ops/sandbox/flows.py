@@ -20,6 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from platform_ops.sandbox.accounts import JOB_DEFINITION, account_client
 from platform_ops.settings import EnvironmentSettings
@@ -44,6 +45,26 @@ class FlowDeployment:
 DEPLOYMENTS = {
     "staging": FlowDeployment("mlplatform.test.feature_x.DemoFlow", "sm_branch.json"),
     "production": FlowDeployment("mlplatform.prod.DemoFlow", "sm_prod_full.json"),
+}
+
+
+@dataclass(frozen=True)
+class ScheduledDeployment:
+    """A deployment of a flow with Metaflow's @schedule: its state machine and its schedule rule."""
+
+    deployment: FlowDeployment
+    expression: str  # the rule's ScheduleExpression, as @schedule writes it
+
+
+# A scheduled deployment nobody starts (the sandbox fires no EventBridge rule), so its first fire
+# time goes unanswered: five minutes after the world is made, and missed_schedules_sensor says so
+# once schedules.grace_minutes have passed (the sandbox's settings: the demo shows it about 8 minutes
+# in). In staging, not production: moto 5.2.5 offers every event on a default bus to its schedule
+# rules too and raises on their Step Functions target (AWS never matches an event to a schedule
+# rule), and production's bus carries the service events of the event-driven account.
+SCHEDULED = {
+    "staging": ScheduledDeployment(FlowDeployment("mlplatform.test.nightly.DemoFlow", "sm_branch.json"),
+                                   "rate(5 minutes)"),
 }
 
 
@@ -91,7 +112,9 @@ def definition_for(env: EnvironmentSettings, template: str, max_workers: int | N
 def deploy(endpoint: str, env: EnvironmentSettings, deployment: FlowDeployment | None = None,
            max_workers: int | None = None, source: str | None = None) -> str | None:
     """Create the DynamoDB table Metaflow's foreach needs (once), the code package (`source`, the
-    flow file, else demoflow.py) and a flow deployment, published as version 1; its ARN."""
+    flow file, else demoflow.py) and a flow deployment, published as version 1; its ARN. Without
+    `deployment`: the environment's own, and its scheduled one (SCHEDULED) beside it."""
+    default = deployment is None
     deployment = deployment or DEPLOYMENTS.get(env.name)
     if deployment is None or not env.job_queues:
         return None
@@ -102,10 +125,34 @@ def deploy(endpoint: str, env: EnvironmentSettings, deployment: FlowDeployment |
                               AttributeDefinitions=[{"AttributeName": "pathspec", "AttributeType": "S"}])
     sha = upload_code_package(endpoint, env, source)
     sfn = account_client(endpoint, "stepfunctions", env.account_id, env.region)
+    arn = _create(sfn, env, deployment, max_workers, sha)
+    scheduled = SCHEDULED.get(env.name) if default else None
+    if scheduled is not None:  # the estate's own: deployed with it, as the world is made
+        schedule(endpoint, env, _create(sfn, env, scheduled.deployment, None, sha), scheduled.expression)
+    return arn
+
+
+def _create(sfn: Any, env: EnvironmentSettings, deployment: FlowDeployment, max_workers: int | None,
+            sha: str) -> str:
     return sfn.create_state_machine(
         name=deployment.name, definition=definition_for(env, deployment.template, max_workers, sha),
         roleArn=f"arn:aws:iam::{env.account_id}:role/mf-sfn", publish=True, versionDescription="deployed by Metaflow",
     )["stateMachineArn"]
+
+
+def schedule(endpoint: str, env: EnvironmentSettings, state_machine_arn: str, expression: str) -> str:
+    """What `step-functions create` does for a flow with @schedule (metaflow 2.19,
+    event_bridge_client.py): a rule on the default bus named after the state machine (its names
+    here are short: no hash suffix), ENABLED, with the state machine as its one target and
+    Metaflow's input. The rule's name."""
+    name = state_machine_arn.rsplit(":", 1)[-1]
+    events = account_client(endpoint, "events", env.account_id, env.region)
+    events.put_rule(Name=name, ScheduleExpression=expression, State="ENABLED",
+                    Description=f"Metaflow generated rule for {name}")
+    events.put_targets(Rule=name, Targets=[{"Id": name, "Arn": state_machine_arn,
+                                            "Input": json.dumps({"Parameters": json.dumps({})}),
+                                            "RoleArn": f"arn:aws:iam::{env.account_id}:role/mf-events"}])
+    return name
 
 
 def run_to_end(endpoint: str, env: EnvironmentSettings, name: str, width: int = 3, timeout: float = 180,
