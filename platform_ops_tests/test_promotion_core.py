@@ -143,10 +143,10 @@ def _execution(name, status, hours_ago, error=""):
 
 
 @pytest.mark.parametrize("executions, digests, passed, detail", [
-    ([_execution("r2", "RUNNING", 0), _execution("r1", "SUCCEEDED", 2)], {"r1": "d"}, True, "r1 SUCCEEDED 2.0 h ago"),
+    ([_execution("r2", "RUNNING", 0), _execution("r1", "SUCCEEDED", 2)], {"r1": "d"}, True, "r1 SUCCEEDED 2h0m ago"),
     ([_execution("r2", "FAILED", 1, "States.TaskFailed"), _execution("r1", "SUCCEEDED", 2)], {}, False,
      "r2 FAILED (States.TaskFailed)"),
-    ([_execution("r1", "SUCCEEDED", 200)], {"r1": "d"}, False, "finished 200 h ago (limit 168 h)"),
+    ([_execution("r1", "SUCCEEDED", 200)], {"r1": "d"}, False, "finished 8d8h ago (limit 168 h)"),
     ([_execution("r1", "SUCCEEDED", 1)], {"r1": "older"}, False, "ran an older definition"),
     ([_execution("r1", "RUNNING", 0)], {}, False, "no finished execution in staging in the last 168 h"),
     ([], {}, False, "no finished execution"),
@@ -164,7 +164,7 @@ def test_deploy_action():
 
 CHECKS = [core.CheckResult("lint", True, "`python demoflow.py check`: ok"),
           core.CheckResult("naming", True, "flow, project, branch, owner 'alice' and 3 tags follow the conventions"),
-          core.CheckResult("latest staging run", True, "staging-ok SUCCEEDED 0.1 h ago on this definition")]
+          core.CheckResult("latest staging run", True, "staging-ok SUCCEEDED 6m ago on this definition")]
 BLOCKED = [*CHECKS[:2], core.CheckResult("latest staging run", False, "staging-oom FAILED (States.TaskFailed)")]
 PACKAGE = core.StepResult("code package", True, "copied to s3://mf-production/metaflow/DemoFlow/data/ab/abcd")
 DEPLOYED = core.StepResult("deploy", True, "updated mlplatform.prod.DemoFlow, published 2", changed=True)

@@ -25,7 +25,7 @@ from platform_ops.dagster_runs import first_step_error
 from platform_ops.metadata import table as metadata_table
 from platform_ops.reaper.defs import report_message as reaper_report_message
 from platform_ops.resources import aws_for, aws_resource_key, dagster_run_url
-from platform_ops.sensors import end_tick
+from platform_ops.sensors import end_tick, not_yet_requested
 from platform_ops.settings import EnvironmentSettings, Settings
 from platform_ops.vocabulary import ANNOUNCED_TAG, to_epoch_ms
 
@@ -114,8 +114,9 @@ def poll_tick(context: dg.SensorEvaluationContext, settings: Settings) -> dg.Sen
     poll = Poll(settings, lambda name: aws_for(context, name), datetime.now(UTC))
     cursor, problems = core.Cursor.loads(context.cursor), []
     found = [poll_environment(poll, env, cursor, problems) for env in settings.environments.values()]
-    request = alert_request(context.instance, found)
-    return end_tick(context, "failed_executions_sensor", [request] if request else [], cursor.dumps(), problems,
+    # the events sensor may have asked for the same set already: Dagster skips a key per sensor only
+    requests = not_yet_requested(context.instance, [alert_request(context.instance, found)])
+    return end_tick(context, "failed_executions_sensor", requests, cursor.dumps(), problems,
                     f"no newly failed executions in {len(cursor.next)} state machines")
 
 

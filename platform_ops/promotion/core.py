@@ -21,6 +21,7 @@ from typing import Any
 from platform_ops import naming
 from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, SlackMessage, escape, pack
 from platform_ops.observations import StateMachineVersion as Version
+from platform_ops.vocabulary import format_duration
 
 
 @dataclass(frozen=True)
@@ -328,16 +329,17 @@ def check_latest_run(executions: list[Any], now: Any, max_age_hours: int, promot
     if latest is None:
         return CheckResult("latest staging run", False,
                            f"no finished execution in staging in the last {max_age_hours} h: run it there first")
-    age_hours = (now - (latest.stopped_at or latest.started_at)).total_seconds() / 3600
+    age = now - (latest.stopped_at or latest.started_at)
+    age_hours = age.total_seconds() / 3600
     problems = []
     if latest.status != "SUCCEEDED":
         problems.append(f"{latest.name} {latest.status}" + (f" ({latest.error})" if latest.error else ""))
     if age_hours > max_age_hours:
-        problems.append(f"{latest.name} finished {age_hours:.0f} h ago (limit {max_age_hours} h)")
+        problems.append(f"{latest.name} finished {format_duration(age)} ago (limit {max_age_hours} h)")
     if not problems and run_digest(latest) != promoted_digest:
         problems.append(f"{latest.name} ran an older definition than the one being promoted; run the current one")
     return CheckResult("latest staging run", not problems, "; ".join(problems) or
-                       f"{latest.name} SUCCEEDED {age_hours:.1f} h ago on this definition")
+                       f"{latest.name} SUCCEEDED {format_duration(age)} ago on this definition")
 
 
 # ---- what to do, and what happened ----
