@@ -170,6 +170,9 @@ def played(demo):
         return next((m for m in messages if m.get("thread_ts") in tops), None)
 
     reply = demo.until("a reply in a thread on the sink", replied, deadline)
+    demo.until("the reaper's reports in both accounts", lambda: {e for m in demo.sink_messages()
+               for e in ("staging", "production") if m["text"].startswith("Reaper:") and f"in {e} /" in m["text"]}
+               == {"staging", "production"}, deadline)
     return {"reap": reap, "alert": alert, "reply": reply, "messages": demo.sink_messages()}
 
 
@@ -209,6 +212,12 @@ def test_the_sink_page_shows_threaded_replies(demo, played):
     assert dom.index(parent) < dom.index(thread)
     edited = [m for m in played["messages"] if m.get("edits")]
     assert not edited or "(edited)" in dom
+    # the reaped jobs' owners, from their metaflow.owner tags: alice through slack.owners, bob by name
+    reports = {m["text"].split(" / ")[0]: m for m in played["messages"] if m["text"].startswith("Reaper:")}
+    text = {k: json.dumps(m["blocks"]) for k, m in reports.items()}
+    alice = [int(n) for k, v in text.items() if "in staging" in k for n in re.findall(r"<@U0ALICE> (\d+)", v)]
+    assert alice and max(alice) >= 3, text  # the oversized training jobs are hers, not only the flow's task
+    assert any("in production" in k and re.search(r"Owners:[^.]*\bbob\b", v) for k, v in text.items()), text
 
 
 def test_ctrl_c_stops_the_demo_cleanly_and_keeps_its_history(demo, played):
