@@ -382,3 +382,13 @@ def test_the_report_names_owners_the_protect_value_the_block_and_links_the_conso
     assert ("*Batch reported the queue blocked* since 2026-11-28 10:30 UTC by `aaaaaaaa`: "
             "MISCONFIGURATION:X - &lt;b&gt;too big&lt;/b&gt;") in text
     assert "http://dagster/runs/r" in msg.blocks[-1]["elements"][0]["text"]
+
+
+def test_a_job_that_never_started_has_no_start_even_when_the_api_says_zero():
+    """moto answers startedAt=0 for a job cancelled in RUNNABLE; a run time from it would be 56 years."""
+    from platform_ops.adapters.batch import job_from_api
+
+    item = {"jobId": "j1", "jobName": "SFN-TrainFlow--train--", "jobQueue": "ml-staging", "status": "FAILED",
+            "createdAt": 1_796_000_000_000, "startedAt": 0, "stoppedAt": 1_796_000_600_000}
+    job = job_from_api(item)
+    assert job.started_at is None and job.stopped_at is not None

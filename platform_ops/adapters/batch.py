@@ -17,7 +17,8 @@ LIST_PAGE = 1000  # ListJobs with jobStatus returns at most 1000 a page
 
 
 def _ts(ms: int | None) -> datetime | None:
-    return None if ms is None else from_epoch_ms(ms)
+    """A Batch timestamp; 0 (moto's startedAt of a job cancelled before it started) is none."""
+    return from_epoch_ms(ms) if ms else None
 
 
 def _definition_name(arn_or_name: str) -> str:
