@@ -104,7 +104,22 @@ def prepare_dagster_home(home: Path) -> Path:
     limits, no community modal over the first page) as its instance config."""
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ROOT / "dagster.yaml", home / "dagster.yaml")
+    offer_promotion(home)
     return home
+
+
+def offer_promotion(home: Path) -> None:
+    """The production DemoFlow as a partition of the promotion jobs, so the Launchpad offers it on
+    a fresh demo (a promotion_checks run would add it too)."""
+    import dagster as dg
+
+    from platform_ops.promotion.defs import PROMOTED
+    from platform_ops.sandbox.flows import DEPLOYMENTS
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        known = set(instance.get_dynamic_partitions(PROMOTED.name))
+        wanted = [DEPLOYMENTS["production"].name]
+        instance.add_dynamic_partitions(PROMOTED.name, [p for p in wanted if p not in known])
 
 
 def restore_sink(sink, path: Path) -> int:
