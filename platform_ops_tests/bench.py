@@ -626,7 +626,8 @@ def bench_long_runs(settings_path: Path, queues: int = 50, machines: int = 200, 
         forget_sessions()
         sfn = account_client(sandbox.env["AWS_ENDPOINT_URL"], "stepfunctions", env.account_id, env.region)
         definition = json.dumps({"StartAt": "A", "States": {"A": {"Type": "Pass", "End": True}}})
-        for i in range(machines - 1):  # + DemoFlow, already deployed
+        deployed = len(sfn.list_state_machines()["stateMachines"])  # the sandbox's own DemoFlow deployments
+        for i in range(machines - deployed):
             sfn.create_state_machine(name=f"mlplatform.test.b.Flow{i}Flow", definition=definition,
                                      roleArn=f"arn:aws:iam::{env.account_id}:role/mf-sfn")
         for queue in names:  # 40 usual runs of 20 minutes, one task running 2h10m
