@@ -7,6 +7,7 @@ digest that keys a run by the set of ids it is about.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -75,3 +76,28 @@ def reap_run_of(status_reason: str | None) -> str | None:
         return None
     match = _REAP_RUN.search(status_reason)
     return match.group(1) if match else None
+
+
+OWNER_KEY = "metaflow.owner"  # Metaflow writes it into every task's job Parameters and Batch Tags
+
+
+def owner_from_definition(definition: str | None) -> str | None:
+    """`metaflow.owner` from a Metaflow state machine definition: the first task state (in any
+    nesting: Map iterators, Parallel branches) whose job Parameters or Tags carry it."""
+    try:
+        data = json.loads(definition or "")
+    except ValueError:
+        return None
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            params = node.get("Parameters")
+            if isinstance(params, dict):
+                for where in (params.get("Parameters"), params.get("Tags")):
+                    if isinstance(where, dict) and isinstance(where.get(OWNER_KEY), str) and where[OWNER_KEY]:
+                        return where[OWNER_KEY]
+            stack.extend(reversed(list(node.values())))
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+    return None

@@ -5,7 +5,8 @@ from datetime import UTC, datetime, timedelta
 
 from platform_ops.sandbox import flows
 from platform_ops.schedules.core import AnnounceMiss, AnnounceRecovery, EnvironmentCursor, dump_cursor, load_cursor
-from platform_ops.schedules.messages import Where, definition_owner, miss_message, recovery_message
+from platform_ops.schedules.messages import Where, miss_message, recovery_message
+from platform_ops.vocabulary import owner_from_definition as definition_owner
 from platform_ops_tests.test_block_kit import slack_sdk_errors
 
 ARN = "arn:aws:states:us-east-1:222222222222:stateMachine:mlplatform.prod.DemoFlow"

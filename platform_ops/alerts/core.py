@@ -22,7 +22,14 @@ from platform_ops.alerts.streaks import Streak, as_reminder
 from platform_ops.messages import MAX_BLOCKS, MAX_HEADER_CHARS, MAX_SECTION_CHARS, SlackMessage, escape, pack
 from platform_ops.observations import Execution
 from platform_ops.vocabulary import REASON_PREFIX as REAPER_PREFIX
-from platform_ops.vocabulary import format_duration, from_epoch_ms, ids_digest, reap_run_of, to_epoch_ms
+from platform_ops.vocabulary import (
+    format_duration,
+    from_epoch_ms,
+    ids_digest,
+    owner_from_definition,
+    reap_run_of,
+    to_epoch_ms,
+)
 
 FAILED_STATUSES = ("FAILED", "TIMED_OUT", "ABORTED")
 SUCCEEDED = "SUCCEEDED"
@@ -416,18 +423,6 @@ def _step_of(history: _History, event: Mapping[str, Any], job: Mapping[str, Any]
         if isinstance(params, dict) and params.get("metaflow.step_name"):
             return str(params["metaflow.step_name"])
     return history.state(event).lstrip("#*") or "(execution)"
-
-
-def owner_from_definition(definition: str | None) -> str | None:
-    """`metaflow.owner` as Metaflow writes it into the start state's job parameters."""
-    data = _json(definition)
-    if not isinstance(data, dict):
-        return None
-    for state in (data.get("States") or {}).values():
-        params = ((state or {}).get("Parameters") or {}).get("Parameters") or {}
-        if isinstance(params, dict) and params.get("metaflow.owner"):
-            return str(params["metaflow.owner"])
-    return None
 
 
 def drill_down(execution: Execution, events: list[Mapping[str, Any]], environment: str,

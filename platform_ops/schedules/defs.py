@@ -27,10 +27,10 @@ from platform_ops.messages import SlackMessage
 from platform_ops.redaction import redact
 from platform_ops.resources import aws_for, aws_resource_key
 from platform_ops.schedules import core
-from platform_ops.schedules.messages import Where, definition_owner, miss_message, recovery_message
+from platform_ops.schedules.messages import Where, miss_message, recovery_message
 from platform_ops.sensors import end_tick
 from platform_ops.settings import EnvironmentSettings, Settings
-from platform_ops.vocabulary import to_epoch_ms
+from platform_ops.vocabulary import owner_from_definition, to_epoch_ms
 
 SENSOR = "missed_schedules_sensor"
 LEDGER_NAMESPACE = "schedules"
@@ -123,7 +123,7 @@ def owner_of(check: Check, env: EnvironmentSettings, arn: str) -> str | None:
     except AwsError as exc:
         check.log.warning(f"{env.name}: owner of {arn}: {exc}")
         return None
-    owner = definition_owner((described or {}).get("definition"))
+    owner = owner_from_definition((described or {}).get("definition"))
     return redact(owner) if owner else None
 
 

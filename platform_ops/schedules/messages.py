@@ -6,7 +6,6 @@ so every one of them is escaped before it goes into mrkdwn.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,30 +13,6 @@ from datetime import datetime
 from platform_ops.messages import MAX_HEADER_CHARS, SlackMessage, escape
 from platform_ops.schedules.core import AnnounceMiss, AnnounceRecovery
 from platform_ops.vocabulary import format_duration
-
-OWNER_KEY = "metaflow.owner"  # Metaflow writes it into every task's job Parameters and Batch Tags
-
-
-def definition_owner(definition: str | None) -> str | None:
-    """`metaflow.owner` from a Metaflow state machine definition: the first task state (in any
-    nesting: Map iterators, Parallel branches) whose job Parameters or Tags carry it."""
-    try:
-        data = json.loads(definition or "")
-    except ValueError:
-        return None
-    stack = [data]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            params = node.get("Parameters")
-            if isinstance(params, dict):
-                for where in (params.get("Parameters"), params.get("Tags")):
-                    if isinstance(where, dict) and isinstance(where.get(OWNER_KEY), str) and where[OWNER_KEY]:
-                        return where[OWNER_KEY]
-            stack.extend(reversed(list(node.values())))
-        elif isinstance(node, list):
-            stack.extend(reversed(node))
-    return None
 
 
 def mention(owner: str | None, owners: Mapping[str, str]) -> str:
