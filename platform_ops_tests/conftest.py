@@ -113,29 +113,62 @@ class SmokeRun:
 SMOKE_DEADLINE = 2400  # s: the smoke pass and the whole fault suite take ~7 min on a busy 2-core machine
 
 
-def pytest_collection_modifyitems(items):
+_SMOKE: dict[str, Any] = {}  # the session's smoke pass, started in the background at collection
+
+
+def pytest_collection_modifyitems(config, items):
     """The session's smoke run is set up inside the first test that asks for it: that test gets
-    the smoke's deadline, not the per-test one (pyproject's timeout), which a busy machine beats."""
+    the smoke's deadline, not the per-test one (pyproject's timeout), which a busy machine beats.
+    Its process starts as soon as the tests are collected, so it runs beside the rest of the suite
+    (it is one process; the suite's own sandbox is another) instead of after it."""
+    wanted = False
     for item in items:
         if "smoke_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.timeout(SMOKE_DEADLINE + 120))
+            wanted = True
+    if wanted and not _SMOKE:
+        _start_smoke(Path(config.cache.mkdir("smoke")) if config.cache else Path(os.getcwd()))
+
+
+def _start_smoke(workdir: Path) -> None:
+    """`make smoke FAULTS=1`, in its own process, on a Postgres-backed Dagster instance (production's
+    storage) wherever PostgreSQL is installed (.ci/run ensures it)."""
+    from platform_ops_tests import postgres
+
+    stack = contextlib.ExitStack()
+    report = workdir / "faults.jsonl"
+    report.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "platform_ops.sandbox", "smoke", "--faults", "--faults-report", str(report)]
+    url = stack.enter_context(postgres.server()) if postgres.binaries() else None
+    if url:  # the driver dagster-postgres ships (SQLAlchemy 2.1 would pick psycopg 3 for postgresql://)
+        cmd += ["--postgres-url", url.replace("postgresql://", "postgresql+psycopg2://")]
+    out, err = open(workdir / "stdout", "w+"), open(workdir / "stderr", "w+")
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=out, stderr=err, text=True,
+                            env={k: v for k, v in os.environ.items() if k != SETTINGS_ENV_VAR})
+    stack.callback(lambda: proc.poll() is None and proc.kill())
+    _SMOKE.update(proc=proc, report=report, url=url, stack=stack, out=out, err=err)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SMOKE:
+        _SMOKE["stack"].close()
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory):
-    """`make smoke FAULTS=1` once for the session, in its own process, on a Postgres-backed
-    Dagster instance (production's storage) wherever PostgreSQL is installed (.ci/run ensures it)."""
-    from platform_ops_tests import postgres
-
-    report = tmp_path_factory.mktemp("smoke") / "faults.jsonl"
-    cmd = [sys.executable, "-m", "platform_ops.sandbox", "smoke", "--faults", "--faults-report", str(report)]
-    with contextlib.ExitStack() as stack:
-        url = stack.enter_context(postgres.server()) if postgres.binaries() else None
-        if url:  # the driver dagster-postgres ships (SQLAlchemy 2.1 would pick psycopg 3 for postgresql://)
-            cmd += ["--postgres-url", url.replace("postgresql://", "postgresql+psycopg2://")]
-        proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
-                              timeout=SMOKE_DEADLINE)
-        lines = proc.stdout.strip().splitlines()
-        rows = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
-        yield SmokeRun(proc, json.loads(lines[-1]) if lines else {}, rows,
-                       proc.stderr[proc.stderr.find("scenario "):], url)
+def smoke_run():
+    """The background smoke pass's result, waited for (with its deadline)."""
+    proc = _SMOKE["proc"]
+    try:
+        proc.wait(timeout=SMOKE_DEADLINE)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    _SMOKE["out"].seek(0)
+    _SMOKE["err"].seek(0)
+    stdout, stderr = _SMOKE["out"].read(), _SMOKE["err"].read()
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    report = _SMOKE["report"]
+    lines = stdout.strip().splitlines()
+    rows = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
+    yield SmokeRun(done, json.loads(lines[-1]) if lines else {}, rows, stderr[stderr.find("scenario "):],
+                   _SMOKE["url"])
