@@ -307,6 +307,7 @@ def bench_alerts(settings_path: Path) -> None:
              thread_replies=sum(v for k, v in threads.items() if k is not None),
              max_messages_in_any_second=burst, target_max_per_second=1, seconds=timing["seconds"],
              calls=calls, baseline={"variant": "one message per execution, unpaced", "slack_messages": 20})
+
         # (c) a streak: one flow failing 10 runs in a row, each alerted on its own tick
         sandbox.control("reset", {})
         _sink(sandbox, "/_sink/reset", {})
@@ -525,8 +526,8 @@ def main() -> None:
         bench_alerts(settings)
         bench_promotion(settings)
         bench_sensor_calls(settings)
-        bench_long_runs(settings)
         bench_schedule_check(settings)
+        bench_long_runs(settings)
         bench_alert_latency(Path(tmp))
     bench_metrics()
     bench_lint_isolation()

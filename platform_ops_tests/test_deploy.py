@@ -78,7 +78,7 @@ def test_the_sandbox_runs_on_the_template_in_both_accounts(world):
 
     promotion = world.settings.promotion
     for env in world.settings.environments.values():
-        client = lambda service: account_client(world.sandbox.endpoint, service, env.account_id, env.region)  # noqa: E731
+        client = lambda service, env=env: account_client(world.sandbox.endpoint, service, env.account_id, env.region)  # noqa: E731
         [stack] = client("cloudformation").describe_stacks(StackName=STACK_NAME)["Stacks"]
         assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}

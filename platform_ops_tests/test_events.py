@@ -5,6 +5,7 @@ or cancelled twice."""
 
 import dataclasses
 import json
+from datetime import UTC
 
 import dagster as dg
 import pytest
@@ -117,7 +118,7 @@ def job_event(job_id, status, at, queue="arn:aws:batch:us-east-1:2:job-queue/ml-
 
 
 def test_the_runnable_watch_follows_each_jobs_last_transition():
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     bodies = [
         job_event("stuck", "RUNNABLE", "2026-11-28T10:00:00Z"),
@@ -140,7 +141,7 @@ def test_the_runnable_watch_follows_each_jobs_last_transition():
     assert due == {"ml-production": ["stuck"]}
     later, _ = reaper_core.job_changes_from_events([job_event("stuck", "FAILED", "2026-11-28T12:01:00Z")])
     assert reaper_core.track_runnable(watch, later, ["ml-production"]) == {"retried": ("ml-production", at("11:50"))}
-    assert now.tzinfo is timezone.utc
+    assert now.tzinfo is UTC
 
 
 def test_stuck_jobs_arrive_by_event_and_are_reaped_once(world):

@@ -2,7 +2,7 @@
 
 import dataclasses
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
@@ -31,7 +31,7 @@ def materialized(result):
 
 def stat(world, environment, metric, dims):
     cw = world.resources()[f"aws_{environment}"].client("cloudwatch")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     points = cw.get_metric_statistics(Namespace="PlatformOps/Batch", MetricName=metric,
                                       Dimensions=[{"Name": k, "Value": v} for k, v in dims.items()],
                                       StartTime=now - timedelta(hours=1), EndTime=now + timedelta(minutes=5),
@@ -146,7 +146,7 @@ def test_a_refused_publish_is_retried_and_no_datum_goes_out_twice(world, setting
     assert retried == ["cloudwatch_metrics"]
     assert calls["CloudWatch.PutMetricData"] == 3  # staging; production refused; production again
     cw = world.resources()["aws_staging"].client("cloudwatch")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     [point] = cw.get_metric_statistics(
         Namespace="PlatformOps/Batch", MetricName="RunnableJobs", Statistics=["SampleCount", "Maximum"],
         Dimensions=[{"Name": "Environment", "Value": "staging"}, {"Name": "JobQueue", "Value": "ml-staging"}],
@@ -181,7 +181,7 @@ def test_the_capacity_step_runs_without_an_asset_and_counts_instances_gone_since
     resources = world.resources()
     step = metrics.MetricsStep(dg.DagsterInstance.ephemeral(), "run-1", logging.getLogger("test"),
                                lambda environment: resources[f"aws_{environment}"])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     first, read = metrics.capacity(settings, step, now)
     assert read.errors == [] and len(read.arns[("staging", "staging-ondemand")]) == 3
     assert first.set_index("compute_environment").loc["staging-ondemand", "deregistered"] == 0

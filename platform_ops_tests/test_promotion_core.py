@@ -77,11 +77,11 @@ def test_bad_names_fail_before_anything_else():
 
 # ---- the rest of the core: deployment facts, checks, decisions, records ----
 
-from datetime import datetime, timedelta, timezone  # noqa: E402
+from datetime import UTC, datetime, timedelta  # noqa: E402
 
 from platform_ops.observations import Execution, StateMachineVersion  # noqa: E402
 
-NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 REQUEST = core.PromotionRequest("DemoFlow", "mlplatform", "feature_x", "alice", "new model")
 
 

@@ -2,7 +2,7 @@
 
 import dataclasses
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
@@ -10,8 +10,8 @@ import pytest
 from platform_ops.adapters.aws import AwsEnvironmentResource, count_calls
 from platform_ops.code_location import build_defs
 from platform_ops.reaper import defs as reaper_defs
-from platform_ops.vocabulary import format_duration, reap_run_of
 from platform_ops.sandbox.server import SANDBOX_TOKEN
+from platform_ops.vocabulary import format_duration, reap_run_of
 
 
 def settings_with(world, **reaper):
@@ -97,19 +97,19 @@ def test_reap_cancels_stuck_jobs_skips_protected_and_reports_once(world):
     defs = build_defs(world.settings)
     [request] = tick(defs).run_requests
     assert sorted(requested_ids(request)) == sorted(stuck + protected)
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     with dg.instance_for_test() as instance, count_calls() as calls:
         result = run(defs, request, instance=instance)
         posted = reaper_defs.report_message(instance, result.run_id)
         tags = instance.get_run_by_id(result.run_id).tags
-    decided_by = datetime.now(timezone.utc)
+    decided_by = datetime.now(UTC)
     assert result.success
     # describe candidates, cancel once (one category, <= 50 ids), describe to verify
     assert dict(calls) == {"Batch.DescribeJobs": 2, "Batch.CancelJobs": 1}
     after = world.describe("staging", stuck + protected)
     # the reason gives the youngest job's age when the run decided: 2h30m on a quick machine, a
     # minute or more later on a slow one; the bounds come from the run's own start and end
-    youngest = max(datetime.fromtimestamp(after[j]["createdAt"] / 1000, tz=timezone.utc) for j in stuck)
+    youngest = max(datetime.fromtimestamp(after[j]["createdAt"] / 1000, tz=UTC) for j in stuck)
     minutes = range(int((before - youngest).total_seconds() // 60), int((decided_by - youngest).total_seconds() // 60) + 1)
     reasons = {f"platform-ops reaper: RUNNABLE for {format_duration(timedelta(minutes=m))} > 2h0m "
                f"(MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT) (reap {result.run_id})" for m in minutes}
@@ -323,7 +323,7 @@ def test_a_tick_runs_without_a_sensor_and_keeps_a_cursor_only_for_event_driven_e
     world.stuck("staging", count=1, minutes=10)
     resources = world.resources()
     step = reaper.TickStep(dg.DagsterInstance.ephemeral(), lambda environment: resources[f"aws_{environment}"])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     requests, cursor, problems, seen = reaper.stuck_jobs_tick(world.settings, step, {}, now)
     assert [sorted(requested_ids(r)) for r in requests] == [sorted(stuck)] and (problems, seen) == ([], 3)
     event_driven = [env.name for env in world.settings.environments.values() if env.event_driven]

@@ -105,5 +105,6 @@ def queue_compute_environments(client: Any, queues: Iterable[str]) -> dict[str, 
     """Compute environment names behind each queue."""
     with aws_errors():
         described = client.describe_job_queues(jobQueues=list(queues)).get("jobQueues", [])
-    return {q["jobQueueName"]: [o["computeEnvironment"].rsplit("/", 1)[-1] for o in q.get("computeEnvironmentOrder", [])]
+    return {q["jobQueueName"]: [o["computeEnvironment"].rsplit("/", 1)[-1]
+                                for o in q.get("computeEnvironmentOrder", [])]
             for q in described}

@@ -11,7 +11,7 @@ best-effort, so the polling sensors stay and reconcile every reconcile interval.
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -44,7 +44,7 @@ class Drain:
     def start(cls, cursor: str | None) -> "Drain":
         """From the previous tick's cursor, at this tick's time."""
         state = json.loads(cursor) if cursor else {}
-        return cls(state.get("pending", {}), state.get("urls", {}), datetime.now(timezone.utc), {}, [], [], [])
+        return cls(state.get("pending", {}), state.get("urls", {}), datetime.now(UTC), {}, [], [], [])
 
     def dumps(self) -> str:
         return json.dumps({"pending": self.new_pending, "urls": self.urls}, sort_keys=True)

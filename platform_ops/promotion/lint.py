@@ -87,7 +87,8 @@ def lint_package(blob: bytes, script: str, timeout_seconds: int, isolation: str 
     if isolation not in ("namespaces", "none"):
         raise ValueError(f"lint isolation {isolation!r}: expected 'namespaces' or 'none'")
     if not script or "/" in script or not script.endswith(".py"):
-        return CheckResult(name, False, f"the deployment names no flow file to check (METAFLOW_VERSION script={script!r})")
+        return CheckResult(name, False,
+                           f"the deployment names no flow file to check (METAFLOW_VERSION script={script!r})")
     if isolation == "namespaces" and (reason := probe()):
         return cannot_isolate(reason)
     limits = Limits(wall_seconds=timeout_seconds, cpu_seconds=timeout_seconds)
