@@ -11,7 +11,7 @@ import pytest
 from platform_ops.adapters.batch import job_from_api
 from platform_ops.adapters.stepfunctions import execution_from_api
 from platform_ops.runtime import core
-from platform_ops.vocabulary import to_epoch_ms
+from platform_ops.vocabulary import owner_from_definition, to_epoch_ms
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 SINCE = NOW - timedelta(hours=24)
@@ -170,5 +170,5 @@ def test_the_cursor_round_trips_and_a_broken_one_is_empty():
 
 def test_the_owner_is_read_from_a_metaflow_definition():
     definition = json.dumps({"States": {"start": {"Parameters": {"Parameters": {"metaflow.owner": "alice"}}}}})
-    assert core.definition_owner(definition) == "alice"
-    assert core.definition_owner("{}") is None and core.definition_owner("not json") is None
+    assert owner_from_definition(definition) == "alice"
+    assert owner_from_definition("{}") is None and owner_from_definition("not json") is None

@@ -28,7 +28,6 @@ from platform_ops.observations import BatchJob, Execution
 from platform_ops.vocabulary import format_duration, from_epoch_ms, to_epoch_ms
 
 JOB, EXECUTION = "job", "execution"
-OWNER_KEY = "metaflow.owner"  # Metaflow writes it into every task's job Parameters and Batch Tags
 RUN_ID_KEY = "metaflow.run_id"  # the execution's name; the Metaflow run is sfn-<it>
 # Metaflow's Batch job names under Step Functions (the same rule metrics/core.py reads them by)
 _SFN_NAME = re.compile(r"^SFN-(?P<flow>[A-Za-z_][A-Za-z0-9_]*)--(?P<step>[A-Za-z_][A-Za-z0-9_]*)--")
@@ -217,27 +216,6 @@ def dump_cursor(warned: Mapping[str, Iterable[str]]) -> str:
 
 
 # ---- the message ----
-
-def definition_owner(definition: str | None) -> str | None:
-    """`metaflow.owner` from a Metaflow state machine definition: the first task state (Map
-    iterators and Parallel branches included) whose job Parameters or Tags carry it."""
-    try:
-        stack: list = [json.loads(definition or "")]
-    except ValueError:
-        return None
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            params = node.get("Parameters")
-            if isinstance(params, dict):
-                for where in (params.get("Parameters"), params.get("Tags")):
-                    if isinstance(where, dict) and isinstance(where.get(OWNER_KEY), str) and where[OWNER_KEY]:
-                        return where[OWNER_KEY]
-            stack.extend(reversed(list(node.values())))
-        elif isinstance(node, list):
-            stack.extend(reversed(node))
-    return None
-
 
 @dataclass(frozen=True)
 class Where:

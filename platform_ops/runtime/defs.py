@@ -34,6 +34,7 @@ from platform_ops.resources import aws_for, aws_resource_key
 from platform_ops.runtime import core
 from platform_ops.sensors import end_tick
 from platform_ops.settings import EnvironmentSettings, Settings
+from platform_ops.vocabulary import OWNER_KEY, owner_from_definition
 
 SENSOR = "long_runs_sensor"
 LEDGER_NAMESPACE = "runtime"
@@ -112,7 +113,7 @@ def where_of(check: Check, env: EnvironmentSettings, warn: tuple[core.LongRun, .
     job_ids = [r.run.id for r in warn if r.run.kind == core.JOB]
     try:
         for job_id, job in (batch.describe_jobs(aws.client("batch"), job_ids) if job_ids else {}).items():
-            owner = job.tags.get(core.OWNER_KEY) or job.parameters.get(core.OWNER_KEY)
+            owner = job.tags.get(OWNER_KEY) or job.parameters.get(OWNER_KEY)
             found[job_id] = core.Where(**base, owner=_owner(owner),
                                        run_id=job.parameters.get(core.RUN_ID_KEY))
     except AwsError as exc:
@@ -125,7 +126,7 @@ def where_of(check: Check, env: EnvironmentSettings, warn: tuple[core.LongRun, .
         if machine not in owners:
             try:
                 described = stepfunctions.describe_state_machine(aws.client("stepfunctions"), machine)
-                owners[machine] = _owner(core.definition_owner((described or {}).get("definition")))
+                owners[machine] = _owner(owner_from_definition((described or {}).get("definition")))
             except AwsError as exc:
                 check.log.warning(f"{env.name}: owner of {machine}: {exc}")
                 owners[machine] = None
