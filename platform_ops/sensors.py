@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 
 
@@ -30,3 +32,8 @@ def not_yet_requested(instance: dg.DagsterInstance, requests: list[dg.RunRequest
     still both ask: the reap run re-checks every job, so the second finds nothing to cancel."""
     return [r for r in requests if r is not None and (
         not r.run_key or not instance.get_run_records(dg.RunsFilter(tags={RUN_KEY_TAG: r.run_key}), limit=1))]
+
+
+def default_status(settings: Any) -> dg.DefaultSensorStatus:
+    """Every sensor of platform-ops runs by default iff the settings say so (dagster.sensors_running)."""
+    return dg.DefaultSensorStatus.RUNNING if settings.sensors_running else dg.DefaultSensorStatus.STOPPED

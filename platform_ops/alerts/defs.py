@@ -25,7 +25,7 @@ from platform_ops.dagster_runs import first_step_error
 from platform_ops.metadata import table as metadata_table
 from platform_ops.reaper.defs import report_message as reaper_report_message
 from platform_ops.resources import aws_for, aws_resource_key, dagster_run_url
-from platform_ops.sensors import end_tick, not_yet_requested
+from platform_ops.sensors import default_status, end_tick, not_yet_requested
 from platform_ops.settings import EnvironmentSettings, Settings
 from platform_ops.vocabulary import ANNOUNCED_TAG, to_epoch_ms
 
@@ -374,7 +374,7 @@ def alerts_defs(settings: Settings) -> dg.Definitions:
     def alert_failed_executions():
         alert()
 
-    status = dg.DefaultSensorStatus.RUNNING if settings.sensors_running else dg.DefaultSensorStatus.STOPPED
+    status = default_status(settings)
 
     @dg.sensor(name="failed_executions_sensor", job=alert_failed_executions,
                minimum_interval_seconds=settings.alerts.interval_seconds, default_status=status,

@@ -20,7 +20,7 @@ from platform_ops.adapters.aws import AwsError
 from platform_ops.alerts.defs import alert_request, candidates_from_events
 from platform_ops.reaper.defs import requests_from_job_events
 from platform_ops.resources import aws_for, aws_resource_key
-from platform_ops.sensors import end_tick, not_yet_requested
+from platform_ops.sensors import default_status, end_tick, not_yet_requested
 from platform_ops.settings import EnvironmentSettings, Settings
 
 MAX_EVENTS_PER_TICK = 500  # the rest waits for the next tick (10 s): a tick stays short
@@ -90,8 +90,7 @@ def events_defs(settings: Settings, alert_job: dg.JobDefinition, reap_job: dg.Jo
 
     @dg.sensor(name="aws_events_sensor", jobs=[alert_job, reap_job],
                minimum_interval_seconds=settings.alerts.events_interval_seconds,
-               default_status=dg.DefaultSensorStatus.RUNNING if settings.sensors_running
-               else dg.DefaultSensorStatus.STOPPED,
+               default_status=default_status(settings),
                required_resource_keys={aws_resource_key(env.name) for env in event_envs},
                description="Drains each event-driven environment's SQS queue (10 at a time, no waiting): Step "
                            "Functions status changes request an alert run, Batch job state changes and queue-blocked "

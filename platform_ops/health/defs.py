@@ -37,6 +37,7 @@ from platform_ops.health.core import (
 )
 from platform_ops.redaction import redact
 from platform_ops.resources import aws_for, aws_resource_key
+from platform_ops.sensors import default_status
 from platform_ops.settings import Settings
 from platform_ops.vocabulary import format_duration
 
@@ -153,7 +154,7 @@ def health_tick(ctx: HealthContext, instigators: list[Instigator], runs: dict[st
 
 def health_defs(settings: Settings) -> dg.Definitions:
     home = home_environment(settings)
-    status = dg.DefaultSensorStatus.RUNNING if settings.sensors_running else dg.DefaultSensorStatus.STOPPED
+    status = default_status(settings)
 
     @dg.sensor(name=HEALTH_SENSOR, minimum_interval_seconds=settings.health.interval_seconds,
                default_status=status, required_resource_keys={"slack", aws_resource_key(home)},

@@ -30,7 +30,7 @@ from platform_ops.metadata import table as metadata_table
 from platform_ops.observations import BatchJob, CancelResult
 from platform_ops.reaper import core
 from platform_ops.resources import aws_for, aws_resource_key, dagster_run_url
-from platform_ops.sensors import end_tick, not_yet_requested
+from platform_ops.sensors import default_status, end_tick, not_yet_requested
 from platform_ops.settings import EnvironmentSettings, Settings
 from platform_ops.vocabulary import AfterReadError, after_read_error, from_epoch_ms, ids_digest, to_epoch_ms
 
@@ -402,7 +402,7 @@ def _sensor(settings: Settings, job: dg.JobDefinition) -> dg.SensorDefinition:
         name=POLLING_SENSOR,
         job=job,
         minimum_interval_seconds=settings.reaper.interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING if settings.sensors_running else dg.DefaultSensorStatus.STOPPED,
+        default_status=default_status(settings),
         required_resource_keys={aws_resource_key(name) for name in settings.environments},
         description="Lists RUNNABLE jobs of every watched queue; requests one reap run per queue with stuck jobs. "
                     "For event-driven environments it reconciles every reaper.reconcile_interval_seconds.",

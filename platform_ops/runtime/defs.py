@@ -32,7 +32,7 @@ from platform_ops.observations import Execution, StateMachine
 from platform_ops.redaction import redact
 from platform_ops.resources import aws_for, aws_resource_key
 from platform_ops.runtime import core
-from platform_ops.sensors import end_tick
+from platform_ops.sensors import default_status, end_tick
 from platform_ops.settings import EnvironmentSettings, Settings
 from platform_ops.vocabulary import OWNER_KEY, owner_from_definition
 
@@ -189,7 +189,7 @@ def runtime_tick(context: dg.SensorEvaluationContext, settings: Settings) -> dg.
 
 
 def runtime_defs(settings: Settings) -> dg.Definitions:
-    status = dg.DefaultSensorStatus.RUNNING if settings.sensors_running else dg.DefaultSensorStatus.STOPPED
+    status = default_status(settings)
     keys = {"slack", *(aws_resource_key(name) for name in settings.environments)}
 
     @dg.sensor(name=SENSOR, minimum_interval_seconds=settings.runtime.interval_minutes * 60,

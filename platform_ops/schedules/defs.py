@@ -28,7 +28,7 @@ from platform_ops.redaction import redact
 from platform_ops.resources import aws_for, aws_resource_key
 from platform_ops.schedules import core
 from platform_ops.schedules.messages import Where, miss_message, recovery_message
-from platform_ops.sensors import end_tick
+from platform_ops.sensors import default_status, end_tick
 from platform_ops.settings import EnvironmentSettings, Settings
 from platform_ops.vocabulary import owner_from_definition, to_epoch_ms
 
@@ -189,7 +189,7 @@ def schedules_tick(context: dg.SensorEvaluationContext, settings: Settings,
 
 
 def schedules_defs(settings: Settings) -> dg.Definitions:
-    status = dg.DefaultSensorStatus.RUNNING if settings.sensors_running else dg.DefaultSensorStatus.STOPPED
+    status = default_status(settings)
     keys = {"slack", *(aws_resource_key(name) for name in settings.environments)}
 
     @dg.sensor(name=SENSOR, minimum_interval_seconds=settings.schedules.interval_minutes * 60,
