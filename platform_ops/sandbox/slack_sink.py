@@ -88,6 +88,17 @@ def blocks_problem(blocks: Any) -> str | None:
     return None
 
 
+def content_problem(text: Any, blocks: Any) -> dict | None:
+    """Slack's answer to a post or an update whose text and blocks it refuses, or None."""
+    if not text and not blocks:
+        return {"ok": False, "error": "no_text"}
+    if len(text or "") > MAX_TEXT_CHARS:
+        return {"ok": False, "error": "msg_too_long"}
+    if blocks is not None and (problem := blocks_problem(blocks)):
+        return {"ok": False, "error": "invalid_blocks", "detail": problem}
+    return None
+
+
 def metadata_problem(metadata: Any) -> str | None:
     """Why Slack would answer `invalid_metadata_format`, or None."""
     if not isinstance(metadata, dict) or not isinstance(metadata.get("event_type"), str):
@@ -219,12 +230,8 @@ class SlackApi:
         blocks, metadata = args.get("blocks"), args.get("metadata")
         if isinstance(metadata, str):
             metadata = json.loads(metadata or "null")
-        if not args.get("text") and not blocks:
-            return {"ok": False, "error": "no_text"}
-        if len(args.get("text") or "") > MAX_TEXT_CHARS:
-            return {"ok": False, "error": "msg_too_long"}
-        if blocks is not None and (problem := blocks_problem(blocks)):
-            return {"ok": False, "error": "invalid_blocks", "detail": problem}
+        if refused := content_problem(args.get("text"), blocks):
+            return refused
         if metadata is not None and (problem := metadata_problem(metadata)):
             return {"ok": False, "error": "invalid_metadata_format", "detail": problem}
         with self.state.lock:
@@ -242,12 +249,8 @@ class SlackApi:
         """chat.update: the message at `ts` in `channel` (an ID, as Slack requires) says the new
         text and blocks; its edits are kept in order (`edits`) so the sink's page shows them."""
         blocks = args.get("blocks")
-        if not args.get("text") and not blocks:
-            return {"ok": False, "error": "no_text"}
-        if len(args.get("text") or "") > MAX_TEXT_CHARS:
-            return {"ok": False, "error": "msg_too_long"}
-        if blocks is not None and (problem := blocks_problem(blocks)):
-            return {"ok": False, "error": "invalid_blocks", "detail": problem}
+        if refused := content_problem(args.get("text"), blocks):
+            return refused
         with self.state.lock:
             channel = args.get("channel")
             if not isinstance(channel, str) or channel not in self.state.channels.values():
